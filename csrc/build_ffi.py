@@ -1,0 +1,58 @@
+"""The cffi builder for layerstore._core (out-of-line API mode), referenced by setup.py.
+
+It stays outside the installed package.  Paths are computed from this file's location so the
+build works from any current directory.  Environment:
+  LAYERSTORE_WERROR=1    compile with -Werror (CI does)
+  LAYERSTORE_SANITIZE=1  compile and link with AddressSanitizer + UBSan (CI runs the native tests
+                         once this way, with libasan preloaded into Python)
+"""
+
+import glob
+import os
+import re
+
+from cffi import FFI
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def _version():
+    with open(os.path.join(ROOT, "layerstore", "_version.py")) as f:
+        return re.search(r'__version__ = "([^"]+)"', f.read()).group(1)
+
+
+def _cdef(header_path):
+    # ffi.cdef understands declarations, not the preprocessor: drop the include guard and includes.
+    with open(header_path) as f:
+        return "".join(line for line in f if not line.lstrip().startswith("#"))
+
+
+def _flags():
+    cflags = ["-std=gnu11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
+    ldflags = ["-pthread"]
+    if os.environ.get("LAYERSTORE_WERROR") == "1":
+        cflags.append("-Werror")
+    if os.environ.get("LAYERSTORE_SANITIZE") == "1":
+        san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+               "-fno-omit-frame-pointer", "-g"]
+        cflags = [f for f in cflags if f != "-O3"] + ["-O1"] + san
+        ldflags += san
+    return cflags, ldflags
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef(os.path.join(HERE, "layerstore.h")))
+_cflags, _ldflags = _flags()
+ffibuilder.set_source(
+    "layerstore._core",
+    '#include "layerstore.h"\n',
+    sources=sorted(os.path.relpath(p) for p in glob.glob(os.path.join(HERE, "*.c"))),
+    include_dirs=[HERE],
+    define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")],
+    extra_compile_args=_cflags,
+    extra_link_args=_ldflags,
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)

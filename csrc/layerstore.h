@@ -1,0 +1,163 @@
+/*
+ * layerstore.h - the interface of layerstore's C core, and the only header handed to ffi.cdef.
+ *
+ * The core sees bytes, paths and file descriptors, never Python objects.  A function that can
+ * fail returns 0 or a negative code: -errno for an operating-system error, or one of the LS_E_*
+ * codes below, which lie below -4096 so they never collide with an errno.  Handles keep the
+ * message of their last error ("bad header checksum at offset 1536").
+ *
+ * Threads: a handle is never used by two threads at once (the Python wrapper holds a lock per
+ * handle); distinct handles are independent.  cffi releases the GIL around every call, which is
+ * what lets decompression in Python overlap with ingest in C.
+ *
+ * build_ffi.py hands this file to ffi.cdef after dropping preprocessor lines, so it holds only
+ * prototypes, opaque types, plain structs and enums.
+ */
+#ifndef LAYERSTORE_H
+#define LAYERSTORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum {
+    LS_OK = 0,
+    LS_E_CORRUPT = -5001,     /* malformed tar: checksum, number field, PAX record, sparse map */
+    LS_E_TRUNCATED = -5002,   /* the stream ended inside a header or inside file data */
+    LS_E_LIMIT = -5003,       /* a name, extended header or sparse map beyond the core's limits */
+    LS_E_UNSAFE_PATH = -5004, /* a path or hardlink target that leaves the root */
+    LS_E_UNSUPPORTED = -5005, /* valid tar the store cannot represent (multi-volume, ...) */
+    LS_E_NOMEM = -5006,
+    LS_E_STATE = -5007        /* a call out of order: feed after finish, unknown backend, ... */
+};
+
+/* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
+const char *ls_version(void);
+
+/* ---- BLAKE3 (blake3.c, blake3_portable.c, blake3_sse41.c, blake3_avx2.c) ----------------- */
+
+enum {
+    LS_BLAKE3_OUT_LEN = 32,
+    LS_BLAKE3_PORTABLE = 0,
+    LS_BLAKE3_SSE41 = 1,
+    LS_BLAKE3_AVX2 = 2
+};
+
+typedef struct ls_blake3 ls_blake3;
+
+/* Incremental hashing.  ls_blake3_new returns NULL only when out of memory. */
+ls_blake3 *ls_blake3_new(void);
+void ls_blake3_reset(ls_blake3 *h);
+void ls_blake3_update(ls_blake3 *h, const uint8_t *data, size_t len);
+/* Extendable output: any out_len; the first 32 bytes are the hash.  Does not change h. */
+void ls_blake3_finalize(const ls_blake3 *h, uint8_t *out, size_t out_len);
+void ls_blake3_free(ls_blake3 *h);
+/* One-shot: out receives LS_BLAKE3_OUT_LEN bytes. */
+void ls_blake3_hash(const uint8_t *data, size_t len, uint8_t *out);
+
+/* The backend is picked once from the CPU; tests and benchmarks may switch it for the whole
+ * process (not while another thread hashes).  Returns 0, or LS_E_UNSUPPORTED when this CPU or
+ * build lacks it. */
+int ls_blake3_backend(void);
+int ls_blake3_use_backend(int backend);
+
+/* ---- SHA-256 (sha256.c): the diffID of a layer stream ------------------------------------ */
+
+enum { LS_SHA256_PORTABLE = 0, LS_SHA256_SHANI = 1 };
+
+typedef struct ls_sha256 ls_sha256;
+
+ls_sha256 *ls_sha256_new(void);
+void ls_sha256_update(ls_sha256 *h, const uint8_t *data, size_t len);
+/* Writes 32 bytes; h must be reset or freed afterwards. */
+void ls_sha256_final(ls_sha256 *h, uint8_t *out);
+void ls_sha256_reset(ls_sha256 *h);
+void ls_sha256_free(ls_sha256 *h);
+int ls_sha256_backend(void);
+int ls_sha256_use_backend(int backend);
+
+/* ---- Object store (objstore.c) ------------------------------------------------------------ */
+
+/* Flags for ls_store_open. */
+enum {
+    LS_STORE_OWNERS = 1   /* set each object's uid/gid (needs CAP_CHOWN, i.e. root) */
+};
+
+typedef struct ls_store ls_store;
+
+/* Opens the store rooted at the existing directory root, creating objects/00..ff and tmp/ when
+ * missing.  On failure returns a negative code and writes a message to err. */
+int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t errlen);
+/* Makes every object written through this store so far durable (one syncfs). */
+int ls_store_sync(ls_store *s);
+void ls_store_close(ls_store *s);
+
+/* An object's identity: BLAKE3 over a domain tag, the BLAKE3 of its content and the metadata a
+ * hardlink shares.  xattrs is the encoding described under "Records" (sorted by name). */
+void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
+                  const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
+/* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */
+void ls_object_path(const uint8_t *id, char *out);
+
+/* ---- Layer ingest (ingest.c) ---------------------------------------------------------------
+ *
+ * Fed an uncompressed layer tar in pieces of any size, ingest parses it, stores each regular
+ * file's content as an object (when given a store) and produces, in batches:
+ *   records: one per entry, in archive order (layout below);
+ *   raw:     every byte of the stream that is not file content (headers, extended headers,
+ *            padding, end-of-archive blocks), so the exact tar can be re-created from raw and
+ *            the objects.
+ *
+ * Record layout, little-endian, no alignment; LS_RECORD_FIXED bytes then the variable parts:
+ *   u32 record_len   u8 type (LS_ENTRY_*)   u8 flags (LS_RECORD_*)   u16 zero
+ *   u32 mode (07777 bits)   u32 uid   u32 gid   u32 devmajor   u32 devminor   u32 mtime_nsec
+ *   i64 mtime   u64 size (regular files: logical content length; others 0)
+ *   u64 raw_len (raw bytes that precede this entry's content since the previous content)
+ *   u8[32] object id   u8[32] BLAKE3 of the content   (regular files; zeros otherwise)
+ *   u32 path_len   u32 link_len   u32 uname_len   u32 gname_len   u32 xattrs_len
+ *   path (cleaned, relative, "." for the root), link (symlink target as written, or the
+ *   cleaned hardlink target), uname, gname, xattrs.
+ * xattrs encoding: for each attribute, sorted by name: u32 name_len, u32 value_len, name, value.
+ */
+
+enum {
+    LS_ENTRY_FILE = 0,
+    LS_ENTRY_HARDLINK = 1,
+    LS_ENTRY_SYMLINK = 2,
+    LS_ENTRY_CHAR = 3,
+    LS_ENTRY_BLOCK = 4,
+    LS_ENTRY_DIR = 5,
+    LS_ENTRY_FIFO = 6
+};
+
+enum {
+    LS_RECORD_FIXED = 140,
+    LS_RECORD_NEW_OBJECT = 1,     /* this ingest wrote the object (it was not in the store) */
+    LS_RECORD_SPARSE = 2,         /* stored sparse in the tar (GNU old, PAX 0.0, 0.1 or 1.0) */
+    LS_RECORD_XATTRS_SKIPPED = 4  /* the filesystem refused some xattrs on the object */
+};
+
+typedef struct {
+    uint64_t stream_bytes;  /* bytes fed: the length of the layer tar */
+    uint64_t entries;
+    uint64_t file_bytes;    /* logical bytes of regular files */
+    uint64_t new_objects;   /* objects this ingest wrote */
+    uint64_t new_bytes;     /* content bytes of those objects */
+    uint8_t diff_id[32];    /* sha256 of the stream */
+} ls_ingest_stats;
+
+typedef struct ls_ingest ls_ingest;
+
+/* store may be NULL: parse and hash only.  Returns NULL only when out of memory. */
+ls_ingest *ls_ingest_new(ls_store *store);
+int ls_ingest_feed(ls_ingest *g, const uint8_t *buf, size_t len);
+/* Takes the records and raw bytes produced so far; the pointers stay valid until the next call
+ * on g.  Call after each feed so that memory stays bounded. */
+void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,
+                    const uint8_t **raw, size_t *raw_len);
+/* Checks that the stream ended cleanly, completes the diffID and fills stats.  Records and raw
+ * bytes produced by finishing must still be taken. */
+int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats);
+const char *ls_ingest_error(const ls_ingest *g);
+void ls_ingest_free(ls_ingest *g);
+
+#endif
