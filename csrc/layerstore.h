@@ -91,8 +91,10 @@ int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t
 int ls_store_sync(ls_store *s);
 void ls_store_close(ls_store *s);
 
-/* An object's identity: BLAKE3 over a domain tag, the BLAKE3 of its content and the metadata a
- * hardlink shares.  xattrs is the encoding described under "Records" (sorted by name). */
+/* An object's identity: the BLAKE3 of its content combined with the metadata a hardlink shares:
+ *   BLAKE3("layerstore-object-v1" || content_hash || le32 mode || le32 uid || le32 gid ||
+ *          BLAKE3(xattrs))
+ * where xattrs is the encoding described under "Records" (sorted by name). */
 void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
                   const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
 /* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */

@@ -1,0 +1,135 @@
+/*
+ * ls_internal.h - private declarations shared by the core's .c files (not given to cffi).
+ */
+#ifndef LS_INTERNAL_H
+#define LS_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "layerstore.h"
+
+#define LS_HIDDEN __attribute__((visibility("hidden")))
+#define LS_PRINTF(f, a) __attribute__((format(printf, f, a)))
+
+/* Limits that keep memory bounded on hostile input.  Real layers stay far below them. */
+#define LS_MAX_PATH      32768u          /* a path or link target, in bytes */
+#define LS_MAX_PAX       (1u << 20)      /* one extended header ('x', 'g', 'L', 'K') */
+#define LS_MAX_SPARSE    (1u << 18)      /* segments in one sparse map */
+#define LS_MAX_TRAILER   (1u << 20)      /* bytes after the end-of-archive marker */
+
+/* ---- Error messages -------------------------------------------------------------------- */
+
+typedef struct ls_err {
+    char msg[512];
+} ls_err;
+
+/* Formats msg into e and returns code, so call sites read `return ls_fail(e, code, ...)`. */
+LS_HIDDEN int ls_fail(ls_err *e, int code, const char *fmt, ...) LS_PRINTF(3, 4);
+
+/* ---- A growable byte buffer -------------------------------------------------------------- */
+
+typedef struct ls_buf {
+    uint8_t *data;
+    size_t len, cap;
+} ls_buf;
+
+LS_HIDDEN int ls_buf_reserve(ls_buf *b, size_t extra);
+LS_HIDDEN int ls_buf_append(ls_buf *b, const void *p, size_t n);
+LS_HIDDEN void ls_buf_free(ls_buf *b);
+
+static inline void ls_put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void ls_put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint32_t ls_get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* ---- Streaming tar reader (tar.c) ---------------------------------------------------------
+ *
+ * A push parser: ls_tar_feed takes the stream in pieces of any size and calls back, in order,
+ *   raw(p, n)     for every byte that is not file content: headers, extended headers, sparse
+ *                 maps, padding, end-of-archive blocks and what follows them;
+ *   entry(e)      when an entry's metadata is complete, right before its content;
+ *   data(p, n)    the entry's logical content (sparse holes delivered as zeros), in pieces;
+ *   entry_end()   after the last piece of content.
+ * Pointers passed to callbacks are valid only during the call.  A callback returning nonzero
+ * stops the reader with that code (the callback writes the message into the shared ls_err).
+ */
+
+typedef struct ls_tar_entry {
+    int type;                    /* LS_ENTRY_* */
+    int sparse;                  /* content was stored sparse */
+    uint32_t mode;               /* permission bits, 07777 */
+    uint32_t uid, gid;
+    uint32_t devmajor, devminor;
+    int64_t mtime;
+    uint32_t mtime_nsec;
+    uint64_t size;               /* logical content length (regular files), else 0 */
+    const char *path;            /* as in the archive, not cleaned; not NUL-terminated */
+    size_t path_len;
+    const char *link;            /* symlink or hardlink target */
+    size_t link_len;
+    const char *uname, *gname;
+    size_t uname_len, gname_len;
+    const uint8_t *xattrs;       /* encoded as in layerstore.h, sorted by name */
+    size_t xattrs_len;
+    uint64_t offset;             /* stream offset of the entry's first header */
+} ls_tar_entry;
+
+typedef struct ls_tar_ops {
+    int (*raw)(void *ctx, const uint8_t *p, size_t n);
+    int (*entry)(void *ctx, const ls_tar_entry *e);
+    int (*data)(void *ctx, const uint8_t *p, size_t n);
+    int (*entry_end)(void *ctx);
+} ls_tar_ops;
+
+typedef struct ls_tar ls_tar;
+
+/* err is owned by the caller and receives every message. */
+LS_HIDDEN ls_tar *ls_tar_new(const ls_tar_ops *ops, void *ctx, ls_err *err);
+LS_HIDDEN int ls_tar_feed(ls_tar *t, const uint8_t *p, size_t n);
+/* Declares the end of the stream: an error if it ended inside a header or inside content. */
+LS_HIDDEN int ls_tar_finish(ls_tar *t);
+LS_HIDDEN uint64_t ls_tar_offset(const ls_tar *t);
+LS_HIDDEN void ls_tar_free(ls_tar *t);
+
+/* ---- Object store internals (objstore.c), used by ingest.c -------------------------------- */
+
+typedef struct ls_obj_meta {
+    uint32_t mode, uid, gid;
+    const uint8_t *xattrs;      /* encoded as in layerstore.h */
+    size_t xattrs_len;
+} ls_obj_meta;
+
+/* An object being written: content goes to an unnamed file in tmp/ (O_TMPFILE), or to a named
+ * one where the filesystem lacks O_TMPFILE; its identity is known only at the end. */
+typedef struct ls_spill {
+    int fd;
+    char tmpname[64];           /* empty for O_TMPFILE */
+} ls_spill;
+
+/* Whether an object with this id is stored with this size (1), absent (0) or an error (<0). */
+LS_HIDDEN int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e);
+LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, ls_err *e);
+LS_HIDDEN int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e);
+/* Gives the spilled file its metadata and links it into place as id.  Returns 1 when it was
+ * linked, 0 when an equal object was already stored (the spill is dropped), <0 on error.
+ * *xattrs_skipped is set when the filesystem refused some xattrs.  Closes the spill always. */
+LS_HIDDEN int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id,
+                                    const ls_obj_meta *m, uint64_t size, int *xattrs_skipped,
+                                    ls_err *e);
+LS_HIDDEN void ls_store_spill_abort(ls_store *s, ls_spill *sp);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * objstore.c - the object store: one file per distinct (content, metadata), named by identity.
+ *
+ * Layout: objects/ab/cdef... (the hex of the 32-byte id, split after two digits) and tmp/.
+ *
+ * Atomicity.  An object is written to an unnamed O_TMPFILE in tmp/ (a named temporary file
+ * where the filesystem lacks O_TMPFILE), given its owner, mode and xattrs, and only then linked
+ * into objects/ under its final name.  Anyone who sees the name sees the whole object.  linkat
+ * fails with EEXIST when the name already exists: another ingest, maybe in another process,
+ * stored the same identity first, so ours is dropped.  That is also the only locking: the name
+ * is the content, so two writers never disagree about what it should hold.
+ *
+ * Durability.  Nothing here calls fsync per object; ls_store_sync does one syncfs for a whole
+ * import, before the index commit that references the objects.  A crash before that leaves at
+ * most unreferenced objects (and tmp/ files), which gc removes.
+ *
+ * Ownership and mode.  As root (LS_STORE_OWNERS) an object gets the owner and mode the image
+ * asks for, so a hardlinked checkout shows them.  Otherwise the owner is the user, and the mode
+ * gains the owner-read bit so the store can always read its own objects; the intended metadata
+ * lives in the index.  chown clears setuid bits, so owner goes before mode.
+ *
+ * Objects are never opened for writing once linked.  The store handle may be shared by
+ * several ingests on different threads: its only mutable fields are updated atomically.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ls_internal.h"
+
+struct ls_store {
+    int root_fd, objects_fd, tmp_fd;
+    int flags;
+    int no_tmpfile;         /* the filesystem refused O_TMPFILE once: use named files */
+    int link_via_proc;      /* linkat(AT_EMPTY_PATH) needs a capability we lack */
+    uint64_t counter;       /* names of named temporary files */
+};
+
+static const char hexdigits[] = "0123456789abcdef";
+
+void ls_object_path(const uint8_t *id, char *out)
+{
+    char *o = out;
+    for (int i = 0; i < 32; i++) {
+        *o++ = hexdigits[id[i] >> 4];
+        *o++ = hexdigits[id[i] & 15];
+        if (i == 0)
+            *o++ = '/';
+    }
+    *o = 0;
+}
+
+void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
+                  const uint8_t *xattrs, size_t xattrs_len, uint8_t *out)
+{
+    static const char tag[20] = "layerstore-object-v1";
+    uint8_t buf[sizeof tag + 32 + 12 + 32];
+    memcpy(buf, tag, sizeof tag);
+    memcpy(buf + 20, content_hash, 32);
+    ls_put32(buf + 52, mode);
+    ls_put32(buf + 56, uid);
+    ls_put32(buf + 60, gid);
+    ls_blake3_hash(xattrs, xattrs_len, buf + 64);
+    ls_blake3_hash(buf, sizeof buf, out);
+}
+
+static int os_fail(ls_err *e, int err, const char *what, const char *path)
+{
+    return ls_fail(e, -err, "%s %s: %s", what, path, strerror(err));
+}
+
+int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t errlen)
+{
+    ls_store *s = calloc(1, sizeof *s);
+    ls_err e;
+    int rc = 0;
+    *out = NULL;
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return LS_E_NOMEM;
+    }
+    s->flags = flags;
+    s->root_fd = s->objects_fd = s->tmp_fd = -1;
+    s->root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (s->root_fd < 0) {
+        rc = os_fail(&e, errno, "cannot open store", root);
+        goto out;
+    }
+    static const char *const dirs[] = {"objects", "tmp"};
+    int *fds[] = {&s->objects_fd, &s->tmp_fd};
+    for (int i = 0; i < 2; i++) {
+        if (mkdirat(s->root_fd, dirs[i], 0700) && errno != EEXIST) {
+            rc = os_fail(&e, errno, "cannot create", dirs[i]);
+            goto out;
+        }
+        *fds[i] = openat(s->root_fd, dirs[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (*fds[i] < 0) {
+            rc = os_fail(&e, errno, "cannot open", dirs[i]);
+            goto out;
+        }
+    }
+    /* The 256 fan-out directories exist from the start, so writing an object never mkdirs. */
+    for (int i = 0; i < 256; i++) {
+        char d[3] = {hexdigits[i >> 4], hexdigits[i & 15], 0};
+        if (mkdirat(s->objects_fd, d, 0700) && errno != EEXIST) {
+            rc = os_fail(&e, errno, "cannot create objects/", d);
+            goto out;
+        }
+    }
+out:
+    if (rc) {
+        snprintf(err, errlen, "%s", e.msg);
+        ls_store_close(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int ls_store_sync(ls_store *s)
+{
+    return syncfs(s->root_fd) ? -errno : 0;
+}
+
+void ls_store_close(ls_store *s)
+{
+    if (!s)
+        return;
+    if (s->root_fd >= 0)
+        close(s->root_fd);
+    if (s->objects_fd >= 0)
+        close(s->objects_fd);
+    if (s->tmp_fd >= 0)
+        close(s->tmp_fd);
+    free(s);
+}
+
+int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e)
+{
+    char path[66];
+    struct stat st;
+    ls_object_path(id, path);
+    if (fstatat(s->objects_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0)
+        /* A wrong type or size is damage (fsck reports it); the writer replaces it. */
+        return S_ISREG(st.st_mode) && (uint64_t)st.st_size == size;
+    if (errno == ENOENT)
+        return 0;
+    return os_fail(e, errno, "cannot stat object", path);
+}
+
+int ls_store_spill_open(ls_store *s, ls_spill *sp, ls_err *e)
+{
+    sp->tmpname[0] = 0;
+    if (!__atomic_load_n(&s->no_tmpfile, __ATOMIC_RELAXED)) {
+        sp->fd = openat(s->tmp_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+        if (sp->fd >= 0)
+            return 0;
+        if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
+            return os_fail(e, errno, "cannot create a temporary object in", "tmp/");
+        __atomic_store_n(&s->no_tmpfile, 1, __ATOMIC_RELAXED);
+    }
+    uint64_t n = __atomic_fetch_add(&s->counter, 1, __ATOMIC_RELAXED);
+    snprintf(sp->tmpname, sizeof sp->tmpname, "obj-%ld-%llu", (long)getpid(),
+             (unsigned long long)n);
+    sp->fd = openat(s->tmp_fd, sp->tmpname, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (sp->fd < 0)
+        return os_fail(e, errno, "cannot create tmp/", sp->tmpname);
+    return 0;
+}
+
+int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e)
+{
+    while (n > 0) {
+        ssize_t w = write(sp->fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return os_fail(e, errno, "cannot write", "an object in tmp/");
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+void ls_store_spill_abort(ls_store *s, ls_spill *sp)
+{
+    if (sp->fd >= 0)
+        close(sp->fd);
+    if (sp->tmpname[0])
+        unlinkat(s->tmp_fd, sp->tmpname, 0);
+    sp->fd = -1;
+    sp->tmpname[0] = 0;
+}
+
+/* Applies xattrs; a refusal the filesystem or our privileges explain is recorded, not fatal. */
+static int set_xattrs(ls_spill *sp, const ls_obj_meta *m, int *skipped, ls_err *e)
+{
+    const uint8_t *p = m->xattrs, *end = m->xattrs + m->xattrs_len;
+    char name[256];
+    while (p < end) {
+        uint32_t nlen = ls_get32(p), vlen = ls_get32(p + 4);
+        const uint8_t *val = p + 8 + nlen;
+        if (nlen >= sizeof name) {
+            *skipped = 1;       /* longer than XATTR_NAME_MAX: no filesystem takes it */
+        } else {
+            memcpy(name, p + 8, nlen);
+            name[nlen] = 0;
+            if (fsetxattr(sp->fd, name, val, vlen, 0)) {
+                if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
+                    return os_fail(e, errno, "cannot set xattr", name);
+                *skipped = 1;   /* EPERM, ENOTSUP, EINVAL, ERANGE, E2BIG */
+            }
+        }
+        p = val + vlen;
+    }
+    return 0;
+}
+
+static int link_into_place(ls_store *s, ls_spill *sp, const char *path)
+{
+    if (sp->tmpname[0])
+        return linkat(s->tmp_fd, sp->tmpname, s->objects_fd, path, 0) ? -errno : 0;
+    if (!__atomic_load_n(&s->link_via_proc, __ATOMIC_RELAXED)) {
+        if (linkat(sp->fd, "", s->objects_fd, path, AT_EMPTY_PATH) == 0)
+            return 0;
+        /* Without CAP_DAC_READ_SEARCH the kernel refuses AT_EMPTY_PATH (ENOENT or EPERM). */
+        if (errno != ENOENT && errno != EPERM)
+            return -errno;
+    }
+    char proc[40];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", sp->fd);
+    if (linkat(AT_FDCWD, proc, s->objects_fd, path, AT_SYMLINK_FOLLOW))
+        return -errno;
+    __atomic_store_n(&s->link_via_proc, 1, __ATOMIC_RELAXED);
+    return 0;
+}
+
+int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_obj_meta *m,
+                          uint64_t size, int *xattrs_skipped, ls_err *e)
+{
+    char path[66];
+    int rc = 0;
+    ls_object_path(id, path);
+    int owners = s->flags & LS_STORE_OWNERS;
+    if (owners && fchown(sp->fd, m->uid, m->gid)) {
+        rc = os_fail(e, errno, "cannot set the owner of object", path);
+        goto out;
+    }
+    if (fchmod(sp->fd, owners ? m->mode : (m->mode | S_IRUSR))) {
+        rc = os_fail(e, errno, "cannot set the mode of object", path);
+        goto out;
+    }
+    if (m->xattrs_len && (rc = set_xattrs(sp, m, xattrs_skipped, e)))
+        goto out;
+    for (int attempt = 0;; attempt++) {
+        int err = link_into_place(s, sp, path);
+        if (err == 0) {
+            rc = 1;
+            break;
+        }
+        if (err != -EEXIST || attempt > 0) {
+            rc = os_fail(e, -err, "cannot link object", path);
+            break;
+        }
+        /* Someone stored this identity first: keep theirs, unless it is damaged. */
+        int has = ls_store_has(s, id, size, e);
+        if (has != 0) {
+            rc = has < 0 ? has : 0;
+            break;
+        }
+        if (unlinkat(s->objects_fd, path, 0) && errno != ENOENT) {
+            rc = os_fail(e, errno, "cannot replace damaged object", path);
+            break;
+        }
+    }
+out:
+    ls_store_spill_abort(s, sp);
+    return rc;
+}

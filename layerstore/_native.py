@@ -1,0 +1,387 @@
+"""Typed wrappers over the C core; the only module that touches layerstore._core.
+
+Every handle is guarded by a lock, so a wrapper object may be shared between threads even
+though the C handle may not.  cffi releases the GIL during each C call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import threading
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+from . import errors
+from ._model import Entry, EntryType, IngestStats
+from ._version import __version__
+
+try:
+    from ._core import ffi, lib
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise ImportError(f"layerstore's C core is not built: {exc}") from exc
+
+if ffi.string(lib.ls_version()).decode() != __version__:  # pragma: no cover
+    raise ImportError(
+        f"layerstore's C core was built for version {ffi.string(lib.ls_version()).decode()}, "
+        f"but the package is {__version__}: rebuild it (pip install .)"
+    )
+
+_ERRORS = {
+    lib.LS_E_CORRUPT: errors.CorruptArchive,
+    lib.LS_E_TRUNCATED: errors.TruncatedArchive,
+    lib.LS_E_LIMIT: errors.LimitExceeded,
+    lib.LS_E_UNSAFE_PATH: errors.UnsafePath,
+    lib.LS_E_UNSUPPORTED: errors.UnsupportedFormat,
+    lib.LS_E_STATE: errors.LayerstoreError,
+}
+
+
+def _check(code: int, message: str) -> None:
+    """Turns a C return code into the matching exception."""
+    if code >= 0:
+        return
+    if code == lib.LS_E_NOMEM:
+        raise MemoryError(message)
+    if code > -4096:
+        raise errors.StoreIOError(-code, message)
+    raise _ERRORS.get(code, errors.LayerstoreError)(message)
+
+
+# ---- BLAKE3 ---------------------------------------------------------------------------------
+
+_BLAKE3_BACKENDS = {"portable": lib.LS_BLAKE3_PORTABLE, "sse41": lib.LS_BLAKE3_SSE41,
+                    "avx2": lib.LS_BLAKE3_AVX2}
+_SHA256_BACKENDS = {"portable": lib.LS_SHA256_PORTABLE, "shani": lib.LS_SHA256_SHANI}
+_backend_lock = threading.Lock()
+
+
+def blake3(data) -> bytes:
+    """The 32-byte BLAKE3 hash of a bytes-like object."""
+    out = ffi.new("uint8_t[32]")
+    lib.ls_blake3_hash(ffi.from_buffer(data), len(data), out)
+    return ffi.buffer(out)[:]
+
+
+class Blake3:
+    """Incremental BLAKE3 with extendable output."""
+
+    __slots__ = ("_h", "_lock")
+
+    def __init__(self, data=b"") -> None:
+        h = lib.ls_blake3_new()
+        if h == ffi.NULL:
+            raise MemoryError("cannot allocate a BLAKE3 hasher")
+        self._h = ffi.gc(h, lib.ls_blake3_free)
+        self._lock = threading.Lock()
+        if data:
+            self.update(data)
+
+    def update(self, data) -> None:
+        with self._lock:
+            lib.ls_blake3_update(self._h, ffi.from_buffer(data), len(data))
+
+    def digest(self, length: int = 32) -> bytes:
+        out = ffi.new("uint8_t[]", length)
+        with self._lock:
+            lib.ls_blake3_finalize(self._h, out, length)
+        return ffi.buffer(out)[:]
+
+    def hexdigest(self, length: int = 32) -> str:
+        return self.digest(length).hex()
+
+
+class Sha256:
+    """Incremental SHA-256 (the C core's, which computes diffIDs during ingest)."""
+
+    __slots__ = ("_h", "_lock")
+
+    def __init__(self, data=b"") -> None:
+        h = lib.ls_sha256_new()
+        if h == ffi.NULL:
+            raise MemoryError("cannot allocate a SHA-256 context")
+        self._h = ffi.gc(h, lib.ls_sha256_free)
+        self._lock = threading.Lock()
+        if data:
+            self.update(data)
+
+    def update(self, data) -> None:
+        with self._lock:
+            lib.ls_sha256_update(self._h, ffi.from_buffer(data), len(data))
+
+    def digest(self) -> bytes:
+        out = ffi.new("uint8_t[32]")
+        with self._lock:
+            lib.ls_sha256_final(self._h, out)
+            lib.ls_sha256_reset(self._h)
+        return ffi.buffer(out)[:]
+
+
+def _available(names: dict, use, current) -> list[str]:
+    with _backend_lock:
+        was = current()
+        found = [name for name, code in names.items() if use(code) == 0]
+        use(was)
+    return found
+
+
+def blake3_backends() -> list[str]:
+    """The BLAKE3 implementations this CPU can run, portable first."""
+    return _available(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend)
+
+
+def sha256_backends() -> list[str]:
+    """The SHA-256 implementations this CPU can run, portable first."""
+    return _available(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend)
+
+
+@contextlib.contextmanager
+def _switch(names: dict, use, current, name: str):
+    if name not in names:
+        raise ValueError(f"unknown backend {name!r}; known: {', '.join(names)}")
+    with _backend_lock:
+        was = current()
+        if use(names[name]) != 0:
+            raise errors.UnsupportedFormat(f"this CPU cannot run the {name} backend")
+    try:
+        yield
+    finally:
+        with _backend_lock:
+            use(was)
+
+
+def blake3_backend(name: str):
+    """Context manager: hash with one BLAKE3 backend process-wide (tests and benchmarks)."""
+    return _switch(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend, name)
+
+
+def sha256_backend(name: str):
+    """Context manager: use one SHA-256 backend process-wide (tests and benchmarks)."""
+    return _switch(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend, name)
+
+
+def current_blake3_backend() -> str:
+    code = lib.ls_blake3_backend()
+    return next(n for n, c in _BLAKE3_BACKENDS.items() if c == code)
+
+
+# ---- Object store ---------------------------------------------------------------------------
+
+
+def object_id(content_hash: bytes, mode: int, uid: int, gid: int,
+              xattrs: tuple[tuple[str, bytes], ...] = ()) -> str:
+    """The identity of an object: its content hash and the metadata a hardlink shares."""
+    blob = encode_xattrs(xattrs)
+    out = ffi.new("uint8_t[32]")
+    lib.ls_object_id(content_hash, mode & 0o7777, uid, gid, blob, len(blob), out)
+    return ffi.buffer(out)[:].hex()
+
+
+def object_path(object_id_hex: str) -> str:
+    """An object's path relative to objects/."""
+    return f"{object_id_hex[:2]}/{object_id_hex[2:]}"
+
+
+def encode_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> bytes:
+    parts = []
+    for name, value in sorted((os.fsencode(n), v) for n, v in xattrs):
+        parts.append(struct.pack("<II", len(name), len(value)) + name + value)
+    return b"".join(parts)
+
+
+def _decode_xattrs(blob) -> tuple[tuple[str, bytes], ...]:
+    out = []
+    pos = 0
+    while pos < len(blob):
+        nlen, vlen = struct.unpack_from("<II", blob, pos)
+        pos += 8
+        name = os.fsdecode(bytes(blob[pos:pos + nlen]))
+        pos += nlen
+        out.append((name, bytes(blob[pos:pos + vlen])))
+        pos += vlen
+    return tuple(out)
+
+
+class ObjectStore:
+    """The C object store over an existing root directory (objects/ and tmp/ inside it)."""
+
+    def __init__(self, root: str | os.PathLike, owners: bool | None = None) -> None:
+        if owners is None:
+            owners = os.geteuid() == 0
+        out = ffi.new("ls_store **")
+        err = ffi.new("char[]", 512)
+        rc = lib.ls_store_open(os.fsencode(root), lib.LS_STORE_OWNERS if owners else 0,
+                               out, err, 512)
+        _check(rc, ffi.string(err).decode(errors="replace"))
+        self.root = os.fspath(root)
+        self.owners = owners
+        self._h = ffi.gc(out[0], lib.ls_store_close)
+
+    def sync(self) -> None:
+        """Makes every object written so far durable (one syncfs)."""
+        rc = lib.ls_store_sync(self._h)
+        _check(rc, f"cannot sync the store at {self.root}: {os.strerror(-rc) if rc else ''}")
+
+    def close(self) -> None:
+        if self._h is not None:
+            ffi.release(self._h)
+            self._h = None
+
+
+# ---- Layer ingest ---------------------------------------------------------------------------
+
+_RECORD = struct.Struct("<IBBHIIIIIIqQQ32s32sIIIII")
+assert _RECORD.size == lib.LS_RECORD_FIXED
+_TYPES = {
+    lib.LS_ENTRY_FILE: EntryType.FILE,
+    lib.LS_ENTRY_HARDLINK: EntryType.HARDLINK,
+    lib.LS_ENTRY_SYMLINK: EntryType.SYMLINK,
+    lib.LS_ENTRY_CHAR: EntryType.CHAR,
+    lib.LS_ENTRY_BLOCK: EntryType.BLOCK,
+    lib.LS_ENTRY_DIR: EntryType.DIR,
+    lib.LS_ENTRY_FIFO: EntryType.FIFO,
+}
+NEW_OBJECT = lib.LS_RECORD_NEW_OBJECT
+SPARSE = lib.LS_RECORD_SPARSE
+XATTRS_SKIPPED = lib.LS_RECORD_XATTRS_SKIPPED
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """An entry together with what only ingest knows: flags and its raw tar metadata length."""
+
+    entry: Entry
+    flags: int
+    raw_len: int
+
+
+def decode_records(blob) -> Iterator[Record]:
+    """Decodes the C core's record batch (layout in csrc/layerstore.h)."""
+    view = memoryview(blob)
+    pos, end = 0, len(view)
+    unpack = _RECORD.unpack_from
+    fixed = _RECORD.size
+    fsdecode = os.fsdecode
+    while pos < end:
+        (total, typ, flags, _, mode, uid, gid, major, minor, nsec, mtime, size, raw_len,
+         oid, chash, plen, llen, ulen, glen, xlen) = unpack(view, pos)
+        p = pos + fixed
+        path = fsdecode(bytes(view[p:p + plen]))
+        p += plen
+        link = fsdecode(bytes(view[p:p + llen])) if llen else None
+        p += llen
+        uname = bytes(view[p:p + ulen]).decode("utf-8", "surrogateescape")
+        p += ulen
+        gname = bytes(view[p:p + glen]).decode("utf-8", "surrogateescape")
+        p += glen
+        xattrs = _decode_xattrs(view[p:p + xlen]) if xlen else ()
+        etype = _TYPES[typ]
+        is_file = etype is EntryType.FILE
+        yield Record(
+            Entry(path, etype, mode, uid, gid, mtime * 1_000_000_000 + nsec, size, link,
+                  oid.hex() if is_file else None, chash.hex() if is_file else None,
+                  uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
+            flags, raw_len)
+        pos += total
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """The outcome of one layer ingest.
+
+    records is the C core's record batch (decode with decode_records); raw holds every byte of
+    the layer tar that is not file content, so that records + raw + objects re-create it.
+    """
+
+    stats: IngestStats
+    records: bytes
+    raw: bytes
+
+    def entries(self) -> list[Entry]:
+        return [r.entry for r in decode_records(self.records)]
+
+
+class LayerIngest:
+    """Feeds one uncompressed layer stream to the C core; store=None only parses and hashes."""
+
+    def __init__(self, store: ObjectStore | None = None) -> None:
+        h = lib.ls_ingest_new(store._h if store is not None else ffi.NULL)
+        if h == ffi.NULL:
+            raise MemoryError("cannot allocate a layer ingest")
+        self._store = store         # keeps the C store alive as long as this ingest
+        self._h = ffi.gc(h, lib.ls_ingest_free)
+        self._lock = threading.Lock()
+        self._take = ffi.new("const uint8_t *[2]")
+        self._take_len = ffi.new("size_t[2]")
+        self._records = bytearray()
+        self._raw = bytearray()
+
+    def _collect(self) -> None:
+        lib.ls_ingest_take(self._h, self._take, self._take_len, self._take + 1,
+                           self._take_len + 1)
+        if self._take_len[0]:
+            self._records += ffi.buffer(self._take[0], self._take_len[0])
+        if self._take_len[1]:
+            self._raw += ffi.buffer(self._take[1], self._take_len[1])
+
+    def _fail(self, rc: int) -> None:
+        _check(rc, ffi.string(lib.ls_ingest_error(self._h)).decode("utf-8", "replace"))
+
+    def feed(self, data) -> None:
+        with self._lock:
+            rc = lib.ls_ingest_feed(self._h, ffi.from_buffer(data), len(data))
+            if rc:
+                self._fail(rc)
+            self._collect()
+
+    def finish(self) -> IngestResult:
+        with self._lock:
+            stats = ffi.new("ls_ingest_stats *")
+            rc = lib.ls_ingest_finish(self._h, stats)
+            if rc:
+                self._fail(rc)
+            self._collect()
+            result = IngestResult(
+                IngestStats(
+                    diff_id="sha256:" + ffi.buffer(stats.diff_id)[:].hex(),
+                    stream_bytes=stats.stream_bytes, entries=stats.entries,
+                    file_bytes=stats.file_bytes, new_objects=stats.new_objects,
+                    new_bytes=stats.new_bytes),
+                bytes(self._records), bytes(self._raw))
+            self._records = bytearray()
+            self._raw = bytearray()
+            return result
+
+    def close(self) -> None:
+        with self._lock:
+            if self._h is not None:
+                ffi.release(self._h)
+                self._h = None
+
+
+CHUNK = 1 << 20
+
+
+def ingest_stream(stream: BinaryIO, store: ObjectStore | None = None,
+                  chunk: int = CHUNK) -> IngestResult:
+    """Ingests a whole layer stream read in chunk-sized pieces into one reused buffer."""
+    ingest = LayerIngest(store)
+    try:
+        buf = bytearray(chunk)
+        view = memoryview(buf)
+        readinto = getattr(stream, "readinto", None)
+        while True:
+            if readinto is not None:
+                n = readinto(buf)
+                if not n:
+                    break
+                ingest.feed(view[:n])
+            else:
+                data = stream.read(chunk)
+                if not data:
+                    break
+                ingest.feed(data)
+        return ingest.finish()
+    finally:
+        ingest.close()

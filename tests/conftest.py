@@ -1,0 +1,75 @@
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import settings
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = Path(os.environ.get("LAYERSTORE_CORPUS", REPO.parent / "shared" / "corpus"))
+
+# CI runs the native tests a second time under AddressSanitizer, which is slow: fewer examples.
+settings.register_profile("sanitize", max_examples=25, deadline=None)
+settings.register_profile("default", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(tmp_path, monkeypatch):
+    """No test touches the user's store: every default location points into tmp_path."""
+    monkeypatch.setenv("LAYERSTORE_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+
+
+def python_env() -> dict:
+    """An environment in which a child Python imports the same layerstore as this process."""
+    import layerstore
+    here = os.path.dirname(os.path.dirname(os.path.abspath(layerstore.__file__)))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
+
+
+def need_root(reason: str):
+    return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {reason}")
+
+
+def need_tool(name: str):
+    return pytest.mark.skipif(shutil.which(name) is None, reason=f"needs {name} on PATH")
+
+
+@pytest.fixture(scope="session")
+def corpus_dir():
+    if not CORPUS.is_dir():
+        pytest.skip(f"no image corpus at {CORPUS}")
+    return CORPUS
+
+
+class CorpusImage:
+    """One image of the corpus: its config and its layers as uncompressed tar files on disk."""
+
+    def __init__(self, archive, config, diff_ids, layers):
+        self.archive, self.config, self.diff_ids, self.layers = archive, config, diff_ids, layers
+
+
+@pytest.fixture(scope="session")
+def corpus_images(corpus_dir, tmp_path_factory):
+    """Every docker-archive in the corpus, unpacked once per session (found by what it holds:
+    manifest.json names the config and the layer tars)."""
+    import json
+    import tarfile
+
+    import zstandard
+
+    images = []
+    for archive in sorted(corpus_dir.glob("*.tar.zst")):
+        dest = tmp_path_factory.mktemp(archive.name.split(".")[0])
+        with open(archive, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as zr:
+            with tarfile.open(fileobj=zr, mode="r|") as tf:
+                for m in tf:
+                    if m.isfile() and "/" not in m.name:
+                        with open(dest / m.name, "wb") as out:
+                            shutil.copyfileobj(tf.extractfile(m), out, 1 << 20)
+        (manifest,) = json.loads((dest / "manifest.json").read_text())
+        config = json.loads((dest / manifest["Config"]).read_text())
+        layers = [dest / name for name in manifest["Layers"]]
+        images.append(CorpusImage(archive, config, config["rootfs"]["diff_ids"], layers))
+    return images
