@@ -28,6 +28,12 @@ if ffi.string(lib.ls_version()).decode() != __version__:  # pragma: no cover
         f"but the package is {__version__}: rebuild it (pip install .)"
     )
 
+
+def built_with_sanitizers() -> bool:
+    """Whether the C core was built with AddressSanitizer + UBSan (for the test suite)."""
+    return bool(lib.ls_sanitized())
+
+
 _ERRORS = {
     lib.LS_E_CORRUPT: errors.CorruptArchive,
     lib.LS_E_TRUNCATED: errors.TruncatedArchive,
@@ -57,11 +63,23 @@ _SHA256_BACKENDS = {"portable": lib.LS_SHA256_PORTABLE, "shani": lib.LS_SHA256_S
 _backend_lock = threading.Lock()
 
 
+_tls = threading.local()
+
+
 def blake3(data) -> bytes:
     """The 32-byte BLAKE3 hash of a bytes-like object."""
-    out = ffi.new("uint8_t[32]")
-    lib.ls_blake3_hash(ffi.from_buffer(data), len(data), out)
-    return ffi.buffer(out)[:]
+    # Small inputs are dominated by call overhead: bytes go to C without a from_buffer wrapper,
+    # and the output buffer is allocated once per thread.
+    try:
+        out = _tls.out
+    except AttributeError:
+        out = _tls.out = ffi.new("uint8_t[32]")
+    if type(data) is bytes:
+        lib.ls_blake3_hash(data, len(data), out)
+    else:
+        data = ffi.from_buffer(data)
+        lib.ls_blake3_hash(data, len(data), out)
+    return ffi.unpack(ffi.cast("char *", out), 32)
 
 
 class Blake3:
@@ -286,6 +304,21 @@ def decode_records(blob) -> Iterator[Record]:
         pos += total
 
 
+def record_objects(blob) -> dict[bytes, int]:
+    """The non-empty objects a record batch references: {object id: content size}."""
+    view = memoryview(blob)
+    out = {}
+    pos, end = 0, len(view)
+    while pos < end:
+        total, typ = struct.unpack_from("<IB", view, pos)
+        if typ == lib.LS_ENTRY_FILE:
+            (size,) = struct.unpack_from("<Q", view, pos + 40)
+            if size:
+                out[bytes(view[pos + 56:pos + 88])] = size
+        pos += total
+    return out
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """The outcome of one layer ingest.
@@ -346,7 +379,7 @@ class LayerIngest:
                 IngestStats(
                     diff_id="sha256:" + ffi.buffer(stats.diff_id)[:].hex(),
                     stream_bytes=stats.stream_bytes, entries=stats.entries,
-                    file_bytes=stats.file_bytes, new_objects=stats.new_objects,
+                    files=stats.files, file_bytes=stats.file_bytes, new_objects=stats.new_objects,
                     new_bytes=stats.new_bytes),
                 bytes(self._records), bytes(self._raw))
             self._records = bytearray()
