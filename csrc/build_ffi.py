@@ -28,12 +28,16 @@ def _cdef(header_path):
         return "".join(line for line in f if not line.lstrip().startswith("#"))
 
 
+def _sanitize():
+    return os.environ.get("LAYERSTORE_SANITIZE") == "1"
+
+
 def _flags():
     cflags = ["-std=gnu11", "-O3", "-Wall", "-Wextra", "-fvisibility=hidden"]
     ldflags = ["-pthread"]
     if os.environ.get("LAYERSTORE_WERROR") == "1":
         cflags.append("-Werror")
-    if os.environ.get("LAYERSTORE_SANITIZE") == "1":
+    if _sanitize():
         san = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
                "-fno-omit-frame-pointer", "-g"]
         cflags = [f for f in cflags if f != "-O3"] + ["-O1"] + san
@@ -47,12 +51,15 @@ _cflags, _ldflags = _flags()
 ffibuilder.set_source(
     "layerstore._core",
     '#include "layerstore.h"\n',
-    sources=sorted(os.path.relpath(p) for p in glob.glob(os.path.join(HERE, "*.c"))),
+    sources=sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(HERE, "*.c"))),
     include_dirs=[HERE],
-    define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")],
+    define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")]
+    + ([("LS_SANITIZED", "1")] if _sanitize() else []),
     extra_compile_args=_cflags,
     extra_link_args=_ldflags,
 )
 
 if __name__ == "__main__":
+    # setuptools wants source paths relative to the project root (setup.py runs from there).
+    os.chdir(ROOT)
     ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)

@@ -276,6 +276,7 @@ static int on_entry_end(void *ctx)
         ls_blake3_finalize(g->hasher, content_hash, 32);
         ls_object_id(content_hash, g->meta.mode, g->meta.uid, g->meta.gid, g->meta.xattrs,
                      g->meta.xattrs_len, id);
+        g->stats.files++;
         g->stats.file_bytes += g->size;
         if (g->store && g->size > 0) {      /* empty files are never shared: no object */
             int skipped = 0;

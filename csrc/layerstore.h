@@ -32,6 +32,8 @@ enum {
 
 /* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
 const char *ls_version(void);
+/* 1 when built with AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1), so tests can insist. */
+int ls_sanitized(void);
 
 /* ---- BLAKE3 (blake3.c, blake3_portable.c, blake3_sse41.c, blake3_avx2.c) ----------------- */
 
@@ -52,7 +54,7 @@ void ls_blake3_update(ls_blake3 *h, const uint8_t *data, size_t len);
 void ls_blake3_finalize(const ls_blake3 *h, uint8_t *out, size_t out_len);
 void ls_blake3_free(ls_blake3 *h);
 /* One-shot: out receives LS_BLAKE3_OUT_LEN bytes. */
-void ls_blake3_hash(const uint8_t *data, size_t len, uint8_t *out);
+void ls_blake3_hash(const void *data, size_t len, uint8_t *out);
 
 /* The backend is picked once from the CPU; tests and benchmarks may switch it for the whole
  * process (not while another thread hashes).  Returns 0, or LS_E_UNSUPPORTED when this CPU or
@@ -141,7 +143,8 @@ enum {
 typedef struct {
     uint64_t stream_bytes;  /* bytes fed: the length of the layer tar */
     uint64_t entries;
-    uint64_t file_bytes;    /* logical bytes of regular files */
+    uint64_t files;         /* regular files */
+    uint64_t file_bytes;    /* their logical bytes */
     uint64_t new_objects;   /* objects this ingest wrote */
     uint64_t new_bytes;     /* content bytes of those objects */
     uint8_t diff_id[32];    /* sha256 of the stream */

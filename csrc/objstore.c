@@ -14,6 +14,10 @@
  * import, before the index commit that references the objects.  A crash before that leaves at
  * most unreferenced objects (and tmp/ files), which gc removes.
  *
+ * Every object's mtime is 0 (the epoch), as ostree's are: mtime is not part of an object's
+ * identity, so a hardlinked checkout shows this canonical one; --copy checkouts and exports
+ * restore the recorded mtimes.
+ *
  * Ownership and mode.  As root (LS_STORE_OWNERS) an object gets the owner and mode the image
  * asks for, so a hardlinked checkout shows them.  Otherwise the owner is the user, and the mode
  * gains the owner-read bit so the store can always read its own objects; the intended metadata
@@ -258,6 +262,12 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
     }
     if (m->xattrs_len && (rc = set_xattrs(sp, m, xattrs_skipped, e)))
         goto out;
+    /* One canonical mtime: a hardlinked checkout shows it whichever image it came from. */
+    static const struct timespec epoch[2] = {{0, 0}, {0, 0}};
+    if (futimens(sp->fd, epoch)) {
+        rc = os_fail(e, errno, "cannot set the mtime of object", path);
+        goto out;
+    }
     for (int attempt = 0;; attempt++) {
         int err = link_into_place(s, sp, path);
         if (err == 0) {

@@ -14,6 +14,27 @@ settings.register_profile("default", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--sanitized", action="store_true",
+                     help="require the C core built with ASan+UBSan (LAYERSTORE_SANITIZE=1)")
+
+
+def pytest_configure(config):
+    if config.getoption("--sanitized"):
+        from layerstore import _native
+        if not _native.built_with_sanitizers():
+            raise pytest.UsageError("--sanitized, but the imported C core is a plain build: "
+                                    f"{_native.__file__}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--sanitized"):
+        skip = pytest.mark.skip(reason="measures memory or time: meaningless under ASan")
+        for item in items:
+            if "no_sanitizer" in item.keywords:
+                item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path, monkeypatch):
     """No test touches the user's store: every default location points into tmp_path."""
