@@ -1,0 +1,44 @@
+"""Writes seed inputs for the tar fuzzer: small archives in every format tarfile writes, plus
+the regression fixtures.  Each seed starts with the byte that picks the feed size."""
+
+import io
+import os
+import sys
+import tarfile
+
+
+def archive(fmt) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        # Long enough for GNU long names and PAX paths, with slashes so ustar can split it.
+        d = tarfile.TarInfo("dir/" + "/".join(["long" * 5] * 8))
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        f = tarfile.TarInfo("dir/file")
+        f.size = 700
+        if fmt == tarfile.PAX_FORMAT:
+            f.pax_headers = {"SCHILY.xattr.user.x": "1", "mtime": "1.5"}
+        tf.addfile(f, io.BytesIO(b"x" * 700))
+        for kind, name in ((tarfile.SYMTYPE, "sym"), (tarfile.LNKTYPE, "hard")):
+            t = tarfile.TarInfo(name)
+            t.type = kind
+            t.linkname = "dir/file"
+            tf.addfile(t)
+        c = tarfile.TarInfo("dev")
+        c.type = tarfile.CHRTYPE
+        c.devmajor, c.devminor = 1, 3
+        tf.addfile(c)
+    return buf.getvalue()
+
+
+def main(out: str) -> None:
+    os.makedirs(out, exist_ok=True)
+    for i, fmt in enumerate((tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)):
+        data = archive(fmt)
+        for lead in (0, 10, 63, 255):
+            with open(os.path.join(out, f"seed-{i}-{lead}"), "wb") as f:
+                f.write(bytes([lead]) + data)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
