@@ -11,6 +11,12 @@ __all__ = [
     "UnsafePath",
     "LimitExceeded",
     "UnsupportedFormat",
+    "DigestMismatch",
+    "MissingBlob",
+    "InvalidReference",
+    "ImageNotFound",
+    "LayerNotFound",
+    "StoreLocked",
     "StoreIOError",
 ]
 
@@ -37,6 +43,30 @@ class LimitExceeded(CorruptArchive):
 
 class UnsupportedFormat(LayerstoreError, ValueError):
     """Valid input that layerstore cannot represent (multi-volume tar, unknown format, ...)."""
+
+
+class DigestMismatch(CorruptArchive):
+    """Content does not hash to the digest that names it."""
+
+
+class MissingBlob(CorruptArchive):
+    """The archive's metadata names a file or blob the archive does not hold."""
+
+
+class InvalidReference(LayerstoreError, ValueError):
+    """Not a valid image reference (name:tag, sha256:<id> or an id prefix)."""
+
+
+class ImageNotFound(LayerstoreError, LookupError):
+    """No image matches the reference."""
+
+
+class LayerNotFound(LayerstoreError, LookupError):
+    """No layer has that diffID."""
+
+
+class StoreLocked(LayerstoreError):
+    """Another process held the store lock for longer than we were willing to wait."""
 
 
 class StoreIOError(LayerstoreError, OSError):

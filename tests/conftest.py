@@ -67,14 +67,16 @@ def corpus_dir():
 class CorpusImage:
     """One image of the corpus: its config and its layers as uncompressed tar files on disk."""
 
-    def __init__(self, archive, config, diff_ids, layers):
+    def __init__(self, archive, config, config_digest, diff_ids, layers):
         self.archive, self.config, self.diff_ids, self.layers = archive, config, diff_ids, layers
+        self.config_digest = config_digest      # the image ID
 
 
 @pytest.fixture(scope="session")
 def corpus_images(corpus_dir, tmp_path_factory):
     """Every docker-archive in the corpus, unpacked once per session (found by what it holds:
     manifest.json names the config and the layer tars)."""
+    import hashlib
     import json
     import tarfile
 
@@ -90,7 +92,9 @@ def corpus_images(corpus_dir, tmp_path_factory):
                         with open(dest / m.name, "wb") as out:
                             shutil.copyfileobj(tf.extractfile(m), out, 1 << 20)
         (manifest,) = json.loads((dest / "manifest.json").read_text())
-        config = json.loads((dest / manifest["Config"]).read_text())
+        config_bytes = (dest / manifest["Config"]).read_bytes()
+        config = json.loads(config_bytes)
         layers = [dest / name for name in manifest["Layers"]]
-        images.append(CorpusImage(archive, config, config["rootfs"]["diff_ids"], layers))
+        digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+        images.append(CorpusImage(archive, config, digest, config["rootfs"]["diff_ids"], layers))
     return images

@@ -1,0 +1,263 @@
+"""The LMDB index: images, tags, layers and objects, with a versioned schema.
+
+Named databases (keys and values are bytes):
+    meta        b"schema" -> decimal schema version
+    images      image id ("sha256:<config digest>") -> JSON image record
+    tags        normalized "domain/path:tag" -> image id
+    metadata    digest -> raw bytes of a config or manifest, exactly as imported
+    layers      diffID -> JSON layer record (sizes, counts, blob digests, reference count)
+    layer_data  diffID + b"/records" | b"/raw" -> zstd-compressed entry records / tar metadata
+    blobs       compressed blob digest -> diffID it decompresses to
+    objects     32-byte object id -> struct <QI: content size, reference count
+
+Reference counts: a layer counts the image slots that name it; an object counts the layers that
+contain it (once per layer).  The empty file is never an object.
+
+Locking: LMDB allows one write transaction at a time across all processes and threads and gives
+every reader a consistent snapshot.  Writes here are short: objects are written to disk before
+the transaction that references them begins.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass, field
+
+import lmdb
+import zstandard
+
+from . import errors
+
+SCHEMA_VERSION = 1
+_OBJ = struct.Struct("<QI")
+_DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "blobs", "objects")
+MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
+
+# py-lmdb requires one Environment per database per process.
+_envs: dict[tuple[int, int], list] = {}
+_envs_lock = threading.Lock()
+
+
+def _dumps(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), sort_keys=True).encode()
+
+
+@dataclass
+class LayerRecord:
+    diff_id: str
+    stream_bytes: int
+    entries: int
+    files: int
+    file_bytes: int
+    new_objects: int        # objects this layer added to the store when first imported
+    new_bytes: int
+    blobs: list = field(default_factory=list)   # [{"digest", "media_type", "size"}]
+    refs: int = 0
+
+    def to_json(self) -> bytes:
+        return _dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "LayerRecord":
+        return cls(**json.loads(raw))
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    diff_ids: list
+    tags: list
+    manifest_digest: str | None     # None when the archive had no manifest blob (docker-archive)
+    manifest_media_type: str | None
+    source_format: str              # "docker-archive", "oci", ...
+    created: str | None
+    size: int                       # logical bytes of regular files over all layers
+    imported: float
+
+    def to_json(self) -> bytes:
+        return _dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> "ImageRecord":
+        return cls(**json.loads(raw))
+
+
+class Index:
+    """The store's index.  Thread-safe: each method runs in its own transaction."""
+
+    def __init__(self, path: str) -> None:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+        self._key = (st.st_dev, st.st_ino)
+        with _envs_lock:
+            entry = _envs.get(self._key)
+            if entry is None:
+                try:
+                    env = lmdb.open(path, map_size=MAP_SIZE, max_dbs=len(_DBS), mode=0o600,
+                                    subdir=True, max_readers=512)
+                except lmdb.Error as exc:
+                    raise errors.StoreIOError(0, f"cannot open the index at {path}: {exc}") \
+                        from exc
+                dbs = {name: env.open_db(name.encode()) for name in _DBS}
+                entry = _envs[self._key] = [env, dbs, 0]
+            entry[2] += 1
+        self.env, self.db = entry[0], entry[1]
+        self._check_schema()
+
+    def close(self) -> None:
+        with _envs_lock:
+            entry = _envs.get(self._key)
+            if entry is None or entry[0] is not self.env:
+                return
+            entry[2] -= 1
+            if entry[2] == 0:
+                del _envs[self._key]
+                self.env.close()
+
+    def _check_schema(self) -> None:
+        with self.env.begin(write=True) as txn:
+            raw = txn.get(b"schema", db=self.db["meta"])
+            if raw is None:
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
+                return
+        version = int(raw)
+        if version > SCHEMA_VERSION:
+            raise errors.LayerstoreError(
+                f"the store's index has schema {version}, newer than this layerstore "
+                f"understands ({SCHEMA_VERSION}): upgrade layerstore")
+        if version < SCHEMA_VERSION:    # pragma: no cover - no older schema exists yet
+            raise errors.LayerstoreError(f"the store's index has schema {version}: migrate it")
+
+    def read(self):
+        """A read-only transaction: a consistent snapshot of the whole index."""
+        return self.env.begin(write=False)
+
+    def write(self):
+        """The write transaction (one at a time across processes)."""
+        return self.env.begin(write=True)
+
+    # ---- reads --------------------------------------------------------------------------------
+
+    def image(self, txn, image_id: str) -> ImageRecord | None:
+        raw = txn.get(image_id.encode(), db=self.db["images"])
+        return ImageRecord.from_json(raw) if raw is not None else None
+
+    def images(self, txn) -> list[ImageRecord]:
+        return [ImageRecord.from_json(v) for _, v in txn.cursor(db=self.db["images"])]
+
+    def image_ids_with_prefix(self, txn, prefix: str) -> list[str]:
+        cur = txn.cursor(db=self.db["images"])
+        out = []
+        if cur.set_range(prefix.encode()):
+            for key in cur.iternext(values=False):
+                if not key.startswith(prefix.encode()):
+                    break
+                out.append(key.decode())
+        return out
+
+    def tag(self, txn, name: str) -> str | None:
+        raw = txn.get(name.encode(), db=self.db["tags"])
+        return raw.decode() if raw is not None else None
+
+    def metadata(self, txn, digest: str) -> bytes | None:
+        return txn.get(digest.encode(), db=self.db["metadata"])
+
+    def layer(self, txn, diff_id: str) -> LayerRecord | None:
+        raw = txn.get(diff_id.encode(), db=self.db["layers"])
+        return LayerRecord.from_json(raw) if raw is not None else None
+
+    def layers(self, txn) -> list[LayerRecord]:
+        return [LayerRecord.from_json(v) for _, v in txn.cursor(db=self.db["layers"])]
+
+    def layer_data(self, txn, diff_id: str, part: str) -> bytes:
+        raw = txn.get(f"{diff_id}/{part}".encode(), db=self.db["layer_data"])
+        if raw is None:
+            raise errors.LayerstoreError(f"the index has no {part} for layer {diff_id}")
+        return zstandard.ZstdDecompressor().decompress(raw)
+
+    def blob_layer(self, txn, blob_digest: str) -> str | None:
+        raw = txn.get(blob_digest.encode(), db=self.db["blobs"])
+        return raw.decode() if raw is not None else None
+
+    def object(self, txn, oid: bytes) -> tuple[int, int] | None:
+        raw = txn.get(oid, db=self.db["objects"])
+        return _OBJ.unpack(raw) if raw is not None else None
+
+    # ---- writes (inside a write transaction) --------------------------------------------------
+
+    def add_layer(self, txn, rec: LayerRecord, records: bytes, raw: bytes,
+                  objects: dict[bytes, int]) -> bool:
+        """Adds a layer with refs 0 and counts a reference to each of its objects.  Returns
+        False (and only records blob digests) when the layer is already indexed, as when
+        another process imported it meanwhile."""
+        key = rec.diff_id.encode()
+        existing = txn.get(key, db=self.db["layers"])
+        if existing is not None:
+            old = LayerRecord.from_json(existing)
+            known = {b["digest"] for b in old.blobs}
+            new = [b for b in rec.blobs if b["digest"] not in known]
+            if new:
+                old.blobs.extend(new)
+                txn.put(key, old.to_json(), db=self.db["layers"])
+            self._map_blobs(txn, rec)
+            return False
+        cctx = zstandard.ZstdCompressor(level=3)
+        txn.put(key, rec.to_json(), db=self.db["layers"])
+        txn.put(key + b"/records", cctx.compress(records), db=self.db["layer_data"])
+        txn.put(key + b"/raw", cctx.compress(raw), db=self.db["layer_data"])
+        self._map_blobs(txn, rec)
+        odb = self.db["objects"]
+        for oid, size in objects.items():
+            cur = txn.get(oid, db=odb)
+            refs = _OBJ.unpack(cur)[1] if cur is not None else 0
+            txn.put(oid, _OBJ.pack(size, refs + 1), db=odb)
+        return True
+
+    def _map_blobs(self, txn, rec: LayerRecord) -> None:
+        for b in rec.blobs:
+            if b["digest"] != rec.diff_id:
+                txn.put(b["digest"].encode(), rec.diff_id.encode(), db=self.db["blobs"])
+
+    def put_metadata(self, txn, digest: str, data: bytes) -> None:
+        txn.put(digest.encode(), data, db=self.db["metadata"], overwrite=False)
+
+    def add_image(self, txn, rec: ImageRecord, tags: list[str]) -> ImageRecord:
+        """Adds an image (counting a reference to each of its layers) or, when it exists,
+        adds the tags to it.  Tags move from any image that held them.  Returns the record."""
+        key = rec.id.encode()
+        existing = txn.get(key, db=self.db["images"])
+        if existing is not None:
+            stored = ImageRecord.from_json(existing)
+        else:
+            stored = rec
+            rec.tags = []
+            ldb = self.db["layers"]
+            for diff_id in rec.diff_ids:
+                raw = txn.get(diff_id.encode(), db=ldb)
+                if raw is None:
+                    raise errors.LayerstoreError(f"layer {diff_id} vanished from the index "
+                                                 f"while importing {rec.id}")
+                layer = LayerRecord.from_json(raw)
+                layer.refs += 1
+                txn.put(diff_id.encode(), layer.to_json(), db=ldb)
+        for tag in dict.fromkeys(tags):
+            self.set_tag(txn, tag, stored)
+        txn.put(key, stored.to_json(), db=self.db["images"])
+        return stored
+
+    def set_tag(self, txn, tag: str, image: ImageRecord) -> None:
+        """Points tag at image (whose record the caller writes), taking it from its holder."""
+        tdb, idb = self.db["tags"], self.db["images"]
+        old = txn.get(tag.encode(), db=tdb)
+        if old is not None and old.decode() != image.id:
+            holder_raw = txn.get(old, db=idb)
+            if holder_raw is not None:
+                holder = ImageRecord.from_json(holder_raw)
+                holder.tags = [t for t in holder.tags if t != tag]
+                txn.put(old, holder.to_json(), db=idb)
+        txn.put(tag.encode(), image.id.encode(), db=tdb)
+        if tag not in image.tags:
+            image.tags.append(tag)

@@ -1,0 +1,476 @@
+"""Store: the embedding API over the object store, the index and the archive readers.
+
+On disk (see DESIGN.md): root/ (mode 0700) holds index/ (LMDB), objects/xx/... (one file per
+distinct content and metadata), tmp/ (staging) and lock (a flock file).
+
+Locking.  Every method is thread-safe, and several processes may use one root at once:
+  - readers (images, image, layers, entries, checkout) work on an LMDB snapshot and never
+    wait;
+  - import holds the store lock shared while it writes objects and commits, so imports run in
+    parallel with each other; the index commit itself is one short LMDB write transaction;
+  - maintenance that deletes objects (gc) takes the store lock exclusively, so it never
+    deletes an object an import in progress is about to reference.
+Atomicity: an import either commits all of its images in one transaction or leaves the index
+untouched; objects it wrote before failing are unreferenced, and gc removes them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterator
+
+from . import _native, errors
+from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
+from ._formats import ImagePlan, plan_images, sha256_digest
+from ._index import ImageRecord, Index, LayerRecord
+from ._model import CheckoutResult, Entry, Image, ImportProgress, Layer
+from ._reference import DIGEST_RE, HEX_PREFIX_RE, normalize_tag
+from .errors import (DigestMismatch, ImageNotFound, LayerNotFound,
+                     MissingBlob, StoreLocked)
+from ._tree import Tree, build
+
+
+def default_root() -> str:
+    """--root, else $LAYERSTORE_ROOT, else $XDG_DATA_HOME/layerstore, else
+    ~/.local/share/layerstore."""
+    if os.environ.get("LAYERSTORE_ROOT"):
+        return os.environ["LAYERSTORE_ROOT"]
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                            "share")
+    return os.path.join(data, "layerstore")
+
+
+@dataclass
+class _Ingested:
+    result: _native.IngestResult
+    blob: BlobInfo
+
+
+def _layer(rec: LayerRecord) -> Layer:
+    return Layer(rec.diff_id, rec.stream_bytes, rec.entries, rec.files, rec.file_bytes,
+                 rec.new_objects, rec.new_bytes, tuple(b["digest"] for b in rec.blobs), rec.refs)
+
+
+def _image(rec: ImageRecord, platform: str | None) -> Image:
+    return Image(rec.id, tuple(rec.tags), tuple(rec.diff_ids), rec.created, rec.size, platform,
+                 rec.source_format)
+
+
+class Store:
+    """A layerstore at a root directory.  Use as a context manager, or call close().
+
+    >>> with Store("/var/lib/mystore") as store:
+    ...     (image,) = store.import_archive("python.docker.tar.zst")
+    ...     store.checkout(image.id, "/tmp/rootfs")
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, *,
+                 lock_timeout: float = 600.0) -> None:
+        self.root = os.path.abspath(os.fspath(root) if root is not None else default_root())
+        self.lock_timeout = lock_timeout
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(os.path.join(self.root, "lock"),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            self._objects = _native.ObjectStore(self.root)
+            self._index = Index(os.path.join(self.root, "index"))
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    @classmethod
+    def open(cls, root: str | os.PathLike | None = None, **kw) -> "Store":
+        return cls(root, **kw)
+
+    def close(self) -> None:
+        if self._lock_fd >= 0:
+            self._index.close()
+            self._objects.close()
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r})"
+
+    # ---- locking ----------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self, exclusive: bool):
+        """The store lock (flock on root/lock): shared for imports, exclusive for gc.  Each
+        holder opens its own file description, so threads of one process lock like processes."""
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise StoreLocked(f"the store at {self.root} is locked by another "
+                                          f"process (waited {self.lock_timeout:g} s)") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    # ---- import -----------------------------------------------------------------------------
+
+    def import_archive(self, source: str | os.PathLike | BinaryIO, tags=(),
+                       platform: str | None = None, all_platforms: bool = False,
+                       progress: Callable[[ImportProgress], None] | None = None) -> list[Image]:
+        """Imports every image of a docker-archive or OCI layout (a directory, a tar, or a
+        gzip/zstd-compressed tar; a path or a binary file object).  tags are added to the
+        image (the archive must then hold exactly one).  An image index yields the image for
+        platform ("os/arch[/variant]", default this machine's), or all with all_platforms.
+
+        Every digest is verified; on any error nothing is committed.
+        Locking: holds the store lock shared; commits in one index transaction."""
+        user_tags = [normalize_tag(t) for t in tags]
+        src, close = open_source(source)
+        try:
+            with self._locked(exclusive=False):
+                if src.random_access:
+                    plans = plan_images(src, platform, all_platforms)
+                    self._check_tags(plans, user_tags)
+                    ingested = self._ingest_needed(src, plans, progress)
+                else:
+                    ingested = self._run(src.produce, src, progress)
+                    plans = plan_images(src.files_view(), platform, all_platforms)
+                    self._check_tags(plans, user_tags)
+                    self._ingest_small_blobs(src, plans, ingested)
+                self._verify(plans, ingested)
+                return self._commit(plans, ingested, user_tags)
+        finally:
+            close()
+
+    @staticmethod
+    def _check_tags(plans: list[ImagePlan], tags: list[str]) -> None:
+        if tags and len(plans) != 1:
+            raise errors.LayerstoreError(f"--tag needs an archive with exactly one image; this "
+                                         f"one has {len(plans)}")
+
+    def _known_layer(self, txn, diff_id: str, digest: str | None) -> bool:
+        if self._index.layer(txn, diff_id) is not None:
+            return True
+        return digest is not None and self._index.blob_layer(txn, digest) == diff_id
+
+    def _ingest_needed(self, src, plans, progress) -> dict[str, _Ingested | None]:
+        """Random access: ingests only the layers the store lacks (None marks a known one)."""
+        out: dict[str, _Ingested | None] = {}
+        needed: list[str] = []
+        with self._index.read() as txn:
+            for plan in plans:
+                for ref in plan.layers:
+                    if ref.member in out or ref.member in needed:
+                        continue
+                    if self._known_layer(txn, ref.diff_id, ref.digest):
+                        out[ref.member] = None
+                    else:
+                        needed.append(ref.member)
+        out.update(self._run(src.produce_layers(needed), src, progress))
+        return out
+
+    def _ingest_small_blobs(self, src: StreamSource, plans, ingested) -> None:
+        """Layers the stream kept as metadata (tiny or empty blobs) are ingested from memory."""
+        for plan in plans:
+            for ref in plan.layers:
+                if ref.member not in ingested and ref.member in src.files:
+                    data = src.files[ref.member]
+                    ingested.update(self._run(
+                        lambda emit, d=data, k=ref.member: emit_layer(emit, k, _Bytes(d)),
+                        src, None))
+
+    def _run(self, produce, src, progress) -> dict[str, _Ingested]:
+        """Consumes a reader pipeline: layers go to the C ingest, metadata into src."""
+        out: dict[str, _Ingested] = {}
+        pipe = Pipeline(produce)
+        ingest = None
+        key = None
+        files = layers = 0
+        try:
+            for event in pipe:
+                kind = event[0]
+                if kind == "data":
+                    try:
+                        ingest.feed(event[1])
+                    except errors.LayerstoreError as exc:
+                        raise type(exc)(f"layer {key}: {exc}") from None
+                    if progress is not None:
+                        progress(ImportProgress(src.bytes_read, src.size, layers, files))
+                elif kind == "layer":
+                    key = event[1]
+                    ingest = _native.LayerIngest(self._objects)
+                elif kind == "end":
+                    try:
+                        result = ingest.finish()
+                    except errors.LayerstoreError as exc:
+                        raise type(exc)(f"layer {key}: {exc}") from None
+                    ingest.close()
+                    ingest = None
+                    out[key] = _Ingested(result, event[1])
+                    layers += 1
+                    files += result.stats.files
+                elif kind == "meta":
+                    src.files[event[1]] = event[2]
+                elif kind == "link":
+                    src.links.add(event[1], event[2], event[3])
+            if progress is not None:
+                progress(ImportProgress(src.bytes_read, src.size, layers, files))
+        finally:
+            pipe.close()
+            if ingest is not None:
+                ingest.close()
+        return out
+
+    def _verify(self, plans: list[ImagePlan], ingested: dict) -> None:
+        for plan in plans:
+            for ref in plan.layers:
+                if ref.member not in ingested:
+                    raise MissingBlob(f"layer {ref.member} named by the manifest is not in the "
+                                      "archive")
+                got = ingested[ref.member]
+                if got is None:
+                    continue        # already stored under this diffID
+                diff_id = got.result.stats.diff_id
+                if diff_id != ref.diff_id:
+                    raise DigestMismatch(f"layer {ref.member}: its tar hashes to {diff_id}, but "
+                                         f"the image config says {ref.diff_id}")
+                blob_digest = got.blob.digest or diff_id
+                if ref.digest is not None and blob_digest != ref.digest:
+                    raise DigestMismatch(f"layer {ref.member}: the blob hashes to {blob_digest}, "
+                                         f"not {ref.digest}")
+                if ref.size is not None and got.blob.size != ref.size:
+                    raise DigestMismatch(f"layer {ref.member}: the blob has {got.blob.size} "
+                                         f"bytes, its descriptor says {ref.size}")
+            # Hardlinks must resolve within the image; build() raises where one does not.
+            build(self._plan_entries(plan, ingested))
+
+    def _plan_entries(self, plan: ImagePlan, ingested: dict):
+        for ref in plan.layers:
+            got = ingested[ref.member]
+            if got is not None:
+                yield got.result.entries()
+            else:
+                yield self.layer_entries(ref.diff_id)
+
+    def _commit(self, plans: list[ImagePlan], ingested: dict, user_tags: list[str]):
+        self._objects.sync()    # objects durable before the index references them
+        images = []
+        with self._index.write() as txn:
+            for plan in plans:
+                for ref in plan.layers:
+                    got = ingested.get(ref.member)
+                    if got is None:
+                        continue
+                    r = got.result
+                    blobs = []
+                    if got.blob.compression != "tar" or ref.digest is not None:
+                        blobs.append({"digest": got.blob.digest or r.stats.diff_id,
+                                      "media_type": ref.media_type, "size": got.blob.size,
+                                      "compression": got.blob.compression})
+                    rec = LayerRecord(r.stats.diff_id, r.stats.stream_bytes, r.stats.entries,
+                                      r.stats.files, r.stats.file_bytes, r.stats.new_objects,
+                                      r.stats.new_bytes, blobs)
+                    self._index.add_layer(txn, rec, r.records, r.raw,
+                                          _native.record_objects(r.records))
+            for plan in plans:
+                self._index.put_metadata(txn, plan.config_digest, plan.config)
+                if plan.manifest is not None:
+                    self._index.put_metadata(txn, plan.manifest_digest, plan.manifest)
+                size = 0
+                for diff_id in plan.layers:
+                    layer = self._index.layer(txn, diff_id.diff_id)
+                    size += layer.file_bytes if layer else 0
+                config = json.loads(plan.config)
+                rec = ImageRecord(plan.config_digest, [r.diff_id for r in plan.layers], [],
+                                  plan.manifest_digest, plan.manifest_media_type,
+                                  plan.source_format, config.get("created"), size, time.time())
+                stored = self._index.add_image(txn, rec, plan.tags + user_tags)
+                images.append(_image(stored, plan.platform))
+        return images
+
+    def import_layer(self, stream: BinaryIO) -> Layer:
+        """Ingests one uncompressed, gzip or zstd layer stream, for tools that bring their own
+        manifests (see add_image).  A layer no image names is removed by gc.
+        Locking: holds the store lock shared."""
+        src = _LayerSource(stream)
+        with self._locked(exclusive=False):
+            got = self._run(src.produce, src, None)["layer"]
+            self._objects.sync()
+            r = got.result
+            blobs = [] if got.blob.compression == "tar" else [
+                {"digest": got.blob.digest, "media_type": None, "size": got.blob.size,
+                 "compression": got.blob.compression}]
+            rec = LayerRecord(r.stats.diff_id, r.stats.stream_bytes, r.stats.entries, r.stats.files,
+                              r.stats.file_bytes, r.stats.new_objects, r.stats.new_bytes, blobs)
+            with self._index.write() as txn:
+                self._index.add_layer(txn, rec, r.records, r.raw,
+                                      _native.record_objects(r.records))
+                return _layer(self._index.layer(txn, r.stats.diff_id))
+
+    def add_image(self, config: bytes, tags=(), manifest: bytes | None = None,
+                  manifest_media_type: str | None = None) -> Image:
+        """Creates an image from a config whose rootfs.diff_ids are all stored layers (see
+        import_layer).  Locking: one index write transaction."""
+        from ._formats import LayerRef, _parse_config
+        digest, parsed = _parse_config(config, "config", None)
+        user_tags = [normalize_tag(t) for t in tags]
+        diff_ids = parsed["rootfs"]["diff_ids"]
+        with self._index.read() as txn:
+            for d in diff_ids:
+                if self._index.layer(txn, d) is None:
+                    raise LayerNotFound(f"layer {d} is not in the store")
+        plan = ImagePlan(config, digest, [LayerRef(d, d) for d in diff_ids], [], manifest,
+                         sha256_digest(manifest) if manifest is not None else None,
+                         manifest_media_type, "api")
+        known = {ref.member: None for ref in plan.layers}
+        build(self._plan_entries(plan, known))
+        return self._commit([plan], known, user_tags)[0]
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def _resolve(self, txn, ref: str) -> ImageRecord:
+        if DIGEST_RE.match(ref):
+            rec = self._index.image(txn, ref)
+            if rec is not None:
+                return rec
+        m = HEX_PREFIX_RE.match(ref)
+        if m:
+            ids = self._index.image_ids_with_prefix(txn, "sha256:" + m.group(1))
+            if len(ids) == 1:
+                return self._index.image(txn, ids[0])
+            if len(ids) > 1:
+                raise ImageNotFound(f"image id prefix {ref!r} is ambiguous: it matches "
+                                    f"{len(ids)} images")
+        image_id = self._index.tag(txn, normalize_tag(ref))     # InvalidReference, as Docker
+        if image_id is not None:
+            rec = self._index.image(txn, image_id)
+            if rec is not None:
+                return rec
+        raise ImageNotFound(f"no such image: {ref}")
+
+    def _platform(self, txn, rec: ImageRecord) -> str | None:
+        config = json.loads(self._index.metadata(txn, rec.id) or b"{}")
+        if "os" not in config or "architecture" not in config:
+            return None
+        p = f"{config['os']}/{config['architecture']}"
+        return f"{p}/{config['variant']}" if config.get("variant") else p
+
+    def images(self) -> list[Image]:
+        """Every image, newest import first.  Locking: a snapshot, never waits."""
+        with self._index.read() as txn:
+            recs = sorted(self._index.images(txn), key=lambda r: -r.imported)
+            return [_image(r, self._platform(txn, r)) for r in recs]
+
+    def image(self, ref: str) -> Image:
+        """The image a tag, an id or a unique id prefix (12+ hex digits) names."""
+        with self._index.read() as txn:
+            rec = self._resolve(txn, ref)
+            return _image(rec, self._platform(txn, rec))
+
+    def config(self, ref: str) -> dict:
+        with self._index.read() as txn:
+            return json.loads(self._index.metadata(txn, self._resolve(txn, ref).id))
+
+    def manifest(self, ref: str) -> dict | None:
+        with self._index.read() as txn:
+            rec = self._resolve(txn, ref)
+            if rec.manifest_digest is None:
+                return None
+            return json.loads(self._index.metadata(txn, rec.manifest_digest))
+
+    def layers(self) -> list[Layer]:
+        with self._index.read() as txn:
+            return [_layer(r) for r in self._index.layers(txn)]
+
+    def layer(self, diff_id: str) -> Layer:
+        with self._index.read() as txn:
+            rec = self._index.layer(txn, diff_id)
+        if rec is None:
+            raise LayerNotFound(f"no such layer: {diff_id}")
+        return _layer(rec)
+
+    def layer_entries(self, diff_id: str) -> list[Entry]:
+        """The entries of one layer, in archive order (whiteouts included)."""
+        with self._index.read() as txn:
+            if self._index.layer(txn, diff_id) is None:
+                raise LayerNotFound(f"no such layer: {diff_id}")
+            records = self._index.layer_data(txn, diff_id, "records")
+        return [r.entry for r in _native.decode_records(records)]
+
+    def _tree(self, ref: str) -> tuple[Image, Tree]:
+        with self._index.read() as txn:
+            rec = self._resolve(txn, ref)
+            image = _image(rec, self._platform(txn, rec))
+            blobs = [self._index.layer_data(txn, d, "records") for d in rec.diff_ids]
+        return image, build([r.entry for r in _native.decode_records(b)] for b in blobs)
+
+    def image_entries(self, ref: str) -> Iterator[Entry]:
+        """The image's merged filesystem (layers applied), parents before children."""
+        return self._tree(ref)[1].entries()
+
+    def object_path(self, object_id: str) -> str:
+        return os.path.join(self.root, "objects", _native.object_path(object_id))
+
+    def checkout(self, ref: str, dest: str | os.PathLike, copy: bool = False) -> CheckoutResult:
+        """Makes dest (absent or empty) the image's root filesystem: hardlinks into the object
+        store, or with copy=True independent files with their exact mtimes.  On failure what
+        was made is removed.  Locking: a snapshot of the index; objects of a snapshot are never
+        deleted while it is read (gc holds the store lock exclusively)."""
+        from ._checkout import checkout
+        with self._locked(exclusive=False):
+            _, tree = self._tree(ref)
+            return checkout(tree, os.fspath(dest), self.object_path, copy)
+
+    def inspect(self, ref: str) -> dict:
+        """Everything known of an image, as `layerstore inspect` prints it."""
+        image = self.image(ref)
+        layers = [self.layer(d) for d in image.diff_ids]
+        return {
+            "Id": image.id, "RepoTags": list(image.tags), "Created": image.created,
+            "Platform": image.platform, "Size": image.size, "SourceFormat": image.source_format,
+            "Config": self.config(image.id), "Manifest": self.manifest(image.id),
+            "Layers": [{"DiffID": l.diff_id, "Entries": l.entries, "Files": l.files,
+                        "Bytes": l.file_bytes, "TarBytes": l.stream_bytes,
+                        "NewBytes": l.new_bytes, "DedupBytes": l.file_bytes - l.new_bytes,
+                        "NewObjects": l.new_objects, "BlobDigests": list(l.blob_digests)}
+                       for l in layers],
+        }
+
+
+class _Bytes:
+    """A reader over bytes held in memory."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.pos + n
+        out = self.data[self.pos:end]
+        self.pos += len(out)
+        return out
+
+
+class _LayerSource:
+    """One layer stream (import_layer), through the same pipeline as archives."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.bytes_read = 0
+        self.size = None
+
+    def produce(self, emit) -> None:
+        emit_layer(emit, "layer", self.stream)
