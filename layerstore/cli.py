@@ -1,0 +1,213 @@
+"""The layerstore command line: parse, call the Store, print.
+
+Errors end the program with one line on stderr, "layerstore: error: ...", and a non-zero exit
+status (1 for a failed operation, 2 for a usage error, 130 when interrupted); never a
+traceback unless LAYERSTORE_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import os
+import sys
+import time
+
+import click
+
+from . import errors
+from ._model import ImportProgress
+from ._store import Store, default_root
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n}"
+
+
+def _ago(created: str | None) -> str:
+    if not created:
+        return "N/A"
+    try:
+        t = _dt.datetime.fromisoformat(created.replace("Z", "+00:00")[:26] +
+                                       ("+00:00" if created.endswith("Z") else ""))
+    except ValueError:
+        return created
+    secs = (_dt.datetime.now(_dt.timezone.utc) - t.astimezone(_dt.timezone.utc)).total_seconds()
+    for size, name in ((86400 * 365, "year"), (86400 * 30, "month"), (86400 * 7, "week"),
+                       (86400, "day"), (3600, "hour"), (60, "minute")):
+        if secs >= size:
+            k = int(secs // size)
+            return f"{k} {name}{'s' if k > 1 else ''} ago"
+    return "Less than a minute ago"
+
+
+class _Progress:
+    """A one-line progress display on a terminal's stderr; nothing when stderr is not one."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+        self.last = 0.0
+        self.start = time.monotonic()
+
+    def __call__(self, p: ImportProgress) -> None:
+        now = time.monotonic()
+        if not self.enabled or now - self.last < 0.1:
+            return
+        self.last = now
+        done = p.bytes_done / 1e6
+        if p.bytes_total:
+            frac = min(1.0, p.bytes_done / p.bytes_total)
+            bar = "#" * int(frac * 30)
+            head = f"[{bar:<30}] {done:7.1f}/{p.bytes_total / 1e6:.1f} MB"
+        else:
+            head = f"{done:7.1f} MB"
+        rate = done / max(now - self.start, 1e-6)
+        sys.stderr.write(f"\r{self.label} {head}  {p.layers_done} layers  {p.files_done} "
+                         f"files  {rate:.0f} MB/s\x1b[K")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.last:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _image_json(image) -> dict:
+    return {"id": image.id, "tags": list(image.tags), "layers": list(image.diff_ids),
+            "size": image.size, "created": image.created}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="LAYERSTORE_ROOT", type=click.Path(file_okay=False),
+              help="Store directory (default: $XDG_DATA_HOME/layerstore).")
+@click.version_option(package_name="layerstore", prog_name="layerstore")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None) -> None:
+    """A content-addressed store for container image layers: every distinct file once."""
+    root = root or default_root()
+
+    def open_store() -> Store:
+        store = Store(root)
+        ctx.call_on_close(store.close)
+        return store
+
+    ctx.obj = open_store
+
+
+@cli.command("import")
+@click.argument("path", type=click.Path(allow_dash=True))
+@click.option("--tag", "tags", multiple=True, metavar="NAME:TAG",
+              help="Tag the imported image (repeatable).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
+              help="Image of a multi-platform index to import (default: this machine's).")
+@click.option("--all-platforms", is_flag=True, help="Import every image of an index.")
+@click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
+@click.pass_obj
+def import_(open_store, path, tags, platform, all_platforms, as_json):
+    """Import a docker-archive or OCI image layout (directory, tar, .tar.gz or .tar.zst;
+    - reads standard input)."""
+    store = open_store()
+    progress = _Progress("importing")
+    source = sys.stdin.buffer if path == "-" else path
+    try:
+        images = store.import_archive(source, tags=tags, platform=platform,
+                                      all_platforms=all_platforms, progress=progress)
+    finally:
+        progress.done()
+    if as_json:
+        click.echo(json.dumps([_image_json(i) for i in images], indent=2))
+    else:
+        for image in images:
+            click.echo(" ".join([image.id, *image.tags]))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def images(open_store, as_json):
+    """List the images in the store."""
+    found = open_store().images()
+    if as_json:
+        click.echo(json.dumps([_image_json(i) for i in found], indent=2))
+        return
+    rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
+    for image in found:
+        for tag in image.tags or ("<none>:<none>",):
+            repo, _, name = tag.rpartition(":")
+            rows.append((repo, name, image.short_id, _ago(image.created),
+                         _human_size(image.size)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+@cli.command()
+@click.argument("image")
+@click.pass_obj
+def inspect(open_store, image):
+    """Show an image: config, manifest and per-layer statistics (JSON)."""
+    click.echo(json.dumps(open_store().inspect(image), indent=2))
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--copy", is_flag=True,
+              help="Independent files with their recorded mtimes instead of hardlinks.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was made as JSON.")
+@click.pass_obj
+def checkout(open_store, image, dest, copy, as_json):
+    """Make DEST (absent or empty) the image's root filesystem."""
+    r = open_store().checkout(image, dest, copy=copy)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(r), indent=2))
+        return
+    click.echo(f"{dest}: {r.files} files ({r.hardlinked} hardlinked), {r.dirs} directories, "
+               f"{r.symlinks} symlinks, {r.specials} special files")
+    skipped = []
+    if r.skipped_specials:
+        skipped.append(f"{r.skipped_specials} device nodes")
+    if r.skipped_owners:
+        skipped.append(f"owners of {r.skipped_owners} entries")
+    if r.skipped_xattrs:
+        skipped.append(f"{r.skipped_xattrs} xattrs")
+    if skipped:
+        click.echo(f"layerstore: not root, so skipped: {', '.join(skipped)}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        rv = cli.main(args=argv, prog_name="layerstore", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("layerstore: error: interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        click.echo("layerstore: error: interrupted", err=True)
+        return 130
+    except click.ClickException as exc:
+        click.echo(f"layerstore: error: {exc.format_message()}", err=True)
+        return exc.exit_code
+    except (errors.LayerstoreError, OSError) as exc:
+        if os.environ.get("LAYERSTORE_DEBUG") == "1":
+            raise
+        click.echo(f"layerstore: error: {exc}", err=True)
+        return 1
+    except Exception as exc:    # noqa: BLE001 - a bug: still one line, unless debugging
+        if os.environ.get("LAYERSTORE_DEBUG") == "1":
+            raise
+        click.echo(f"layerstore: error: internal error: {type(exc).__name__}: {exc} "
+                   "(LAYERSTORE_DEBUG=1 shows the traceback)", err=True)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
