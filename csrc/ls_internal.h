@@ -122,7 +122,9 @@ typedef struct ls_spill {
 
 /* Whether an object with this id is stored with this size (1), absent (0) or an error (<0). */
 LS_HIDDEN int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e);
-LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, ls_err *e);
+/* Opens an unnamed file for an object's content; id, when already known, places it near its
+ * final name (else it goes to tmp/). */
+LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e);
 LS_HIDDEN int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e);
 /* Gives the spilled file its metadata and links it into place as id.  Returns 1 when it was
  * linked, 0 when an equal object was already stored (the spill is dropped), <0 on error.

@@ -157,11 +157,21 @@ int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e)
     return os_fail(e, errno, "cannot stat object", path);
 }
 
-int ls_store_spill_open(ls_store *s, ls_spill *sp, ls_err *e)
+int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e)
 {
     sp->tmpname[0] = 0;
     if (!__atomic_load_n(&s->no_tmpfile, __ATOMIC_RELAXED)) {
-        sp->fd = openat(s->tmp_fd, ".", O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+        /* When the identity is already known, the unnamed file is made in its fan-out
+         * directory: ext4 allocates a new inode near its directory's, and thousands of
+         * inodes from one directory crowd one block group, where each allocation then scans
+         * (and, after deletions, rejects recently freed inodes) for minutes per million. */
+        char fan[3] = {0};
+        if (id) {
+            fan[0] = hexdigits[id[0] >> 4];
+            fan[1] = hexdigits[id[0] & 15];
+        }
+        sp->fd = openat(id ? s->objects_fd : s->tmp_fd, id ? fan : ".",
+                        O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
         if (sp->fd >= 0)
             return 0;
         if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
