@@ -45,21 +45,27 @@ def _flags():
     return cflags, ldflags
 
 
-ffibuilder = FFI()
-ffibuilder.cdef(_cdef(os.path.join(HERE, "layerstore.h")))
-_cflags, _ldflags = _flags()
-ffibuilder.set_source(
-    "layerstore._core",
-    '#include "layerstore.h"\n',
-    sources=sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(HERE, "*.c"))),
-    include_dirs=[HERE],
-    define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")]
-    + ([("LS_SANITIZED", "1")] if _sanitize() else []),
-    extra_compile_args=_cflags,
-    extra_link_args=_ldflags,
-)
+def make_builder(absolute: bool) -> FFI:
+    # setuptools wants sources relative to the project root (setup.py runs from there);
+    # ffi.compile() runs the compiler from its tmpdir, so a direct build needs absolute paths.
+    sources = sorted(glob.glob(os.path.join(HERE, "*.c")))
+    builder = FFI()
+    builder.cdef(_cdef(os.path.join(HERE, "layerstore.h")))
+    cflags, ldflags = _flags()
+    builder.set_source(
+        "layerstore._core",
+        '#include "layerstore.h"\n',
+        sources=sources if absolute else [os.path.relpath(p, ROOT) for p in sources],
+        include_dirs=[HERE],
+        define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")]
+        + ([("LS_SANITIZED", "1")] if _sanitize() else []),
+        extra_compile_args=cflags,
+        extra_link_args=ldflags,
+    )
+    return builder
+
+
+ffibuilder = make_builder(absolute=False)
 
 if __name__ == "__main__":
-    # setuptools wants source paths relative to the project root (setup.py runs from there).
-    os.chdir(ROOT)
-    ffibuilder.compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)
+    make_builder(absolute=True).compile(tmpdir=os.path.join(ROOT, "build", "cffi"), verbose=True)
