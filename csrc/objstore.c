@@ -30,7 +30,9 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/fs.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -107,6 +109,17 @@ int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t
             rc = os_fail(&e, errno, "cannot open", dirs[i]);
             goto out;
         }
+    }
+    /* Mark objects/ as the top of a hierarchy (chattr +T) before its subdirectories exist:
+     * ext4's Orlov allocator then spreads the fan-out directories, and with them the objects'
+     * inodes, over the block groups.  Left in objects/'s group they crowd a few groups, where
+     * every inode allocation scans past the others (and, on a filesystem without a journal,
+     * re-reads each recently freed inode): an import ran 2-3x slower.  Filesystems without
+     * the flag refuse it, which changes nothing else. */
+    int fl;
+    if (ioctl(s->objects_fd, FS_IOC_GETFLAGS, &fl) == 0 && !(fl & FS_TOPDIR_FL)) {
+        fl |= FS_TOPDIR_FL;
+        (void)ioctl(s->objects_fd, FS_IOC_SETFLAGS, &fl);
     }
     /* The 256 fan-out directories exist from the start, so writing an object never mkdirs. */
     for (int i = 0; i < 256; i++) {
