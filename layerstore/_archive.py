@@ -25,7 +25,7 @@ import stat
 import tarfile
 import threading
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable
 
 import zstandard
 from isal import igzip

@@ -3,7 +3,6 @@ matches the image config, and a second ingest of a layer writes nothing."""
 
 import os
 
-import pytest
 
 from layerstore import _native
 from tarhelpers import entry_dict, oracle

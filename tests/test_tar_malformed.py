@@ -4,7 +4,6 @@ stream arrives whole or one byte at a time, and never a crash, hang or unbounded
 Each case is a named fixture built here, as libarchive names its test_read_format_tar_* cases.
 """
 
-import io
 import tarfile
 
 import pytest
