@@ -21,6 +21,8 @@
 
 #define LS_SMALL_MAX (8u << 20)
 #define LS_SHA_THREAD_MIN (64u << 10)   /* smaller feeds are hashed inline */
+#define LS_SHA_SLOTS 4
+#define LS_SHA_SLOT_BYTES (1u << 20)
 
 struct ls_ingest {
     ls_store *store;        /* NULL: parse and hash only */
@@ -45,63 +47,87 @@ struct ls_ingest {
     ls_spill spill;         /* or content streamed to tmp/ */
     int spilling;
 
-    /* The sha256 helper thread. */
+    /* The sha256 thread and its queue of copied pieces (see sha_main). */
     ls_sha256 *sha;
     pthread_t thread;
     int thread_state;       /* 0 not started, 1 running, -1 could not start */
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    const uint8_t *job;
-    size_t job_len;
-    int job_busy, stop;
+    struct sha_slot {
+        uint8_t *data;
+        size_t len;
+    } slots[LS_SHA_SLOTS];
+    int head, queued, stop;
 };
 
 /* ---- The sha256 thread -------------------------------------------------------------------- */
+
+/*
+ * The diffID's sha256 is the longest serial job of an ingest (SHA-NI: about 1.5 GB/s, against
+ * BLAKE3's 3 GB/s), so it runs on its own thread.  Feeds are copied into a few slots that the
+ * thread drains in order: the ingest thread never waits for the hash of the piece it has just
+ * parsed, only when all slots are full, so the two threads overlap across pieces instead of
+ * meeting at the end of each.  The copy costs far less than the waiting did.
+ */
 
 static void *sha_main(void *arg)
 {
     ls_ingest *g = arg;
     pthread_mutex_lock(&g->mu);
     for (;;) {
-        while (!g->job_busy && !g->stop)
+        while (g->queued == 0 && !g->stop)
             pthread_cond_wait(&g->cv, &g->mu);
-        if (g->stop)
+        if (g->queued == 0)     /* stopping, and nothing left */
             break;
+        struct sha_slot *slot = &g->slots[g->head];
         pthread_mutex_unlock(&g->mu);
-        ls_sha256_update(g->sha, g->job, g->job_len);
+        ls_sha256_update(g->sha, slot->data, slot->len);
         pthread_mutex_lock(&g->mu);
-        g->job_busy = 0;
+        g->head = (g->head + 1) % LS_SHA_SLOTS;
+        g->queued--;
         pthread_cond_broadcast(&g->cv);
     }
     pthread_mutex_unlock(&g->mu);
     return NULL;
 }
 
-/* Starts hashing buf on the helper thread; returns 0 when the caller must hash it itself. */
-static int sha_start(ls_ingest *g, const uint8_t *buf, size_t len)
+/* Whether the thread takes this feed: it starts with the first large one (small layers and
+ * byte-by-byte test feeds are hashed inline), and once started it takes everything, in order. */
+static int sha_threaded(ls_ingest *g, size_t len)
 {
-    if (len < LS_SHA_THREAD_MIN || g->thread_state < 0)
+    if (g->thread_state != 0)
+        return g->thread_state > 0;
+    if (len < LS_SHA_THREAD_MIN)
         return 0;
-    if (g->thread_state == 0) {
-        if (pthread_create(&g->thread, NULL, sha_main, g)) {
-            g->thread_state = -1;
-            return 0;
-        }
-        g->thread_state = 1;
-    }
-    pthread_mutex_lock(&g->mu);
-    g->job = buf;
-    g->job_len = len;
-    g->job_busy = 1;
-    pthread_cond_broadcast(&g->cv);
-    pthread_mutex_unlock(&g->mu);
+    for (int i = 0; i < LS_SHA_SLOTS; i++)
+        if (!(g->slots[i].data = malloc(LS_SHA_SLOT_BYTES)))
+            return (g->thread_state = -1), 0;
+    if (pthread_create(&g->thread, NULL, sha_main, g))
+        return (g->thread_state = -1), 0;
+    g->thread_state = 1;
     return 1;
 }
 
-static void sha_wait(ls_ingest *g)
+/* Queues a piece of at most LS_SHA_SLOT_BYTES, waiting for a free slot. */
+static void sha_queue(ls_ingest *g, const uint8_t *p, size_t n)
 {
     pthread_mutex_lock(&g->mu);
-    while (g->job_busy)
+    while (g->queued == LS_SHA_SLOTS)
+        pthread_cond_wait(&g->cv, &g->mu);
+    struct sha_slot *slot = &g->slots[(g->head + g->queued) % LS_SHA_SLOTS];
+    pthread_mutex_unlock(&g->mu);
+    memcpy(slot->data, p, n);   /* the thread does not touch a slot that is not queued */
+    slot->len = n;
+    pthread_mutex_lock(&g->mu);
+    g->queued++;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void sha_drain(ls_ingest *g)
+{
+    pthread_mutex_lock(&g->mu);
+    while (g->queued > 0)
         pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
 }
@@ -337,12 +363,18 @@ int ls_ingest_feed(ls_ingest *g, const uint8_t *buf, size_t len)
         return g->code;
     if (g->finished)
         return ls_fail(&g->err, LS_E_STATE, "feed after finish");
-    int threaded = sha_start(g, buf, len);
-    int rc = ls_tar_feed(g->tar, buf, len);
-    if (threaded)
-        sha_wait(g);
-    else
+    int rc = 0;
+    if (sha_threaded(g, len)) {
+        /* Piece by piece, so the thread starts hashing while this one parses. */
+        for (size_t off = 0; off < len && !rc; off += LS_SHA_SLOT_BYTES) {
+            size_t n = len - off < LS_SHA_SLOT_BYTES ? len - off : LS_SHA_SLOT_BYTES;
+            sha_queue(g, buf + off, n);
+            rc = ls_tar_feed(g->tar, buf + off, n);
+        }
+    } else {
         ls_sha256_update(g->sha, buf, len);
+        rc = ls_tar_feed(g->tar, buf, len);
+    }
     g->stats.stream_bytes += len;
     if (rc)
         g->code = rc;
@@ -371,6 +403,8 @@ int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats)
     if (rc)
         return g->code = rc;
     g->finished = 1;
+    if (g->thread_state > 0)
+        sha_drain(g);
     ls_sha256_final(g->sha, g->stats.diff_id);
     *stats = g->stats;
     return 0;
@@ -392,6 +426,8 @@ void ls_ingest_free(ls_ingest *g)
         pthread_mutex_unlock(&g->mu);
         pthread_join(g->thread, NULL);
     }
+    for (int i = 0; i < LS_SHA_SLOTS; i++)
+        free(g->slots[i].data);
     pthread_mutex_destroy(&g->mu);
     pthread_cond_destroy(&g->cv);
     if (g->spilling && g->store)
