@@ -235,13 +235,34 @@ class ObjectStore:
         self.root = os.fspath(root)
         self.owners = owners
         self._h = ffi.gc(out[0], lib.ls_store_close)
+        self._writeback: threading.Thread | None = None
+        self._writeback_lock = threading.Lock()
 
     def sync(self) -> None:
         """Makes every object written so far durable (one syncfs)."""
+        with self._writeback_lock:
+            pending = self._writeback
+        if pending is not None:
+            pending.join()
         rc = lib.ls_store_sync(self._h)
         _check(rc, f"cannot sync the store at {self.root}: {os.strerror(-rc) if rc else ''}")
 
+    def start_writeback(self) -> None:
+        """Starts writing the objects so far to disk on a thread, unless that is already
+        running: an import calls it after each layer, so the sync before its commit finds
+        little left to write instead of waiting for all of it.  Errors surface in sync()."""
+        with self._writeback_lock:
+            if self._writeback is not None and self._writeback.is_alive():
+                return
+            self._writeback = threading.Thread(target=lib.ls_store_sync, args=(self._h,),
+                                               name="layerstore-writeback", daemon=True)
+            self._writeback.start()
+
     def close(self) -> None:
+        with self._writeback_lock:
+            pending = self._writeback
+        if pending is not None:
+            pending.join()      # it uses the handle
         if self._h is not None:
             ffi.release(self._h)
             self._h = None

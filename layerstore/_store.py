@@ -220,6 +220,7 @@ class Store:
                         raise type(exc)(f"layer {key}: {exc}") from None
                     ingest.close()
                     ingest = None
+                    self._objects.start_writeback()
                     out[key] = _Ingested(result, event[1])
                     layers += 1
                     files += result.stats.files
