@@ -41,7 +41,8 @@ enum {
     LS_BLAKE3_OUT_LEN = 32,
     LS_BLAKE3_PORTABLE = 0,
     LS_BLAKE3_SSE41 = 1,
-    LS_BLAKE3_AVX2 = 2
+    LS_BLAKE3_AVX2 = 2,
+    LS_BLAKE3_AVX512 = 3
 };
 
 typedef struct ls_blake3 ls_blake3;
@@ -164,5 +165,27 @@ void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,
 int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats);
 const char *ls_ingest_error(const ls_ingest *g);
 void ls_ingest_free(ls_ingest *g);
+
+/* ---- Checkout (checkout.c) ------------------------------------------------------------------
+ *
+ * Makes DEST (an existing, empty directory) the tree a plan describes: entry records (layout
+ * above) of an image's merged view, parents before children; a HARDLINK record's link is the
+ * path of an earlier record, whose inode it shares.  Regular files are hardlinks into
+ * objects_dir, or copies with LS_CHECKOUT_COPY; LS_CHECKOUT_OWNERS (root) sets owners and
+ * makes device nodes.  On error DEST holds what was made so far; the caller removes it. */
+
+enum { LS_CHECKOUT_COPY = 1, LS_CHECKOUT_OWNERS = 2 };
+
+typedef struct {
+    uint64_t files, dirs, symlinks, specials;
+    uint64_t hardlinked;        /* files sharing the object's inode */
+    uint64_t copied;            /* files written as independent copies (empty files too) */
+    uint64_t skipped_specials;  /* device nodes not made (not root) */
+    uint64_t skipped_owners;    /* entries whose owner could not be set (not root) */
+    uint64_t skipped_xattrs;
+} ls_checkout_stats;
+
+int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
+                int flags, ls_checkout_stats *stats, char *err, size_t errlen);
 
 #endif

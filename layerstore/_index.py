@@ -7,6 +7,8 @@ Named databases (keys and values are bytes):
     metadata    digest -> raw bytes of a config or manifest, exactly as imported
     layers      diffID -> JSON layer record (sizes, counts, blob digests, reference count)
     layer_data  diffID + b"/records" | b"/raw" -> zstd-compressed entry records / tar metadata
+    image_trees image id -> zstd-compressed checkout plan: the merged tree as entry records
+                (computed once, at import; see layerstore/_checkout.py)
     blobs       compressed blob digest -> diffID it decompresses to
     objects     32-byte object id -> struct <QI: content size, reference count
 
@@ -33,7 +35,8 @@ from . import errors
 
 SCHEMA_VERSION = 1
 _OBJ = struct.Struct("<QI")
-_DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "blobs", "objects")
+_DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "image_trees", "blobs",
+        "objects")
 MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
 
 # py-lmdb requires one Environment per database per process.
@@ -178,6 +181,10 @@ class Index:
             raise errors.LayerstoreError(f"the index has no {part} for layer {diff_id}")
         return zstandard.ZstdDecompressor().decompress(raw)
 
+    def image_tree(self, txn, image_id: str) -> bytes | None:
+        raw = txn.get(image_id.encode(), db=self.db["image_trees"])
+        return zstandard.ZstdDecompressor().decompress(raw) if raw is not None else None
+
     def blob_layer(self, txn, blob_digest: str) -> str | None:
         raw = txn.get(blob_digest.encode(), db=self.db["blobs"])
         return raw.decode() if raw is not None else None
@@ -220,6 +227,10 @@ class Index:
         for b in rec.blobs:
             if b["digest"] != rec.diff_id:
                 txn.put(b["digest"].encode(), rec.diff_id.encode(), db=self.db["blobs"])
+
+    def put_image_tree(self, txn, image_id: str, plan: bytes) -> None:
+        txn.put(image_id.encode(), zstandard.ZstdCompressor(level=3).compress(plan),
+                db=self.db["image_trees"])
 
     def put_metadata(self, txn, digest: str, data: bytes) -> None:
         txn.put(digest.encode(), data, db=self.db["metadata"], overwrite=False)

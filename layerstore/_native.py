@@ -58,7 +58,7 @@ def _check(code: int, message: str) -> None:
 # ---- BLAKE3 ---------------------------------------------------------------------------------
 
 _BLAKE3_BACKENDS = {"portable": lib.LS_BLAKE3_PORTABLE, "sse41": lib.LS_BLAKE3_SSE41,
-                    "avx2": lib.LS_BLAKE3_AVX2}
+                    "avx2": lib.LS_BLAKE3_AVX2, "avx512": lib.LS_BLAKE3_AVX512}
 _SHA256_BACKENDS = {"portable": lib.LS_SHA256_PORTABLE, "shani": lib.LS_SHA256_SHANI}
 _backend_lock = threading.Lock()
 
@@ -323,6 +323,45 @@ def decode_records(blob) -> Iterator[Record]:
                   uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
             flags, raw_len)
         pos += total
+
+
+_TYPE_CODES = {v: k for k, v in _TYPES.items()}
+_NO_ID = bytes(32)
+
+
+def encode_record(e: Entry, link: str | None = None) -> bytes:
+    """One record in the C core's layout (the inverse of decode_records); link overrides
+    e.link (a checkout plan names hardlink targets by the path it made them at)."""
+    path = os.fsencode(e.path)
+    target = os.fsencode(link if link is not None else (e.link or ""))
+    uname = e.uname.encode("utf-8", "surrogateescape")
+    gname = e.gname.encode("utf-8", "surrogateescape")
+    xattrs = encode_xattrs(e.xattrs) if e.xattrs else b""
+    is_file = e.type is EntryType.FILE
+    total = _RECORD.size + len(path) + len(target) + len(uname) + len(gname) + len(xattrs)
+    sec, nsec = divmod(e.mtime_ns, 1_000_000_000)
+    typ = lib.LS_ENTRY_HARDLINK if link is not None else _TYPE_CODES[e.type]
+    return b"".join((
+        _RECORD.pack(total, typ, SPARSE if e.sparse else 0, 0, e.mode, e.uid, e.gid,
+                     e.devmajor, e.devminor, nsec, sec, e.size if is_file else 0, 0,
+                     bytes.fromhex(e.object_id) if is_file and e.object_id else _NO_ID,
+                     bytes.fromhex(e.content_hash) if is_file and e.content_hash else _NO_ID,
+                     len(path), len(target), len(uname), len(gname), len(xattrs)),
+        path, target, uname, gname, xattrs))
+
+
+def checkout(objects_dir: str, dest: str, plan: bytes, copy: bool, owners: bool) -> dict:
+    """Makes the existing, empty dest the tree plan describes (see ls_checkout); returns the
+    counts of what was made and skipped."""
+    stats = ffi.new("ls_checkout_stats *")
+    err = ffi.new("char[]", 1024)
+    flags = (lib.LS_CHECKOUT_COPY if copy else 0) | (lib.LS_CHECKOUT_OWNERS if owners else 0)
+    rc = lib.ls_checkout(os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags,
+                         stats, err, 1024)
+    _check(rc, ffi.string(err).decode(errors="replace"))
+    return {name: getattr(stats, name) for name in (
+        "files", "dirs", "symlinks", "hardlinked", "copied", "specials", "skipped_specials",
+        "skipped_owners", "skipped_xattrs")}
 
 
 def record_objects(blob) -> dict[bytes, int]:

@@ -151,8 +151,8 @@ class Store:
                     plans = plan_images(src.files_view(), platform, all_platforms)
                     self._check_tags(plans, user_tags)
                     self._ingest_small_blobs(src, plans, ingested)
-                self._verify(plans, ingested)
-                return self._commit(plans, ingested, user_tags)
+                trees = self._verify(plans, ingested)
+                return self._commit(plans, ingested, user_tags, trees)
         finally:
             close()
 
@@ -236,7 +236,8 @@ class Store:
                 ingest.close()
         return out
 
-    def _verify(self, plans: list[ImagePlan], ingested: dict) -> None:
+    def _verify(self, plans: list[ImagePlan], ingested: dict) -> dict[str, Tree]:
+        trees = {}
         for plan in plans:
             for ref in plan.layers:
                 if ref.member not in ingested:
@@ -257,7 +258,9 @@ class Store:
                     raise DigestMismatch(f"layer {ref.member}: the blob has {got.blob.size} "
                                          f"bytes, its descriptor says {ref.size}")
             # Hardlinks must resolve within the image; build() raises where one does not.
-            build(self._plan_entries(plan, ingested))
+            # The merged tree is kept as the image's checkout plan.
+            trees[plan.config_digest] = build(self._plan_entries(plan, ingested))
+        return trees
 
     def _plan_entries(self, plan: ImagePlan, ingested: dict):
         for ref in plan.layers:
@@ -267,7 +270,9 @@ class Store:
             else:
                 yield self.layer_entries(ref.diff_id)
 
-    def _commit(self, plans: list[ImagePlan], ingested: dict, user_tags: list[str]):
+    def _commit(self, plans: list[ImagePlan], ingested: dict, user_tags: list[str],
+                trees: dict[str, Tree] | None = None):
+        from ._checkout import plan as checkout_plan
         self._objects.sync()    # objects durable before the index references them
         images = []
         with self._index.write() as txn:
@@ -299,6 +304,10 @@ class Store:
                 rec = ImageRecord(plan.config_digest, [r.diff_id for r in plan.layers], [],
                                   plan.manifest_digest, plan.manifest_media_type,
                                   plan.source_format, config.get("created"), size, time.time())
+                if trees and plan.config_digest in trees and \
+                        self._index.image_tree(txn, plan.config_digest) is None:
+                    self._index.put_image_tree(txn, plan.config_digest,
+                                               checkout_plan(trees[plan.config_digest]))
                 stored = self._index.add_image(txn, rec, plan.tags + user_tags)
                 images.append(_image(stored, plan.platform))
         return images
@@ -338,8 +347,8 @@ class Store:
                          sha256_digest(manifest) if manifest is not None else None,
                          manifest_media_type, "api")
         known = {ref.member: None for ref in plan.layers}
-        build(self._plan_entries(plan, known))
-        return self._commit([plan], known, user_tags)[0]
+        tree = build(self._plan_entries(plan, known))      # hardlinks must resolve
+        return self._commit([plan], known, user_tags, {digest: tree})[0]
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -431,10 +440,14 @@ class Store:
         store, or with copy=True independent files with their exact mtimes.  On failure what
         was made is removed.  Locking: a snapshot of the index; objects of a snapshot are never
         deleted while it is read (gc holds the store lock exclusively)."""
-        from ._checkout import checkout
+        from ._checkout import checkout, plan
         with self._locked(exclusive=False):
-            _, tree = self._tree(ref)
-            return checkout(tree, os.fspath(dest), self.object_path, copy)
+            with self._index.read() as txn:
+                image_id = self._resolve(txn, ref).id
+                tree = self._index.image_tree(txn, image_id)
+            if tree is None:    # not kept (older index): made on demand
+                tree = plan(self._tree(image_id)[1])
+            return checkout(tree, os.fspath(dest), os.path.join(self.root, "objects"), copy)
 
     def inspect(self, ref: str) -> dict:
         """Everything known of an image, as `layerstore inspect` prints it."""

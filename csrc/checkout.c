@@ -1,0 +1,583 @@
+/*
+ * checkout.c - make an image's merged tree real in a directory, in one call.
+ *
+ * The plan is the image's union (computed once, at import) as entry records in the layout of
+ * layerstore.h, parents before children.  A HARDLINK record names, in its link field, the
+ * path of an earlier record of the plan: the two share an inode here as in the image.
+ *
+ * Nothing is ever created through a symlink: every parent directory is opened component by
+ * component with O_NOFOLLOW from DEST's descriptor (and the plan's parents are directories
+ * this call made), and everything is made with *at() calls relative to those descriptors.  The
+ * open directories of the current path are kept on a stack, so a plan in tree order opens
+ * each directory about once.
+ *
+ * Files are hardlinks to their objects, or with LS_CHECKOUT_COPY independent copies (a reflink
+ * where the filesystem has them, else copy_file_range) with the recorded mtime.  A hardlinked
+ * file takes the object's own metadata: nothing here may chmod, chown or touch it, since that
+ * would change the store.  An empty file is always made fresh, never shared.  EMLINK (the
+ * object has as many links as the filesystem allows), EXDEV and EPERM turn a link into a copy.
+ * Directories get their final mode, owner and times last, deepest first, so a read-only
+ * directory does not stop its children from being made.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "ls_internal.h"
+
+typedef struct rec {
+    int type;
+    uint32_t mode, uid, gid, devmajor, devminor, mtime_nsec;
+    int64_t mtime;
+    uint64_t size;
+    const uint8_t *object_id;
+    const char *path, *link;
+    uint32_t path_len, link_len;
+    const uint8_t *xattrs;
+    uint32_t xattrs_len;
+} rec;
+
+typedef struct co {
+    int dest_fd, objects_fd, flags;
+    uid_t euid;
+    gid_t egid;
+    ls_checkout_stats *st;
+    ls_err *e;
+    /* The open directories of the current parent path: fds[i] is the directory whose path is
+     * the first i components of cur (fds[0] is DEST). */
+    int *fds;
+    size_t depth, cap;
+    char cur[LS_MAX_PATH + 1];
+    size_t cur_len;
+    /* Offsets of directory records, for their metadata at the end. */
+    size_t *dirs;
+    size_t ndirs, dirs_cap;
+    uint8_t *copybuf;
+} co;
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)ls_get32(p) | (uint64_t)ls_get32(p + 4) << 32;
+}
+
+static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
+{
+    if (left < LS_RECORD_FIXED)
+        return ls_fail(e, LS_E_CORRUPT, "checkout plan: truncated record");
+    uint32_t len = ls_get32(p);
+    uint32_t plen = ls_get32(p + 120), llen = ls_get32(p + 124), ulen = ls_get32(p + 128),
+             glen = ls_get32(p + 132), x = ls_get32(p + 136);
+    if (len < LS_RECORD_FIXED || len > left)
+        return ls_fail(e, LS_E_CORRUPT, "checkout plan: bad record length");
+    r->type = p[4];
+    r->mode = ls_get32(p + 8);
+    r->uid = ls_get32(p + 12);
+    r->gid = ls_get32(p + 16);
+    r->devmajor = ls_get32(p + 20);
+    r->devminor = ls_get32(p + 24);
+    r->mtime_nsec = ls_get32(p + 28);
+    r->mtime = (int64_t)get64(p + 32);
+    r->size = get64(p + 40);
+    r->object_id = p + 56;
+    if ((uint64_t)plen + llen + ulen + glen + x != len - LS_RECORD_FIXED || plen == 0 ||
+        plen > LS_MAX_PATH || llen > LS_MAX_PATH)
+        return ls_fail(e, LS_E_CORRUPT, "checkout plan: bad record lengths");
+    r->path = (const char *)p + LS_RECORD_FIXED;
+    r->path_len = plen;
+    r->link = r->path + plen;
+    r->link_len = llen;
+    r->xattrs = (const uint8_t *)r->link + llen + ulen + glen;
+    r->xattrs_len = x;
+    if (memchr(r->path, 0, plen) || memchr(r->link, 0, llen))
+        return ls_fail(e, LS_E_CORRUPT, "checkout plan: NUL in a path");
+    *used = len;
+    return 0;
+}
+
+static int os_fail(co *c, int err, const char *what, const char *path, size_t len)
+{
+    return ls_fail(c->e, -err, "%s %.*s: %s", what, (int)(len > 300 ? 300 : len), path,
+                   strerror(err));
+}
+
+/* A path component that could step outside: the plan is ours, but it was stored on disk. */
+static int bad_component(const char *s, size_t n)
+{
+    return n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.');
+}
+
+/* Makes the stack hold the directories of parent (a path of len bytes, "" for DEST). */
+static int enter(co *c, const char *parent, size_t len)
+{
+    /* The whole components parent shares with the current path stay open. */
+    size_t i = 0, common = 0, keep = 0;
+    while (i < len && i < c->cur_len && parent[i] == c->cur[i]) {
+        i++;
+        if ((i == len || parent[i] == '/') && (i == c->cur_len || c->cur[i] == '/')) {
+            common = i;
+            keep++;
+        }
+    }
+    if (common == len && len == c->cur_len)
+        return 0;       /* the same directory */
+    while (c->depth > keep) {
+        close(c->fds[c->depth]);
+        c->depth--;
+    }
+    c->cur_len = common;
+    size_t pos = common;
+    while (pos < len) {
+        if (parent[pos] == '/')
+            pos++;
+        size_t end = pos;
+        while (end < len && parent[end] != '/')
+            end++;
+        char name[256];
+        if (end - pos >= sizeof name || bad_component(parent + pos, end - pos))
+            return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad path %.*s",
+                           (int)(len > 300 ? 300 : len), parent);
+        memcpy(name, parent + pos, end - pos);
+        name[end - pos] = 0;
+        if (c->depth + 2 > c->cap) {
+            size_t cap = c->cap * 2;
+            int *fds = realloc(c->fds, cap * sizeof *fds);
+            if (!fds)
+                return ls_fail(c->e, LS_E_NOMEM, "out of memory");
+            c->fds = fds;
+            c->cap = cap;
+        }
+        int fd = openat(c->fds[c->depth], name,
+                        O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return os_fail(c, errno, "cannot open directory", parent, end);
+        c->fds[++c->depth] = fd;
+        memcpy(c->cur, parent, end);
+        c->cur_len = end;
+        pos = end;
+    }
+    return 0;
+}
+
+/* Splits a record's path into the parent (entered) and the last component. */
+static int locate(co *c, const char *path, size_t len, char name[256])
+{
+    size_t slash = len;
+    while (slash > 0 && path[slash - 1] != '/')
+        slash--;
+    size_t nlen = len - slash;
+    if (nlen >= 256 || bad_component(path + slash, nlen))
+        return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad path %.*s",
+                       (int)(len > 300 ? 300 : len), path);
+    memcpy(name, path + slash, nlen);
+    name[nlen] = 0;
+    return enter(c, path, slash ? slash - 1 : 0);
+}
+
+static int here(co *c)
+{
+    return c->fds[c->depth];
+}
+
+/* Whether the owner can be set: as root always; otherwise only to ourselves (counted). */
+static int want_owner(co *c, const rec *r)
+{
+    if (c->flags & LS_CHECKOUT_OWNERS)
+        return 1;
+    if (r->uid != c->euid || r->gid != c->egid)
+        c->st->skipped_owners++;
+    return 0;
+}
+
+static int set_xattrs(co *c, int fd, const rec *r)
+{
+    const uint8_t *p = r->xattrs, *end = r->xattrs + r->xattrs_len;
+    char name[256];
+    while (p + 8 <= end) {
+        uint32_t nlen = ls_get32(p), vlen = ls_get32(p + 4);
+        if ((uint64_t)nlen + vlen > (uint64_t)(end - p - 8))
+            return ls_fail(c->e, LS_E_CORRUPT, "checkout plan: bad xattrs");
+        const uint8_t *val = p + 8 + nlen;
+        if (nlen < sizeof name) {
+            memcpy(name, p + 8, nlen);
+            name[nlen] = 0;
+            if (fsetxattr(fd, name, val, vlen, 0)) {
+                if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
+                    return os_fail(c, errno, "cannot set xattr on", r->path, r->path_len);
+                c->st->skipped_xattrs++;
+            }
+        } else {
+            c->st->skipped_xattrs++;
+        }
+        p = val + vlen;
+    }
+    return 0;
+}
+
+static struct timespec mtime_of(const rec *r, struct timespec ts[2])
+{
+    ts[0].tv_sec = ts[1].tv_sec = r->mtime;
+    ts[0].tv_nsec = ts[1].tv_nsec = r->mtime_nsec;
+    return ts[0];
+}
+
+/* Owner, mode, xattrs and times of something this call made and holds open. */
+static int apply_meta(co *c, int fd, const rec *r)
+{
+    if (want_owner(c, r) && fchown(fd, r->uid, r->gid))
+        return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
+    /* After chown, which clears setuid/setgid bits. */
+    if (fchmod(fd, r->mode & 07777))
+        return os_fail(c, errno, "cannot set the mode of", r->path, r->path_len);
+    int rc = set_xattrs(c, fd, r);
+    if (rc)
+        return rc;
+    struct timespec ts[2];
+    mtime_of(r, ts);
+    if (futimens(fd, ts))
+        return os_fail(c, errno, "cannot set the times of", r->path, r->path_len);
+    return 0;
+}
+
+static int copy_content(co *c, int src, int dst, const rec *r)
+{
+    if (ioctl(dst, FICLONE, src) == 0)
+        return 0;
+    uint64_t left = r->size;
+    int use_cfr = 1;
+    while (left > 0) {
+        ssize_t n = -1;
+        if (use_cfr) {
+            n = copy_file_range(src, NULL, dst, NULL, left > (1u << 30) ? 1u << 30 : left, 0);
+            if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
+                          errno == EOPNOTSUPP)) {
+                use_cfr = 0;
+                continue;
+            }
+        } else {
+            if (!c->copybuf && !(c->copybuf = malloc(1u << 20)))
+                return ls_fail(c->e, LS_E_NOMEM, "out of memory");
+            n = read(src, c->copybuf, 1u << 20);
+            if (n > 0) {
+                for (ssize_t off = 0; off < n;) {
+                    ssize_t w = write(dst, c->copybuf + off, (size_t)(n - off));
+                    if (w < 0 && errno != EINTR)
+                        return os_fail(c, errno, "cannot write", r->path, r->path_len);
+                    off += w > 0 ? w : 0;
+                }
+            }
+        }
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return os_fail(c, errno, "cannot copy into", r->path, r->path_len);
+        }
+        if (n == 0)
+            return ls_fail(c->e, LS_E_CORRUPT, "object of %.*s is shorter than its record",
+                           (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
+        left -= (uint64_t)n;
+    }
+    return 0;
+}
+
+/* An independent file with the record's content (from src, an open object or file). */
+static int make_copy(co *c, int src, const char *name, const rec *r)
+{
+    int dst = openat(here(c), name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (dst < 0)
+        return os_fail(c, errno, "cannot create", r->path, r->path_len);
+    int rc = src >= 0 ? copy_content(c, src, dst, r) : 0;
+    if (!rc)
+        rc = apply_meta(c, dst, r);
+    close(dst);
+    if (!rc)
+        c->st->copied++;
+    return rc;
+}
+
+static int make_file(co *c, const char *name, const rec *r)
+{
+    c->st->files++;
+    if (r->size == 0)
+        return make_copy(c, -1, name, r);
+    char obj[66];
+    ls_object_path(r->object_id, obj);
+    if (!(c->flags & LS_CHECKOUT_COPY)) {
+        if (linkat(c->objects_fd, obj, here(c), name, 0) == 0) {
+            c->st->hardlinked++;
+            return 0;
+        }
+        if (errno == ENOENT)
+            return ls_fail(c->e, -ENOENT, "object %s of %.*s is missing from the store (run "
+                           "fsck)", obj, (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
+        if (errno != EMLINK && errno != EXDEV && errno != EPERM)
+            return os_fail(c, errno, "cannot link", r->path, r->path_len);
+    }
+    int src = openat(c->objects_fd, obj, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (src < 0)
+        return errno == ENOENT
+            ? ls_fail(c->e, -ENOENT, "object %s of %.*s is missing from the store (run fsck)",
+                      obj, (int)(r->path_len > 300 ? 300 : r->path_len), r->path)
+            : os_fail(c, errno, "cannot open the object of", r->path, r->path_len);
+    int rc = make_copy(c, src, name, r);
+    close(src);
+    return rc;
+}
+
+/* Opens the directory holding path (relative to DEST) on its own, without the stack. */
+static int open_parent(co *c, const char *path, size_t len, char name[256])
+{
+    size_t slash = len;
+    while (slash > 0 && path[slash - 1] != '/')
+        slash--;
+    if (len - slash >= 256 || bad_component(path + slash, len - slash))
+        return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad link %.*s",
+                       (int)(len > 300 ? 300 : len), path);
+    memcpy(name, path + slash, len - slash);
+    name[len - slash] = 0;
+    int fd = dup(c->dest_fd);
+    size_t pos = 0, end_all = slash ? slash - 1 : 0;
+    while (fd >= 0 && pos < end_all) {
+        size_t end = pos;
+        while (end < end_all && path[end] != '/')
+            end++;
+        char comp[256];
+        if (end - pos >= sizeof comp || bad_component(path + pos, end - pos)) {
+            close(fd);
+            return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad link %.*s",
+                           (int)(len > 300 ? 300 : len), path);
+        }
+        memcpy(comp, path + pos, end - pos);
+        comp[end - pos] = 0;
+        int next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        close(fd);
+        fd = next;
+        pos = end + 1;
+    }
+    if (fd < 0)
+        return os_fail(c, errno, "cannot open the directory of", path, len);
+    return fd;
+}
+
+static int make_hardlink(co *c, const char *name, const rec *r)
+{
+    char src_name[256];
+    int dir = open_parent(c, r->link, r->link_len, src_name);
+    if (dir < 0)
+        return dir;
+    int rc = 0;
+    struct stat st;
+    if (fstatat(dir, src_name, &st, AT_SYMLINK_NOFOLLOW))
+        rc = os_fail(c, errno, "cannot find hardlink target", r->link, r->link_len);
+    else if (linkat(dir, src_name, here(c), name, 0) == 0)
+        ;
+    else if (errno == EMLINK && S_ISREG(st.st_mode)) {
+        /* The target is a hardlinked object at its limit: this name gets a copy of it. */
+        int src = openat(dir, src_name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (src < 0) {
+            rc = os_fail(c, errno, "cannot open", r->link, r->link_len);
+        } else {
+            rec meta = *r;
+            meta.mode = st.st_mode & 07777;
+            meta.uid = st.st_uid;
+            meta.gid = st.st_gid;
+            meta.size = (uint64_t)st.st_size;
+            meta.mtime = st.st_mtim.tv_sec;
+            meta.mtime_nsec = (uint32_t)st.st_mtim.tv_nsec;
+            meta.xattrs_len = 0;
+            rc = make_copy(c, src, name, &meta);
+            close(src);
+        }
+    } else {
+        rc = os_fail(c, errno, "cannot link", r->path, r->path_len);
+    }
+    close(dir);
+    if (!rc) {
+        if (S_ISREG(st.st_mode))
+            c->st->files++;
+        else
+            c->st->specials++;
+    }
+    return rc;
+}
+
+static int make_symlink(co *c, const char *name, const rec *r)
+{
+    char target[LS_MAX_PATH + 1];
+    memcpy(target, r->link, r->link_len);
+    target[r->link_len] = 0;
+    if (symlinkat(target, here(c), name))
+        return os_fail(c, errno, "cannot make symlink", r->path, r->path_len);
+    if (want_owner(c, r) && fchownat(here(c), name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
+        return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
+    if (r->xattrs_len)
+        c->st->skipped_xattrs++;        /* xattrs on symlinks: no fd to set them through */
+    struct timespec ts[2];
+    mtime_of(r, ts);
+    if (utimensat(here(c), name, ts, AT_SYMLINK_NOFOLLOW))
+        return os_fail(c, errno, "cannot set the times of", r->path, r->path_len);
+    c->st->symlinks++;
+    return 0;
+}
+
+static int make_special(co *c, const char *name, const rec *r)
+{
+    mode_t kind = r->type == LS_ENTRY_CHAR ? S_IFCHR
+                : r->type == LS_ENTRY_BLOCK ? S_IFBLK : S_IFIFO;
+    if (kind != S_IFIFO && !(c->flags & LS_CHECKOUT_OWNERS)) {
+        c->st->skipped_specials++;      /* only root may make device nodes */
+        return 0;
+    }
+    if (mknodat(here(c), name, kind | 0600, makedev(r->devmajor, r->devminor)))
+        return os_fail(c, errno, "cannot make", r->path, r->path_len);
+    /* Opening a device or fifo could block or act: set metadata through the name instead. */
+    if (want_owner(c, r) && fchownat(here(c), name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
+        return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
+    if (fchmodat(here(c), name, r->mode & 07777, 0))
+        return os_fail(c, errno, "cannot set the mode of", r->path, r->path_len);
+    if (r->xattrs_len)
+        c->st->skipped_xattrs++;
+    struct timespec ts[2];
+    mtime_of(r, ts);
+    if (utimensat(here(c), name, ts, AT_SYMLINK_NOFOLLOW))
+        return os_fail(c, errno, "cannot set the times of", r->path, r->path_len);
+    c->st->specials++;
+    return 0;
+}
+
+static int remember_dir(co *c, size_t offset)
+{
+    if (c->ndirs == c->dirs_cap) {
+        size_t cap = c->dirs_cap ? c->dirs_cap * 2 : 256;
+        size_t *d = realloc(c->dirs, cap * sizeof *d);
+        if (!d)
+            return ls_fail(c->e, LS_E_NOMEM, "out of memory");
+        c->dirs = d;
+        c->dirs_cap = cap;
+    }
+    c->dirs[c->ndirs++] = offset;
+    return 0;
+}
+
+static int one(co *c, const rec *r)
+{
+    if (r->path_len == 1 && r->path[0] == '.')
+        return r->type == LS_ENTRY_DIR ? 0 : ls_fail(c->e, LS_E_CORRUPT,
+                                                      "checkout plan: the root is not a directory");
+    char name[256];
+    int rc = locate(c, r->path, r->path_len, name);
+    if (rc)
+        return rc;
+    switch (r->type) {
+    case LS_ENTRY_DIR:
+        if (mkdirat(here(c), name, 0700))
+            return os_fail(c, errno, "cannot make directory", r->path, r->path_len);
+        c->st->dirs++;
+        return 0;
+    case LS_ENTRY_FILE:
+        return make_file(c, name, r);
+    case LS_ENTRY_HARDLINK:
+        return make_hardlink(c, name, r);
+    case LS_ENTRY_SYMLINK:
+        return make_symlink(c, name, r);
+    case LS_ENTRY_CHAR:
+    case LS_ENTRY_BLOCK:
+    case LS_ENTRY_FIFO:
+        return make_special(c, name, r);
+    default:
+        return ls_fail(c->e, LS_E_CORRUPT, "checkout plan: unknown entry type %d", r->type);
+    }
+}
+
+/* Directories last, deepest first (the plan has parents first, so reverse order). */
+static int finish_dirs(co *c, const uint8_t *plan, size_t plan_len)
+{
+    for (size_t i = c->ndirs; i-- > 0;) {
+        rec r;
+        size_t used;
+        int rc = parse(plan + c->dirs[i], plan_len - c->dirs[i], &r, &used, c->e);
+        if (rc)
+            return rc;
+        int fd;
+        if (r.path_len == 1 && r.path[0] == '.') {
+            fd = dup(c->dest_fd);
+        } else {
+            char name[256];
+            int dir = open_parent(c, r.path, r.path_len, name);
+            if (dir < 0)
+                return dir;
+            fd = openat(dir, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+            close(dir);
+        }
+        if (fd < 0)
+            return os_fail(c, errno, "cannot open directory", r.path, r.path_len);
+        rc = apply_meta(c, fd, &r);
+        close(fd);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
+                int flags, ls_checkout_stats *stats, char *err, size_t errlen)
+{
+    ls_err e;
+    co c = {0};
+    c.flags = flags;
+    c.st = stats;
+    c.e = &e;
+    c.euid = geteuid();
+    c.egid = getegid();
+    memset(stats, 0, sizeof *stats);
+    int rc = 0;
+    c.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    c.dest_fd = open(dest, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    c.cap = 64;
+    c.fds = malloc(c.cap * sizeof *c.fds);
+    if (c.objects_fd < 0) {
+        rc = ls_fail(&e, -errno, "cannot open %s: %s", objects_dir, strerror(errno));
+        goto out;
+    }
+    if (c.dest_fd < 0) {
+        rc = ls_fail(&e, -errno, "cannot open %s: %s", dest, strerror(errno));
+        goto out;
+    }
+    if (!c.fds) {
+        rc = ls_fail(&e, LS_E_NOMEM, "out of memory");
+        goto out;
+    }
+    c.fds[0] = c.dest_fd;
+    for (size_t off = 0; off < plan_len;) {
+        rec r;
+        size_t used;
+        if ((rc = parse(plan + off, plan_len - off, &r, &used, &e)))
+            goto out;
+        if (r.type == LS_ENTRY_DIR && (rc = remember_dir(&c, off)))
+            goto out;
+        if ((rc = one(&c, &r)))
+            goto out;
+        off += used;
+    }
+    rc = finish_dirs(&c, plan, plan_len);
+out:
+    while (c.depth > 0)
+        close(c.fds[c.depth--]);
+    if (c.dest_fd >= 0)
+        close(c.dest_fd);
+    if (c.objects_fd >= 0)
+        close(c.objects_fd);
+    free(c.fds);
+    free(c.dirs);
+    free(c.copybuf);
+    if (rc)
+        snprintf(err, errlen, "%s", e.msg);
+    return rc;
+}
