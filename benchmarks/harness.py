@@ -113,9 +113,8 @@ def bench_filesystem() -> Path:
     if (os.environ.get("LAYERSTORE_BENCH_FS") == "host" or os.geteuid() != 0
             or shutil.which("mkfs.ext4") is None):
         return CACHE / "work"
-    image, mnt = CACHE / "bench-fs.img", CACHE / "mnt"
-    if os.path.ismount(mnt):
-        run(["umount", str(mnt)])
+    # Per process, so that benchmarks run side by side do not share (or unmount) one.
+    image, mnt = CACHE / f"bench-fs-{os.getpid()}.img", CACHE / f"mnt-{os.getpid()}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(16 << 30)            # sparse: takes only what the run writes
@@ -126,6 +125,7 @@ def bench_filesystem() -> Path:
     def unmount():
         subprocess.run(["umount", str(mnt)], check=False)
         image.unlink(missing_ok=True)
+        mnt.rmdir()
     atexit.register(unmount)
     return mnt / "work"
 

@@ -61,6 +61,7 @@ typedef struct co {
     size_t *dirs;
     size_t ndirs, dirs_cap;
     uint8_t *copybuf;
+    int no_reflink;
 } co;
 
 static uint64_t get64(const uint8_t *p)
@@ -248,8 +249,13 @@ static int apply_meta(co *c, int fd, const rec *r)
 
 static int copy_content(co *c, int src, int dst, const rec *r)
 {
-    if (ioctl(dst, FICLONE, src) == 0)
-        return 0;
+    if (!c->no_reflink) {
+        if (ioctl(dst, FICLONE, src) == 0)
+            return 0;
+        /* Not on this filesystem (ext4, or objects on another one): stop asking. */
+        if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL)
+            c->no_reflink = 1;
+    }
     uint64_t left = r->size;
     int use_cfr = 1;
     while (left > 0) {
