@@ -33,6 +33,7 @@ from ._reference import DIGEST_RE, HEX_PREFIX_RE, normalize_tag
 from .errors import (DigestMismatch, ImageNotFound, LayerNotFound,
                      MissingBlob, StoreLocked)
 from ._tree import Tree, build
+from . import _read
 
 
 def default_root() -> str:
@@ -463,6 +464,51 @@ class Store:
                         "NewObjects": l.new_objects, "BlobDigests": list(l.blob_digests)}
                        for l in layers],
         }
+
+    # ---- reading without checkout (logic in _read.py) --------------------------------------
+
+    def _read_tree(self, ref: str) -> Tree:
+        """The image's tree, the last one kept: reading many files of one image must not
+        rebuild its tree per file.  Keyed by image id, which names immutable content."""
+        with self._index.read() as txn:
+            image_id = self._resolve(txn, ref).id
+        cached = getattr(self, "_last_tree", None)
+        if cached is not None and cached[0] == image_id:
+            return cached[1]
+        tree = self._tree(image_id)[1]
+        self._last_tree = (image_id, tree)
+        return tree
+
+    def walk(self, ref: str, path: str = ".") -> Iterator[Entry]:
+        """The merged view under path (itself first), parents before children, names sorted;
+        a hardlink shows the entry it shares an inode with, under its own path."""
+        return _read.walk(self._read_tree(ref), path)
+
+    def stat(self, ref: str, path: str, follow: bool = False) -> Entry:
+        """The entry at path.  Symlinks in its parents are followed inside the image root,
+        never out of it; the last component only with follow.  PathNotFound if absent."""
+        return _read.stat(self._read_tree(ref), path, follow)
+
+    def listdir(self, ref: str, path: str = ".", follow: bool = True) -> tuple[Entry, list[Entry]]:
+        """What `ls` shows: the entry at path and, for a directory, its children by name."""
+        return _read.listing(self._read_tree(ref), path, follow)
+
+    def _open_file(self, ref: str, path: str):
+        """A read-only binary file object over a regular file of the image (symlinks
+        followed inside the image root, at most 40).  Locking: the store lock is held shared
+        until the object is open, so gc cannot remove it in between; the open file then
+        outlives any later gc."""
+        with self._locked(exclusive=False):
+            return _read.open_file(self._read_tree(ref), path, self.object_path)
+
+    # Store.open(root) (the constructor above) stays what it was on the class; on a store,
+    # open(image, path) reads a file.
+    open = _read.ClassOrInstance(open, _open_file)
+
+    def diff(self, a: str, b: str) -> dict[str, list[str]]:
+        """{"added", "removed", "changed"}: absolute paths, sorted, from image a to image b.
+        Changed: type, mode, owner, size, content, link target, xattrs or device differ."""
+        return _read.diff(self._tree(a)[1], self._tree(b)[1])
 
 
 class _Bytes:

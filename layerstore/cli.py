@@ -181,6 +181,84 @@ def checkout(open_store, image, dest, copy, as_json):
         click.echo(f"layerstore: not root, so skipped: {', '.join(skipped)}", err=True)
 
 
+def _entry_json(e) -> dict:
+    from ._read import display
+    return {"path": display(e.path), "type": e.type.value, "mode": e.mode & 0o7777,
+            "uid": e.uid, "gid": e.gid, "size": e.size, "mtime": e.mtime_ns // 1_000_000_000,
+            "link": e.link}
+
+
+@cli.command("ls")
+@click.argument("image")
+@click.argument("path", default="/")
+@click.option("-l", "--long", "long_", is_flag=True,
+              help="Mode, owner uid/gid, size and mtime of each entry.")
+@click.option("--json", "as_json", is_flag=True, help="Print the entries as JSON.")
+@click.pass_obj
+def ls(open_store, image, path, long_, as_json):
+    """List a directory of an image (or show one entry), without checking it out."""
+    from ._model import EntryType
+    from ._read import mode_string
+    # As GNU ls: a symlink named on the command line is followed unless -l asks about it
+    # (--json is -l for scripts); a trailing "/" always follows it.
+    top, children = open_store().listdir(image, path, follow=not (long_ or as_json))
+    rows = children if top.type is EntryType.DIR else [top]
+    if as_json:
+        click.echo(json.dumps([_entry_json(e) for e in rows], indent=2))
+        return
+    names = [e.path.rpartition("/")[2] if top.type is EntryType.DIR else path for e in rows]
+    if not long_:
+        for name in names:
+            click.echo(name)
+        return
+    cols = []
+    for e, name in zip(rows, names):
+        size = (f"{e.devmajor}, {e.devminor}" if e.type in (EntryType.CHAR, EntryType.BLOCK)
+                else str(e.size))
+        when = _dt.datetime.fromtimestamp(e.mtime_ns // 1_000_000_000, _dt.timezone.utc)
+        link = f" -> {e.link}" if e.type is EntryType.SYMLINK else ""
+        cols.append((mode_string(e), f"{e.uid}/{e.gid}", size,
+                     when.strftime("%Y-%m-%d %H:%M"), name + link))
+    width = [max((len(c[i]) for c in cols), default=0) for i in range(4)]
+    for c in cols:
+        click.echo(f"{c[0]} {c[1]:<{width[1]}} {c[2]:>{width[2]}} {c[3]} {c[4]}")
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("path")
+@click.pass_obj
+def cat(open_store, image, path):
+    """Write a file of an image to standard output (symlinks followed inside the image)."""
+    import shutil
+    out = click.get_binary_stream("stdout")
+    with open_store().open(image, path) as f:
+        try:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+        except BrokenPipeError:
+            # As cat under `| head`: the reader left; stop quietly, as SIGPIPE would.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+            sys.exit(141)
+
+
+@cli.command()
+@click.argument("image1")
+@click.argument("image2")
+@click.option("--json", "as_json", is_flag=True, help="Print {added, removed, changed} as JSON.")
+@click.pass_obj
+def diff(open_store, image1, image2, as_json):
+    """Paths added (A), removed (D) and changed (C) from IMAGE1 to IMAGE2."""
+    d = open_store().diff(image1, image2)
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+        return
+    lines = sorted([(p, "A") for p in d["added"]] + [(p, "D") for p in d["removed"]] +
+                   [(p, "C") for p in d["changed"]])
+    for p, mark in lines:
+        click.echo(f"{mark} {p}")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="layerstore", standalone_mode=False)

@@ -18,6 +18,12 @@ __all__ = [
     "LayerNotFound",
     "StoreLocked",
     "StoreIOError",
+    "MountError",
+    "PathNotFound",
+    "NotADirectory",
+    "IsADirectory",
+    "SymlinkLoop",
+    "NotAFile",
 ]
 
 
@@ -71,3 +77,28 @@ class StoreLocked(LayerstoreError):
 
 class StoreIOError(LayerstoreError, OSError):
     """A system call failed while reading or writing the store; errno says why."""
+
+
+class PathNotFound(LayerstoreError, FileNotFoundError):
+    """No such path in the image (reading without checkout: stat, open, ls)."""
+
+
+class NotADirectory(LayerstoreError, NotADirectoryError):
+    """A path component inside the image is not a directory."""
+
+
+class IsADirectory(LayerstoreError, IsADirectoryError):
+    """Content was asked of a directory of the image."""
+
+
+class SymlinkLoop(LayerstoreError, OSError):
+    """More than 40 symbolic links while resolving a path of the image (errno ELOOP)."""
+
+
+class NotAFile(LayerstoreError, OSError):
+    """Content was asked of a device node or fifo: the store records it but holds no bytes."""
+
+
+class MountError(LayerstoreError, OSError):
+    """An overlay mount or unmount failed, or cannot be made here (not root); errno says why
+    when a system call refused."""
