@@ -465,6 +465,50 @@ class Store:
                        for l in layers],
         }
 
+    # ---- export (logic in _export.py) -------------------------------------------------------
+
+    def save(self, refs, out, format: str = "docker", compress: str = "none") -> None:
+        """Writes images to out (a path, replaced atomically, or a binary file object): a
+        docker-archive (format="docker", what `docker load` reads) or an OCI image layout tar
+        ("oci"), optionally gzip- or zstd-compressed as a whole.  Layer tars are byte-identical
+        to the imported ones, checked against their diffIDs while written (DigestMismatch
+        otherwise); configs are written back unchanged, so image ids are too.  An image named
+        by a tag is saved with that tag, one named by id with all its tags.  For "oci" the
+        layers are stored uncompressed, so a manifest naming compressed blobs is replaced by a
+        new one over the same config.  Locking: the store lock shared (gc waits)."""
+        from ._export import _SaveImage, save
+        if isinstance(refs, str):
+            refs = [refs]
+        images: dict[str, _SaveImage] = {}
+        with self._index.read() as txn:
+            for ref in refs:
+                rec = self._resolve(txn, ref)
+                try:
+                    by_tag = not DIGEST_RE.match(ref) and normalize_tag(ref) in rec.tags
+                except errors.InvalidReference:
+                    by_tag = False
+                tags = [normalize_tag(ref)] if by_tag else list(rec.tags)
+                if rec.id in images:
+                    images[rec.id].tags += [t for t in tags if t not in images[rec.id].tags]
+                    continue
+                manifest = (self._index.metadata(txn, rec.manifest_digest)
+                            if rec.manifest_digest else None)
+                images[rec.id] = _SaveImage(rec.id, tags, list(rec.diff_ids),
+                                            bytes(self._index.metadata(txn, rec.id)), manifest,
+                                            rec.manifest_media_type)
+        with self._locked(exclusive=False):
+            save(self, list(images.values()), out, format, compress)
+
+    def export(self, ref: str, out) -> None:
+        """Writes the image's flattened root filesystem (layers merged) as one tar to out (a
+        path, replaced atomically, or a binary file object): owners, modes, mtimes, xattrs,
+        devices, symlinks and hardlinks, content from the objects.
+        Locking: the store lock shared (gc waits)."""
+        from ._export import export
+        with self._locked(exclusive=False):
+            _, tree = self._tree(ref)
+            export(self, tree, out)
+
     # ---- reading without checkout (logic in _read.py) --------------------------------------
 
     def _read_tree(self, ref: str) -> Tree:

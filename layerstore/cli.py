@@ -259,6 +259,40 @@ def diff(open_store, image1, image2, as_json):
         click.echo(f"{mark} {p}")
 
 
+def _output(out: str):
+    """A path, or standard output for "-" (never a terminal: an archive would garble it)."""
+    if out != "-":
+        return out
+    if sys.stdout.isatty():
+        raise click.UsageError("refusing to write an archive to a terminal: use -o FILE or "
+                               "redirect standard output")
+    return sys.stdout.buffer
+
+
+@cli.command()
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
+@click.option("-o", "--output", "out", default="-", metavar="FILE",
+              help="Write to FILE (default: standard output).")
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker",
+              show_default=True, help="docker-archive (docker load) or OCI image layout tar.")
+@click.option("--compress", type=click.Choice(["none", "gzip", "zstd"]), default="none",
+              show_default=True, help="Compress the whole archive.")
+@click.pass_obj
+def save(open_store, images, out, fmt, compress):
+    """Write images to an archive whose layer tars are byte-identical to the imported ones."""
+    open_store().save(list(images), _output(out), format=fmt, compress=compress)
+
+
+@cli.command()
+@click.argument("image")
+@click.option("-o", "--output", "out", default="-", metavar="FILE",
+              help="Write to FILE (default: standard output).")
+@click.pass_obj
+def export(open_store, image, out):
+    """Write the image's flattened root filesystem as one tar."""
+    open_store().export(image, _output(out))
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="layerstore", standalone_mode=False)

@@ -1,0 +1,395 @@
+"""save and export: images leave the store as docker-archives and OCI layout tars whose layer
+tars are byte-identical to the imported ones (every tar flavour, GNU sparse included), and as
+flattened root filesystem tars equal to the image's merged tree."""
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+
+import blake3
+import pytest
+
+import archives as A
+from conftest import need_tool
+from layerstore import Store, cli, errors
+from layerstore._model import EntryType
+
+
+def _name(image) -> str:
+    return image.archive.name.split(".")[0]
+
+
+def _members(path) -> dict[str, bytes]:
+    """Every regular file of a (possibly compressed) archive, by name."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head == b"\x28\xb5\x2f\xfd":
+        import zstandard
+        with open(path, "rb") as f:
+            data = zstandard.ZstdDecompressor().decompressobj().decompress(f.read())
+        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
+    else:
+        tf = tarfile.open(path, "r:gz" if head[:2] == b"\x1f\x8b" else "r:")
+    with tf:
+        return {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
+
+
+def _import(data: bytes, root, tags=("test/img:1",)):
+    with Store(root) as store:
+        (image,) = store.import_archive(io.BytesIO(data), tags=list(tags))
+    return image
+
+
+def _saved_layers(path, fmt: str) -> list[bytes]:
+    files = _members(path)
+    if fmt == "docker":
+        (entry,) = json.loads(files["manifest.json"])
+        return [files[name] for name in entry["Layers"]]
+    index = json.loads(files["index.json"])
+    manifest = json.loads(files["blobs/sha256/" + index["manifests"][0]["digest"][7:]])
+    return [files["blobs/sha256/" + l["digest"][7:]] for l in manifest["layers"]]
+
+
+# ---- the corpus --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus_store(corpus_images, tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-store") / "store"
+    got = {}
+    with Store(root) as store:
+        for image in corpus_images:
+            (got[_name(image)],) = store.import_archive(image.archive)
+    return root, got
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_corpus_save_reimports_to_the_same_image(fmt, corpus_images, corpus_store, tmp_path):
+    root, got = corpus_store
+    with Store(root) as store:
+        for image in corpus_images:
+            name = _name(image)
+            out = tmp_path / f"{name}.{fmt}.tar"
+            store.save([got[name].tags[0]], out, format=fmt)
+            with Store(tmp_path / f"fresh-{name}") as fresh:
+                (again,) = fresh.import_archive(out)
+            assert again.id == image.config_digest
+            assert again.diff_ids == tuple(image.diff_ids)
+            assert again.tags == got[name].tags
+            if fmt == "docker":     # the very files the corpus archive holds
+                for layer, saved in zip(image.layers, _saved_layers(out, fmt)):
+                    assert saved == layer.read_bytes()
+            out.unlink()
+
+
+@need_tool("skopeo")
+def test_skopeo_reads_saved_archives(corpus_images, corpus_store, tmp_path):
+    root, got = corpus_store
+    image = next(i for i in corpus_images if _name(i) == "python")
+    with Store(root) as store:
+        store.save([image.config_digest], tmp_path / "d.tar")
+        store.save(["corpus/python"], tmp_path / "o.tar", format="oci")
+    for ref in (f"docker-archive:{tmp_path / 'd.tar'}",
+                f"oci-archive:{tmp_path / 'o.tar'}:latest"):
+        raw = subprocess.run(["skopeo", "inspect", ref], check=True, capture_output=True).stdout
+        assert json.loads(raw)["Layers"] == image.diff_ids
+    raw = subprocess.run(["skopeo", "inspect", "--config", f"docker-archive:{tmp_path / 'd.tar'}"],
+                         check=True, capture_output=True).stdout
+    assert json.loads(raw)["rootfs"]["diff_ids"] == image.diff_ids
+
+
+@pytest.mark.parametrize("compress", ["gzip", "zstd"])
+def test_compressed_save_reimports(compress, corpus_images, corpus_store, tmp_path):
+    root, got = corpus_store
+    image = next(i for i in corpus_images if _name(i) == "base")
+    out = tmp_path / f"base.tar.{compress}"
+    with Store(root) as store:
+        store.save(["corpus/base"], out, compress=compress)
+    with open(out, "rb") as f:
+        assert f.read(4).startswith(b"\x1f\x8b" if compress == "gzip" else b"\x28\xb5\x2f\xfd")
+    with Store(tmp_path / "fresh") as fresh:
+        (again,) = fresh.import_archive(out)
+    assert (again.id, again.diff_ids) == (image.config_digest, tuple(image.diff_ids))
+
+
+def test_corpus_export_equals_the_merged_tree(corpus_store, tmp_path):
+    root, got = corpus_store
+    with Store(root) as store:
+        store.export("corpus/python", tmp_path / "rootfs.tar")
+        _check_export(store, "corpus/python", tmp_path / "rootfs.tar")
+
+
+# ---- hand-made layers in every tar flavour ---------------------------------------------------
+
+
+def _tar(items, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, **kw) as tf:
+        for ti, content in items:
+            tf.addfile(ti, io.BytesIO(content) if ti.isfile() else None)
+    return buf.getvalue()
+
+
+def _ti(name, kind="f", content=b"", **attrs):
+    ti = tarfile.TarInfo(name)
+    ti.mtime = 1700000000
+    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE,
+               "h": tarfile.LNKTYPE, "c": tarfile.CHRTYPE, "b": tarfile.BLKTYPE,
+               "p": tarfile.FIFOTYPE}[kind]
+    ti.size = len(content) if kind == "f" else 0
+    for k, v in attrs.items():
+        setattr(ti, k, v)
+    return ti, content
+
+
+def _flavour_items(long: bool, pax: bool):
+    deep = "/".join(["dir%02d" % i for i in range(12)]) if long else "d"
+    items = [
+        _ti("d", "d", mode=0o755),
+        _ti("d/empty"),
+        _ti("d/small", content=b"hello\n", mode=0o4755, uid=1000, gid=1000, uname="u",
+            gname="g"),
+        _ti("d/big", content=os.urandom(300_000) + bytes(70_000)),
+        _ti("d/odd", content=os.urandom(513)),
+        _ti("d/link", "l", linkname="small"),
+        _ti("d/hard", "h", linkname="d/small"),
+        _ti("dev/null", "c", devmajor=1, devminor=3, mode=0o666),
+        _ti("dev/sda", "b", devmajor=8, devminor=0),
+        _ti("fifo", "p"),
+    ]
+    if long:
+        items += [_ti(f"{deep}/" + "n" * 90, content=b"long name"),
+                  _ti("longlink", "l", linkname=f"{deep}/" + "t" * 120),
+                  _ti(f"{deep}/hardlong", "h", linkname=f"{deep}/" + "n" * 90)]
+    if pax:
+        items += [_ti("x/caps", content=b"\x7fELF", pax_headers={
+                      "SCHILY.xattr.security.capability": "\x01\x00\x00\x02\udcff",
+                      "SCHILY.xattr.user.mime": "text/plain"}),
+                  _ti("x/\u00e9t\u00e9 \u2603", content=b"unicode"),
+                  _ti("x/frac", content=b"t", pax_headers={"mtime": "1700000000.123456789"}),
+                  _ti("x/bigid", content=b"i", uid=2**31 - 1, gid=2**30)]
+    return items
+
+
+FLAVOURS = {
+    "ustar": lambda: _tar(_flavour_items(False, False), tarfile.USTAR_FORMAT),
+    "gnu": lambda: _tar(_flavour_items(True, False), tarfile.GNU_FORMAT),
+    "pax": lambda: _tar(_flavour_items(True, True), tarfile.PAX_FORMAT),
+    "pax-global": lambda: _tar(_flavour_items(True, True), tarfile.PAX_FORMAT,
+                               pax_headers={"comment": "global", "uname": "everyone"}),
+    "no-end-blocks": lambda: _tar(_flavour_items(False, False), tarfile.USTAR_FORMAT)[:-1024],
+    "layer-helper": lambda: A.layer(("d", "etc"), ("f", "etc/a", b"a" * 1000),
+                                    ("wh", "etc/gone"), ("opq", "var")),
+}
+
+
+def _sparse_layer(tmp_path, fmt, extra, segments) -> bytes:
+    src = tmp_path / "src"
+    src.mkdir(exist_ok=True)
+    for name, count in (("one.img", segments), ("two.img", 3)):
+        with open(src / name, "wb") as f:
+            for i in range(count):
+                f.seek(i * 300000 + 4096 * (i % 3))
+                f.write(os.urandom(1000 + 517 * i))
+            f.truncate(count * 300000 + 70000)
+    (src / "after").write_bytes(b"plain file after the sparse ones")
+    (src / "hole.img").write_bytes(b"")
+    with open(src / "hole.img", "wb") as f:
+        f.truncate(1 << 20)     # all hole
+    out = tmp_path / "s.tar"
+    subprocess.run(["tar", "-c", "-S", f"--format={fmt}", *extra, "-f", str(out), "-C",
+                    str(src), "one.img", "two.img", "hole.img", "after"], check=True)
+    return out.read_bytes()
+
+
+SPARSE = [("gnu", []), ("posix", ["--sparse-version=0.0"]),
+          ("posix", ["--sparse-version=0.1"]), ("posix", ["--sparse-version=1.0"])]
+
+
+def _roundtrip(layers: list[bytes], tmp_path, fmt="docker"):
+    data = A.docker_archive([(layers, ["test/img:1"])])
+    image = _import(data, tmp_path / "store")
+    out = tmp_path / f"saved.{fmt}.tar"
+    with Store(tmp_path / "store") as store:
+        store.save(["test/img:1"], out, format=fmt)
+    saved = _saved_layers(out, fmt)
+    for original, got, diff_id in zip(layers, saved, image.diff_ids):
+        assert "sha256:" + hashlib.sha256(got).hexdigest() == diff_id
+        assert got == original
+    with Store(tmp_path / "again") as again:
+        (back,) = again.import_archive(out)
+    assert (back.id, back.diff_ids) == (image.id, image.diff_ids)
+    return image
+
+
+@pytest.mark.parametrize("flavour", sorted(FLAVOURS))
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_every_tar_flavour_roundtrips_byte_exact(flavour, fmt, tmp_path):
+    _roundtrip([FLAVOURS[flavour](), A.layer(("f", "top", b"top layer"))], tmp_path, fmt)
+
+
+@need_tool("tar")
+@pytest.mark.parametrize("fmt,extra", SPARSE, ids=lambda v: str(v))
+@pytest.mark.parametrize("segments", [1, 6, 40])
+def test_gnu_sparse_roundtrips_byte_exact(tmp_path, fmt, extra, segments):
+    layer = _sparse_layer(tmp_path, fmt, extra, segments)
+    image = _roundtrip([layer], tmp_path)
+    with Store(tmp_path / "store") as store:
+        assert any(e.sparse for e in store.layer_entries(image.diff_ids[0]))
+        store.export(image.id, tmp_path / "rootfs.tar")
+        _check_export(store, image.id, tmp_path / "rootfs.tar")
+
+
+def test_several_images_and_shared_layers(tmp_path):
+    shared = A.layer(("f", "shared", b"s" * 5000))
+    a = [shared, A.layer(("f", "a", b"a"))]
+    b = [shared, A.layer(("f", "b", b"b")), shared]
+    data = A.docker_archive([(a, ["test/a:1"]), (b, ["test/b:1"])])
+    with Store(tmp_path / "store") as store:
+        images = store.import_archive(io.BytesIO(data))
+        for fmt in ("docker", "oci"):
+            out = tmp_path / f"both.{fmt}"
+            store.save(["test/a:1", "test/b:1", images[0].id], out, format=fmt)
+            names = [n for n in _members(out) if n.endswith(".tar") or "blobs/" in n]
+            assert len(names) == len(set(names))
+            with Store(tmp_path / f"again-{fmt}") as again:
+                back = again.import_archive(out)
+            assert sorted((i.id, i.diff_ids, i.tags) for i in back) == sorted(
+                (i.id, i.diff_ids, i.tags) for i in images)
+
+
+def test_save_to_a_stream(tmp_path):
+    layers = [FLAVOURS["pax"]()]
+    image = _import(A.docker_archive([(layers, ["test/img:1"])]), tmp_path / "store")
+    buf = io.BytesIO()
+    with Store(tmp_path / "store") as store:
+        store.save("test/img:1", buf)
+    (tmp_path / "s.tar").write_bytes(buf.getvalue())
+    assert _saved_layers(tmp_path / "s.tar", "docker") == layers
+    assert image.id
+
+
+def test_oci_save_of_a_compressed_oci_image_keeps_the_image_id(tmp_path):
+    layers = [FLAVOURS["gnu"](), A.layer(("f", "x", b"x"))]
+    files = A.oci_layout(layers, tags=["test/oci:2"], compress="gzip")
+    A.write_dir(files, tmp_path / "layout")
+    with Store(tmp_path / "store") as store:
+        (image,) = store.import_archive(tmp_path / "layout")
+        store.save([image.id], tmp_path / "o.tar", format="oci")
+    saved = _members(tmp_path / "o.tar")
+    index = json.loads(saved["index.json"])
+    (desc,) = index["manifests"]
+    assert desc["annotations"]["io.containerd.image.name"] == "docker.io/test/oci:2"
+    manifest = json.loads(saved["blobs/sha256/" + desc["digest"][7:]])
+    assert manifest["config"]["digest"] == image.id
+    assert [l["mediaType"] for l in manifest["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar"] * 2
+    assert _saved_layers(tmp_path / "o.tar", "oci") == layers
+    with Store(tmp_path / "again") as again:
+        (back,) = again.import_archive(tmp_path / "o.tar")
+    assert (back.id, back.diff_ids, back.tags) == (image.id, image.diff_ids, image.tags)
+
+
+def _object_of(store, image, path):
+    return next(e for d in image.diff_ids for e in store.layer_entries(d) if e.path == path)
+
+
+@pytest.mark.parametrize("size", [6, 300_000])     # gathered in memory / copied in the kernel
+def test_tampered_object_fails_save_clearly(size, tmp_path):
+    layer = A.layer(("f", "victim", os.urandom(size)), ("f", "other", b"fine" * 100))
+    image = _import(A.docker_archive([([layer], ["test/img:1"])]), tmp_path / "store")
+    with Store(tmp_path / "store") as store:
+        entry = _object_of(store, image, "victim")
+        path = store.object_path(entry.object_id)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"X")
+        out = tmp_path / "out.tar"
+        with pytest.raises(errors.DigestMismatch, match=r"victim.*content hash|"
+                           r"does not match") as exc:
+            store.save(["test/img:1"], out)
+        assert image.diff_ids[0] in str(exc.value)
+        assert entry.object_id[2:] in str(exc.value)
+        assert not out.exists() and os.listdir(tmp_path) == ["store"]
+        os.unlink(path)
+        with pytest.raises(errors.MissingBlob, match="missing"):
+            store.save(["test/img:1"], out)
+    rc = cli.main(["--root", str(tmp_path / "store"), "save", "test/img:1", "-o", str(out)])
+    assert rc == 1 and not out.exists()
+
+
+# ---- export ---------------------------------------------------------------------------------
+
+
+def _check_export(store, ref, path) -> None:
+    """The exported tar against the image's merged tree: paths, types, sizes, content, and
+    the metadata a tar carries."""
+    want = {e.path: e for e in store.image_entries(ref)}
+    seen = {}
+    with tarfile.open(path, "r:") as tf:
+        for m in tf:
+            name = m.name.rstrip("/")
+            name = "." if name in (".", "") else name.removeprefix("./")
+            assert name not in seen, f"{name} twice"
+            seen[name] = m
+            e = want[name]
+            if m.islnk():
+                target = want[m.linkname]
+                assert (target.type, target.object_id) == (e.type, e.object_id), name
+                continue
+            kind = {EntryType.FILE: m.isreg, EntryType.DIR: m.isdir, EntryType.SYMLINK: m.issym,
+                    EntryType.CHAR: m.ischr, EntryType.BLOCK: m.isblk,
+                    EntryType.FIFO: m.isfifo}[e.type]
+            assert kind(), (name, e.type)
+            assert (m.mode, m.uid, m.gid, m.uname, m.gname) == (e.mode, e.uid, e.gid, e.uname,
+                                                                 e.gname), name
+            assert int(m.mtime) == e.mtime_ns // 10**9, name
+            if e.mtime_ns % 10**9:
+                sec, _, frac = m.pax_headers["mtime"].partition(".")
+                assert int(sec) * 10**9 + int(frac.ljust(9, "0")) == e.mtime_ns
+            xattrs = tuple(sorted((k[13:], v.encode("utf-8", "surrogateescape"))
+                                  for k, v in m.pax_headers.items()
+                                  if k.startswith("SCHILY.xattr.")))
+            assert xattrs == e.xattrs, name
+            if e.type is EntryType.FILE:
+                assert m.size == e.size
+                assert blake3.blake3(tf.extractfile(m).read()).hexdigest() == e.content_hash
+            elif e.type is EntryType.SYMLINK:
+                assert m.linkname == e.link
+            elif e.type in (EntryType.CHAR, EntryType.BLOCK):
+                assert (m.devmajor, m.devminor) == (e.devmajor, e.devminor)
+    assert sorted(seen) == sorted(want)
+
+
+def test_export_of_a_layered_image(tmp_path):
+    base = FLAVOURS["pax"]()
+    top = A.layer(("wh", "d/odd"), ("opq", "x"), ("f", "x/new", b"new"),
+                  ("h", "d/hard2", "d/small"), ("f", "d/small", b"replaced"), ("d", "fifo"))
+    image = _import(A.docker_archive([([base, top], ["test/img:1"])]), tmp_path / "store")
+    out = tmp_path / "rootfs.tar"
+    with Store(tmp_path / "store") as store:
+        store.export("test/img:1", out)
+        _check_export(store, image.id, out)
+    names = tarfile.open(out).getnames()
+    assert "d/odd" not in names and "x/caps" not in names and "x/new" in names
+
+
+def test_export_and_save_cli(tmp_path):
+    data = A.docker_archive([([FLAVOURS["gnu"]()], ["test/img:1"])])
+    image = _import(data, tmp_path / "store")
+    root = ["--root", str(tmp_path / "store")]
+    assert cli.main(root + ["export", "test/img:1", "-o", str(tmp_path / "r.tar")]) == 0
+    with Store(tmp_path / "store") as store:
+        _check_export(store, image.id, tmp_path / "r.tar")
+    assert cli.main(root + ["save", "test/img:1", image.id[7:19], "-o", str(tmp_path / "s.tgz"),
+                            "--format", "oci", "--compress", "gzip"]) == 0
+    with Store(tmp_path / "again") as again:
+        (back,) = again.import_archive(tmp_path / "s.tgz")
+    assert back.id == image.id
+    r = subprocess.run(["python", "-m", "layerstore", *root, "save", "nosuch:1", "-o",
+                        str(tmp_path / "x.tar")], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("layerstore: error: ")
+    assert len(r.stderr.strip().splitlines()) == 1
