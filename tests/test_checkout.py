@@ -1,0 +1,182 @@
+"""Checkout by the C core: hostile layers create nothing outside DEST, EMLINK for real, metadata
+and the copy mode's independence."""
+
+import io
+import os
+import stat
+import tarfile
+
+import pytest
+
+import archives as A
+from layerstore import Store, errors
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "store") as s:
+        yield s
+
+
+def image(store, tmp_path, *layers, name="img:1"):
+    path = tmp_path / f"{name.replace(':', '-')}.tar"
+    path.write_bytes(A.docker_archive([(list(layers), [name])]))
+    (img,) = store.import_archive(path)
+    return img
+
+
+def listing(root) -> dict[str, str]:
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for n in dirnames + filenames:
+            p = os.path.join(dirpath, n)
+            st = os.lstat(p)
+            kind = "l" if stat.S_ISLNK(st.st_mode) else "d" if stat.S_ISDIR(st.st_mode) else "f"
+            out[os.path.relpath(p, root)] = kind + (":" + os.readlink(p) if kind == "l" else "")
+    return out
+
+
+@pytest.fixture
+def sentinels(tmp_path):
+    """A world outside DEST, to check that it is left exactly as it was."""
+    outside = tmp_path / "outside"
+    (outside / "etc").mkdir(parents=True)
+    (outside / "etc" / "passwd").write_text("root:x:0:0\n")
+    (outside / "victim").write_text("untouched\n")
+
+    def unchanged():
+        assert listing(outside) == {"etc": "d", "etc/passwd": "f", "victim": "f"}
+        assert (outside / "etc" / "passwd").read_text() == "root:x:0:0\n"
+        assert (outside / "victim").read_text() == "untouched\n"
+        assert not (tmp_path / "escaped").exists()
+    return outside, unchanged
+
+
+HOSTILE = {
+    # A chain of symlinks leading out of the root, then a file written through it.
+    "symlink-chain": [A.layer(("l", "a", "b"), ("l", "b", "c"), ("l", "c", "../../../outside")),
+                      A.layer(("f", "a/victim", b"pwned"), ("f", "a/etc/passwd", b"pwned"))],
+    # lnk -> / then lnk/etc/x in a later layer lands at DEST/etc/x.
+    "link-to-root": [A.layer(("l", "lnk", "/"), ("d", "etc")),
+                     A.layer(("f", "lnk/etc/x", b"inside"))],
+    # A directory replaced by a symlink pointing out; later entries under its name.
+    "dir-to-symlink": [A.layer(("d", "dir"), ("f", "dir/a", b"1")),
+                       A.layer(("l", "dir", "../../outside")),
+                       A.layer(("f", "dir/victim", b"pwned"), ("d", "dir/new"))],
+    # .. through a symlink.
+    "dotdot-via-link": [A.layer(("d", "x"), ("l", "x/up", "../..")),
+                        A.layer(("f", "x/up/../escaped", b"pwned"), ("f", "x/up/victim", b"p"))],
+    # An absolute symlink, followed in a later layer: rooted at the image, not the host.
+    "absolute-link": [A.layer(("l", "host", "/tmp/../../outside")),
+                      A.layer(("f", "host/victim", b"pwned"))],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("copy", [False, True], ids=["hardlink", "copy"])
+def test_hostile_layers_stay_inside(case, copy, store, tmp_path, sentinels):
+    outside, unchanged = sentinels
+    img = image(store, tmp_path, *HOSTILE[case])
+    dest = tmp_path / "dest"
+    store.checkout(img.id, dest, copy=copy)
+    unchanged()
+    # What the layers wrote through links landed inside DEST (the symlinks themselves stay
+    # as written: they only point out, which a container's chroot resolves inside).
+    made = listing(dest)
+    for path, kind in made.items():
+        full = dest / path
+        if kind == "f":
+            assert os.path.realpath(full).startswith(str(dest) + os.sep), path
+    if case == "link-to-root":
+        assert (dest / "etc" / "x").read_bytes() == b"inside"
+        assert made["lnk"] == "l:/"
+
+
+def test_link_to_root_then_file_lands_in_dest(store, tmp_path):
+    img = image(store, tmp_path, *HOSTILE["link-to-root"])
+    store.checkout(img.id, tmp_path / "dest")
+    assert (tmp_path / "dest" / "etc" / "x").read_bytes() == b"inside"
+
+
+def test_failed_checkout_removes_what_it_made(store, tmp_path):
+    img = image(store, tmp_path, A.layer(("d", "a"), ("f", "a/f", b"content" * 100)))
+    for dirpath, _, names in os.walk(os.path.join(store.root, "objects")):
+        for n in names:
+            os.chmod(dirpath, 0o700)
+            os.unlink(os.path.join(dirpath, n))     # the object is gone: checkout must fail
+    dest = tmp_path / "dest"
+    with pytest.raises(errors.LayerstoreError, match="missing from the store"):
+        store.checkout(img.id, dest)
+    assert not dest.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(errors.LayerstoreError):
+        store.checkout(img.id, empty)
+    assert empty.exists() and os.listdir(empty) == []
+
+
+def _many(n: int, content: bytes) -> bytes:
+    """A layer of n files with the same bytes (one object), plus a hardlink to the last."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        d = tarfile.TarInfo("d")
+        d.type = tarfile.DIRTYPE
+        tf.addfile(d)
+        for i in range(n):
+            ti = tarfile.TarInfo(f"d/f{i}")
+            ti.size = len(content)
+            tf.addfile(ti, io.BytesIO(content))
+        h = tarfile.TarInfo("hard")
+        h.type, h.linkname = tarfile.LNKTYPE, f"d/f{n - 1}"
+        tf.addfile(h)
+    return buf.getvalue()
+
+
+def test_emlink_for_real(store, tmp_path):
+    """70,000 files with the same content are one object; ext4 allows 65,000 links to an
+    inode, so the rest must become copies (and a hardlink to one of them still works)."""
+    n = 70_000
+    img = image(store, tmp_path, _many(n, b"same bytes\n"))
+    objects = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(store.root, "objects"))
+               for f in fs]
+    assert len(objects) == 1
+    dest = tmp_path / "dest"
+    result = store.checkout(img.id, dest)
+    assert result.files == n + 1
+    links = os.lstat(objects[0]).st_nlink
+    if links >= n:      # a filesystem without ext4's limit (tmpfs, xfs, btrfs): no EMLINK
+        pytest.skip(f"this filesystem allowed {links} links: EMLINK did not happen")
+    assert result.copied > 0 and result.hardlinked + result.copied == n
+    for i in (0, n // 2, n - 1):
+        assert (dest / "d" / f"f{i}").read_bytes() == b"same bytes\n"
+    assert os.path.samefile(dest / "hard", dest / "d" / f"f{n - 1}") or \
+        (dest / "hard").read_bytes() == b"same bytes\n"
+
+
+def test_copy_mode_is_independent_and_keeps_mtimes(store, tmp_path):
+    img = image(store, tmp_path, A.layer(("d", "a"), ("f", "a/f", b"data" * 1000, 0o640),
+                                         ("f", "a/empty", b"")))
+    dest = tmp_path / "dest"
+    result = store.checkout(img.id, dest, copy=True)
+    assert result.hardlinked == 0 and result.copied == 2
+    f = dest / "a" / "f"
+    assert f.stat().st_nlink == 1 and f.stat().st_mtime == 1700000000
+    assert stat.S_IMODE(f.stat().st_mode) == 0o640
+    assert (dest / "a").stat().st_mtime == 1700000000     # set after its children
+    os.chmod(f, 0o644)
+    f.write_bytes(b"edited")
+    again = tmp_path / "again"
+    store.checkout(img.id, again)
+    assert (again / "a" / "f").read_bytes() == b"data" * 1000
+
+
+def test_hardlinked_checkout_shares_the_object_and_empty_files_are_fresh(store, tmp_path):
+    img = image(store, tmp_path, A.layer(("f", "x", b"bytes" * 10), ("f", "e1", b""),
+                                         ("f", "e2", b"")))
+    a, b = tmp_path / "a", tmp_path / "b"
+    store.checkout(img.id, a)
+    store.checkout(img.id, b)
+    assert os.path.samefile(a / "x", b / "x")
+    assert not os.path.samefile(a / "e1", b / "e1")
+    assert not os.path.samefile(a / "e1", a / "e2")
+    assert os.stat(a / "x").st_mtime == 0       # the object's canonical mtime
