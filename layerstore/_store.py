@@ -465,6 +465,28 @@ class Store:
                        for l in layers],
         }
 
+    # ---- containers on overlayfs (logic in _overlay.py) -------------------------------------
+
+    def mount(self, ref: str, mountpoint: str | os.PathLike,
+              upper: str | os.PathLike | None = None):
+        """Mounts the image at mountpoint as overlayfs: the layers are shared read-only lower
+        dirs (built once under root/layers/), the container writes to its own upper dir
+        (under root/containers/<id>/, or upper).  Needs root, or fuse-overlayfs without it.
+        Returns the _overlay.Mount record.  Locking: the store lock shared while building."""
+        from . import _overlay
+        return _overlay.mount(self, ref, mountpoint, upper)
+
+    def umount(self, mountpoint: str | os.PathLike):
+        """Unmounts a container; its upper dir goes too unless the user gave it to mount."""
+        from . import _overlay
+        return _overlay.umount(self, mountpoint)
+
+    def commit(self, mountpoint_or_upper: str | os.PathLike, tags=()) -> Image:
+        """A new image: the container's image plus its upper dir as one more layer (overlay
+        whiteouts and opaque dirs become .wh. entries), with a history entry, tagged."""
+        from . import _overlay
+        return _overlay.commit(self, mountpoint_or_upper, tags)
+
     # ---- export (logic in _export.py) -------------------------------------------------------
 
     def save(self, refs, out, format: str = "docker", compress: str = "none") -> None:

@@ -259,6 +259,40 @@ def diff(open_store, image1, image2, as_json):
         click.echo(f"{mark} {p}")
 
 
+@cli.command()
+@click.argument("image")
+@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.option("--upper", type=click.Path(file_okay=False),
+              help="The container's writable dir (kept on umount; default: in the store).")
+@click.option("--json", "as_json", is_flag=True, help="Print the mount record as JSON.")
+@click.pass_obj
+def mount(open_store, image, mountpoint, upper, as_json):
+    """Mount IMAGE at MOUNTPOINT as a container (overlayfs over shared layer dirs)."""
+    m = open_store().mount(image, mountpoint, upper=upper)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(m), indent=2))
+    else:
+        click.echo(f"{m.id} {m.mountpoint}")
+
+
+@cli.command()
+@click.argument("mountpoint", type=click.Path())
+@click.pass_obj
+def umount(open_store, mountpoint):
+    """Unmount a container mounted by `layerstore mount`."""
+    open_store().umount(mountpoint)
+
+
+@cli.command()
+@click.argument("path", metavar="MOUNTPOINT|UPPERDIR", type=click.Path())
+@click.option("--tag", "tags", multiple=True, metavar="NAME:TAG",
+              help="Tag the new image (repeatable).")
+@click.pass_obj
+def commit(open_store, path, tags):
+    """Make a container's changes a new layer and image on top of its image."""
+    image = open_store().commit(path, tags=tags)
+    click.echo(" ".join([image.id, *image.tags]))
+
 def _output(out: str):
     """A path, or standard output for "-" (never a terminal: an archive would garble it)."""
     if out != "-":

@@ -1,0 +1,668 @@
+"""Containers on overlayfs: per-layer lower directories, mounts, and commit of an upper dir.
+
+Lower directories.  Each layer is made real once, from the object store by hardlinks, under
+root/layers/<diffID hex> and shared by every mount of every image that has the layer: N
+containers of one image cost N upper dirs and N mounts, not N checkouts.  A layer dir is built
+in a temporary directory beside its final place and renamed there, so a reader sees a whole
+layer dir or none, and two processes building one layer at once both succeed (one rename
+wins).  Whiteouts take overlay's form (".wh.NAME" -> a 0/0 character device NAME,
+".wh..wh..opq" -> xattr trusted.overlay.opaque=y on the directory).  A layer whose hardlinks
+point into a lower layer (Docker and containerd allow it) cannot be built from the layer
+alone, so it is keyed by its chainID instead: its content then depends on its parents.
+A layer's paths are resolved inside the layer itself, as Docker's overlay2 driver does: a
+path through a symlink of a lower layer is a real directory in this layer, so where an image
+relies on that, the mount differs from `checkout` (which follows the symlink).
+
+Mounting uses mount(2) through ctypes: one system call, no fork and exec of mount(8) (the
+target for a second container is well under 50 ms), and errno comes back directly so the
+error can say what is wrong.  Overlay takes its options in one page (4096 bytes); when the
+absolute lower paths do not fit, short symlinks root/l/<20 hex> name the layer dirs and
+mount(8) runs with the store root as its working directory, so the options hold
+"l/<20 hex>" per layer (as containers/storage does with its re-exec'd "mountfrom" child).
+A child process does this rather than os.chdir, since the working directory is the whole
+process's and a Store may be shared by threads.
+
+Without root, the kernel will not mount overlayfs here: fuse-overlayfs is used when it is on
+PATH (its layer dirs keep whiteouts as ".wh." files, which it understands, since mknod of a
+0/0 device needs root), otherwise the error says that mount needs root.
+
+Commit writes the upper dir as a layer tar (tarfile, PAX where needed, names sorted, whole-
+second mtimes, so one upper dir always gives one diffID) into root/tmp, imports it with
+import_layer and adds an image whose config is the base's plus that diffID and a history entry.
+
+Each mount records itself in root/containers/<id>/container.json, so umount and commit find
+it by mountpoint or upper dir.  The upper and work dirs live in that directory unless the user
+gives an upper dir; then the work dir sits beside it (overlay needs both on one filesystem)
+and the upper dir is kept on umount, so it can still be committed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as _dt
+import errno
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import asdict, dataclass
+
+from . import errors
+from .errors import MountError
+from ._model import EntryType
+from ._tree import OPAQUE, WHITEOUT, Tree
+
+OPAQUE_XATTR = "trusted.overlay.opaque"
+# Overlay's own bookkeeping (and fuse-overlayfs's): never part of a committed layer.
+_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
+_OPAQUE_XATTRS = (OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
+_SHORT = 20     # hex digits of a layer's short link name
+
+
+@dataclass(frozen=True)
+class Mount:
+    """An active (or, with a user's upper dir, a kept) container."""
+
+    id: str
+    image: str                  # image id the container was made from
+    diff_ids: tuple[str, ...]
+    mountpoint: str | None      # None once unmounted (a kept upper dir)
+    upper: str
+    work: str
+    lowers: tuple[str, ...]     # layer dirs, topmost first (overlay's order)
+    kind: str                   # "overlay" or "fuse-overlayfs"
+    own_upper: bool             # upper dir made by layerstore (removed on umount)
+    created: str
+
+    @classmethod
+    def load(cls, path: str) -> "Mount":
+        with open(path) as f:
+            d = json.load(f)
+        d["diff_ids"], d["lowers"] = tuple(d["diff_ids"]), tuple(d["lowers"])
+        return cls(**d)
+
+
+def _err(message: str, code: int | None = None) -> MountError:
+    # One argument keeps str(exc) the message (OSError(msg, code) would print "[Errno ...]").
+    exc = MountError(message)
+    exc.errno = code
+    return exc
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[-1]
+
+
+def chain_ids(diff_ids) -> list[str]:
+    out: list[str] = []
+    for d in diff_ids:
+        out.append(d if not out else
+                   "sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def _kernel_mode() -> bool:
+    return os.geteuid() == 0
+
+
+# ---- layer directories -----------------------------------------------------------------------
+
+class _LayerTree(Tree):
+    """One layer's entries alone; a hardlink whose target is not in the layer is looked up
+    in the image's lower layers (then the layer dir is keyed by chainID)."""
+
+    def __init__(self, lower) -> None:
+        super().__init__()
+        self._lower_fn = lower
+        self._lower: Tree | None = None
+        self.used_lower = False
+
+    def lookup(self, path: str):
+        node = super().lookup(path)
+        if node is None:
+            if self._lower is None:
+                self._lower = self._lower_fn()
+            node = self._lower.lookup(path)
+            if node is not None:
+                self.used_lower = True
+        return node
+
+
+def _layer_tree(entries, lower) -> tuple[_LayerTree, list[str], list[str]]:
+    """The layer's tree plus its whiteouts and opaque dirs, as real paths in the layer.
+    Lookups here use Tree.lookup: this layer alone, never the lower fallback."""
+    tree = _LayerTree(lower)
+    whiteouts, opaques = [], []
+    for e in entries:
+        head, _, name = e.path.rpartition("/")
+        if not name.startswith(WHITEOUT):
+            tree.apply(0, [e])
+            continue
+        try:
+            parent, real = tree._parent(head.split("/") if head else [], 0, e.path)
+        except errors.CorruptArchive:
+            continue    # under a non-directory of this layer: it hides nothing here
+        if name == OPAQUE:
+            opaques.append("/".join(real) or ".")
+        else:
+            whiteouts.append("/".join(real + [name[len(WHITEOUT):]]))
+    # The spec: a whiteout applies to lower layers only, so an entry of the same layer at
+    # that name stays (and hides the lower one by itself).
+    whiteouts = [p for p in dict.fromkeys(whiteouts) if Tree.lookup(tree, p) is None]
+    opaques = [p for p in dict.fromkeys(opaques)
+               if (n := Tree.lookup(tree, p)) is not None and n.entry.type is EntryType.DIR]
+    return tree, whiteouts, opaques
+
+
+def _build_layer(store, entries, lower, tmp: str, kernel: bool) -> bool:
+    """Makes tmp the layer dir.  Returns whether it needed lower layers (chainID keying)."""
+    from ._checkout import checkout, plan
+    tree, whiteouts, opaques = _layer_tree(entries, lower)
+    checkout(plan(tree), tmp, os.path.join(store.root, "objects"), copy=False)
+    touched = set()
+    for p in whiteouts:
+        path = os.path.join(tmp, p)
+        if kernel:
+            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        else:
+            head, _, name = p.rpartition("/")
+            fd = os.open(os.path.join(tmp, head, WHITEOUT + name),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o000)
+            os.close(fd)
+        touched.add(p.rpartition("/")[0] or ".")
+    for p in opaques:
+        path = os.path.join(tmp, p)
+        if kernel:
+            os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+        else:
+            os.close(os.open(os.path.join(path, OPAQUE),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o000))
+            touched.add(p)
+    for p in touched:   # making the whiteouts moved their directories' mtimes
+        node = Tree.lookup(tree, p)
+        ns = node.inode.entry.mtime_ns
+        os.utime(os.path.join(tmp, p), ns=(ns, ns), follow_symlinks=False)
+    return tree.used_lower
+
+
+def layer_dirs(store, diff_ids, kernel: bool = True) -> list[str]:
+    """The layer dirs of an image, bottom layer first; builds those not yet cached."""
+    base = os.path.join(store.root, "layers" if kernel else "layers-fuse")
+    if not diff_ids:
+        empty = os.path.join(base, "empty")
+        os.makedirs(empty, mode=0o755, exist_ok=True)
+        return [empty]
+    chains = chain_ids(diff_ids)
+    out = []
+    for i, diff_id in enumerate(diff_ids):
+        by_diff = os.path.join(base, _hex(diff_id))
+        by_chain = os.path.join(base, "chain-" + _hex(chains[i]))
+        if os.path.isdir(by_diff):
+            out.append(by_diff)
+            continue
+        if os.path.isdir(by_chain):
+            out.append(by_chain)
+            continue
+        os.makedirs(base, mode=0o700, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
+        os.rmdir(tmp)       # checkout makes it
+        try:
+            entries = store.layer_entries(diff_id)
+            from ._tree import build
+            lower = lambda i=i: build(store.layer_entries(d) for d in diff_ids[:i])  # noqa: E731
+            final = by_chain if _build_layer(store, entries, lower, tmp, kernel) else by_diff
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+                _rmtree(tmp)    # another process built it first: theirs is as good
+        except BaseException:
+            if os.path.lexists(tmp):
+                _rmtree(tmp)
+            raise
+        out.append(final)
+    return out
+
+
+def _short_link(store, layer_dir: str) -> str:
+    """root/l/<20 hex> -> the layer dir; returns the path relative to the store root."""
+    name = os.path.basename(layer_dir).removeprefix("chain-")[:_SHORT]
+    rel = os.path.join("l", name)
+    target = os.path.relpath(layer_dir, os.path.join(store.root, "l"))
+    link = os.path.join(store.root, rel)
+    os.makedirs(os.path.dirname(link), mode=0o700, exist_ok=True)
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        if os.readlink(link) != target:
+            raise _err(f"short layer link {link} points to {os.readlink(link)}, not "
+                       f"{target}") from None
+    return rel
+
+
+def _rmtree(path: str) -> None:
+    from ._checkout import _remove
+    _remove(path)
+
+
+# ---- mount(2) ---------------------------------------------------------------------------------
+
+_libc = None
+
+
+def _c():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                ctypes.c_ulong, ctypes.c_char_p]
+        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    return _libc
+
+
+def _escape(path: str) -> str:
+    # overlay splits its options at "," and lowerdir at ":"; a backslash escapes either.
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _extra_options() -> list[str]:
+    """Turned off where the kernel has them: index and redirect_dir would record lower
+    dirs' identities and renames in the upper dir (commit reads the upper dir as a plain
+    changeset, as Docker's overlay2 does), metacopy would leave data-less copies there."""
+    params = "/sys/module/overlay/parameters"
+    return [f"{p}=off" for p in ("index", "redirect_dir", "metacopy")
+            if os.path.exists(os.path.join(params, p))]
+
+
+def _mount_error(code: int, target: str, detail: str = "") -> MountError:
+    if code in (errno.EPERM, errno.EACCES):
+        return _err(f"mount needs root (CAP_SYS_ADMIN): mounting {target} was refused",
+                    code)
+    if code == errno.ENODEV:
+        return _err("mount needs the overlay filesystem, which this kernel does not "
+                    "have (try: modprobe overlay)", code)
+    if code == errno.EINVAL:
+        return _err(f"mount {target}: overlay rejected the mount (upper and work dir "
+                    "must be on one filesystem that can hold an overlay upper dir; the "
+                    f"kernel log says more){detail}", code)
+    return _err(f"mount {target}: {os.strerror(code)}{detail}", code)
+
+
+def _ensure_overlay_fs() -> None:
+    try:
+        with open("/proc/filesystems") as f:
+            if any(line.split()[-1:] == ["overlay"] for line in f):
+                return
+    except OSError:
+        return
+    subprocess.run(["modprobe", "overlay"], check=False, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+
+
+def _kernel_mount(store, lowers: list[str], upper: str, work: str, target: str) -> None:
+    tail = [f"upperdir={_escape(upper)}", f"workdir={_escape(work)}", *_extra_options()]
+    opts = ",".join(["lowerdir=" + ":".join(_escape(p) for p in reversed(lowers)), *tail])
+    page = os.sysconf("SC_PAGE_SIZE")
+    if len(opts) < page:
+        rc = _c().mount(b"overlay", os.fsencode(target), b"overlay", 0, opts.encode())
+        if rc != 0:
+            code = ctypes.get_errno()
+            if code == errno.ENODEV:
+                _ensure_overlay_fs()
+                rc = _c().mount(b"overlay", os.fsencode(target), b"overlay", 0, opts.encode())
+                code = ctypes.get_errno() if rc else 0
+            if rc != 0:
+                raise _mount_error(code, target)
+        return
+    rel = [_short_link(store, p) for p in reversed(lowers)]
+    opts = ",".join(["lowerdir=" + ":".join(rel), *tail])
+    if len(opts) >= page:
+        raise _err(f"mount {target}: the image has {len(lowers)} layers, too many for "
+                   f"overlay's mount options ({len(opts)} bytes of at most {page - 1})")
+    if shutil.which("mount") is None:
+        raise _err(f"mount {target}: the image has {len(lowers)} layers, which needs "
+                   "mount(8) (util-linux) to mount from the store root")
+    r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, target],
+                       cwd=store.root, capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or [""])[-1]
+        code = errno.EPERM if "permission denied" in msg.lower() or "only root" in msg else None
+        if code is not None:
+            raise _mount_error(code, target)
+        raise _err(f"mount {target}: {msg or 'mount(8) failed'}")
+
+
+def _fuse_mount(lowers: list[str], upper: str, work: str, target: str) -> None:
+    opts = (f"lowerdir={':'.join(_escape(p) for p in reversed(lowers))},"
+            f"upperdir={_escape(upper)},workdir={_escape(work)}")
+    r = subprocess.run(["fuse-overlayfs", "-o", opts, target], capture_output=True, text=True)
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        raise _err(f"mount {target}: fuse-overlayfs: {msg}")
+
+
+def _unmount(m: Mount) -> None:
+    target = m.mountpoint
+    if m.kind == "fuse-overlayfs" and os.geteuid() != 0:
+        tool = shutil.which("fusermount3") or shutil.which("fusermount")
+        if tool is None:
+            raise _err(f"umount {target}: neither fusermount3 nor fusermount is on PATH")
+        r = subprocess.run([tool, "-u", target], capture_output=True, text=True)
+        if r.returncode != 0 and os.path.ismount(target):
+            msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
+            raise _err(f"umount {target}: {msg}")
+        return
+    if _c().umount2(os.fsencode(target), 0) != 0:
+        code = ctypes.get_errno()
+        if code == errno.EINVAL and not os.path.ismount(target):
+            return      # already unmounted by someone else: just forget it
+        if code == errno.EBUSY:
+            raise _err(f"umount {target}: the mount is busy (a process has a file or "
+                       "its working directory in it)", code)
+        if code == errno.EPERM:
+            raise _err(f"umount {target}: umount needs root (CAP_SYS_ADMIN)", code)
+        raise _err(f"umount {target}: {os.strerror(code)}", code)
+
+
+# ---- containers -------------------------------------------------------------------------------
+
+def _containers(store) -> str:
+    return os.path.join(store.root, "containers")
+
+
+def mounts(store) -> list[Mount]:
+    """Every recorded container (mounted, or kept in a user's upper dir)."""
+    base = _containers(store)
+    out = []
+    try:
+        names = sorted(os.listdir(base))
+    except FileNotFoundError:
+        return out
+    for name in names:
+        path = os.path.join(base, name, "container.json")
+        try:
+            out.append(Mount.load(path))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return out
+
+
+def _save(store, m: Mount) -> None:
+    d = os.path.join(_containers(store), m.id)
+    tmp = os.path.join(d, ".container.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(asdict(m), f, indent=1)
+    os.replace(tmp, os.path.join(d, "container.json"))
+
+
+def _find(store, path: str) -> Mount | None:
+    real = os.path.realpath(path)
+    for m in mounts(store):
+        if m.mountpoint == real:
+            return m
+    for m in mounts(store):
+        if m.upper == real:
+            return m
+    return None
+
+
+def mount(store, ref: str, mountpoint, upper=None) -> Mount:
+    image = store.image(ref)
+    kernel = _kernel_mode()
+    if not kernel and shutil.which("fuse-overlayfs") is None:
+        raise _err("mount needs root (or fuse-overlayfs on PATH for a mount without root)",
+                   errno.EPERM)
+    target = os.path.abspath(os.fspath(mountpoint))
+    made_target = False
+    try:
+        os.mkdir(target, 0o755)
+        made_target = True
+    except FileExistsError:
+        if not os.path.isdir(target):
+            raise _err(f"mount: {target} exists and is not a directory") from None
+    target = os.path.realpath(target)
+    if os.path.ismount(target):
+        raise _err(f"mount: {target} is already a mount point")
+    for old in mounts(store):
+        if old.mountpoint == target:
+            _forget(store, old)     # its mount is gone (a reboot, a manual umount)
+    try:
+        return _mount(store, image, target, upper, kernel)
+    except BaseException:
+        if made_target:
+            os.rmdir(target)
+        raise
+
+
+def _mount(store, image, target: str, upper, kernel: bool) -> Mount:
+    with store._locked(exclusive=False):
+        lowers = layer_dirs(store, image.diff_ids, kernel)
+        cid = secrets.token_hex(16)
+        cdir = os.path.join(_containers(store), cid)
+        os.makedirs(cdir, mode=0o700)
+        try:
+            if upper is None:
+                up, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
+                os.mkdir(up, 0o755)
+                os.mkdir(work, 0o700)
+            else:
+                up = os.path.realpath(os.fspath(upper))
+                old = _find(store, up)
+                if old is not None and old.upper == up:
+                    if old.mountpoint is not None and os.path.ismount(old.mountpoint):
+                        raise _err(f"mount: upper dir {up} is in use by the mount at "
+                                   f"{old.mountpoint}")
+                    _rmtree(os.path.dirname(_record(store, old)))    # re-mounted: one record
+                os.makedirs(up, mode=0o755, exist_ok=True)
+                parent, name = os.path.split(up)
+                work = os.path.join(parent, f".{name}.work")
+                if os.path.lexists(work):
+                    _rmtree(work)
+                os.mkdir(work, 0o700)
+            if not os.listdir(up):
+                # The merged root shows the upper dir's metadata: make it the image's.
+                st = os.stat(lowers[-1])
+                if kernel:
+                    os.chown(up, st.st_uid, st.st_gid)
+                os.chmod(up, stat.S_IMODE(st.st_mode))
+            m = Mount(cid, image.id, tuple(image.diff_ids), target, up, work,
+                      tuple(reversed(lowers)), "overlay" if kernel else "fuse-overlayfs",
+                      upper is None, _now())
+            _save(store, m)
+            if kernel:
+                _kernel_mount(store, lowers, up, work, target)
+            else:
+                _fuse_mount(lowers, up, work, target)
+        except BaseException:
+            if upper is not None and "work" in locals() and os.path.lexists(work):
+                _rmtree(work)
+            _rmtree(cdir)
+            raise
+    return m
+
+
+def _record(store, m: Mount) -> str:
+    return os.path.join(_containers(store), m.id, "container.json")
+
+
+def umount(store, mountpoint) -> Mount:
+    target = os.path.realpath(os.fspath(mountpoint))
+    m = next((m for m in mounts(store) if m.mountpoint == target), None)
+    if m is None:
+        raise _err(f"umount: {target} is not a layerstore mount")
+    _unmount(m)
+    return _forget(store, m)
+
+
+def _forget(store, m: Mount) -> Mount:
+    """After its mount is gone: a container in the store goes entirely; one in a user's
+    upper dir keeps its record (mountpoint None), so the upper dir stays committable."""
+    if m.own_upper:
+        _rmtree(os.path.join(_containers(store), m.id))
+        return m
+    if os.path.lexists(m.work):
+        _rmtree(m.work)
+    m = Mount(**{**asdict(m), "mountpoint": None})
+    _save(store, m)
+    return m
+
+
+# ---- commit ----------------------------------------------------------------------------------
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _xattrs(path: str) -> list[tuple[str, bytes]]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return []
+    out = []
+    for name in sorted(names):
+        if name.startswith(_PRIVATE_XATTRS):
+            continue
+        try:
+            out.append((name, os.getxattr(path, name, follow_symlinks=False)))
+        except OSError:
+            continue
+    return out
+
+
+def _opaque(path: str) -> bool:
+    for name in _OPAQUE_XATTRS:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.mode = stat.S_IMODE(st.st_mode)
+    ti.uid, ti.gid = st.st_uid, st.st_gid
+    ti.mtime = int(st.st_mtime)     # whole seconds: a deterministic header, as Docker writes
+    ti.uname = ti.gname = ""
+    return ti
+
+
+def write_changeset(upper: str, out) -> int:
+    """Writes the upper dir as a layer tar: overlay whiteouts become ".wh.NAME", opaque dirs
+    get "DIR/.wh..wh..opq", hardlinks within the upper dir stay hardlinks.  Each directory's
+    opaque marker comes first, then its whiteouts, then its entries, names sorted (the OCI
+    spec asks whiteouts before their siblings).  Returns the number of entries."""
+    count = 0
+    seen: dict[tuple[int, int], str] = {}
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tf:
+        def add(ti, f=None):
+            nonlocal count
+            tf.addfile(ti, f)
+            count += 1
+
+        def walk(dirpath: str, rel: str) -> None:
+            with os.scandir(dirpath) as it:
+                items = sorted(((e.name, e.stat(follow_symlinks=False)) for e in it))
+            # Kernel overlay marks whiteouts with 0/0 devices and opaque dirs with an xattr;
+            # fuse-overlayfs falls back to ".wh." files where it may not do that.  Both
+            # forms become one marker each.
+            opaque = bool(rel) and _opaque(dirpath)
+            gone = set()
+            for name, st in items:
+                marker = _is_whiteout(st) or (stat.S_ISREG(st.st_mode) and
+                                              name.startswith(WHITEOUT))
+                if not marker:
+                    continue
+                target = name[len(WHITEOUT):] if not _is_whiteout(st) else name
+                if name == OPAQUE or target.startswith(WHITEOUT):
+                    opaque = opaque or bool(rel)
+                else:
+                    gone.add(target)
+            if opaque:
+                ti = tarfile.TarInfo(f"{rel}/{OPAQUE}")
+                ti.mode = 0
+                ti.mtime = int(os.lstat(dirpath).st_mtime)
+                add(ti)
+            for name in sorted(gone):
+                ti = tarfile.TarInfo(f"{rel}/{WHITEOUT}{name}" if rel else WHITEOUT + name)
+                ti.mode = 0
+                add(ti)
+            for name, st in items:
+                if _is_whiteout(st) or (stat.S_ISREG(st.st_mode) and name.startswith(WHITEOUT)):
+                    continue
+                path = os.path.join(dirpath, name)
+                arc = f"{rel}/{name}" if rel else name
+                ti = _info(arc, st)
+                for k, v in _xattrs(path):
+                    ti.pax_headers["SCHILY.xattr." + k] = v.decode("utf-8", "surrogateescape")
+                mode = st.st_mode
+                if stat.S_ISDIR(mode):
+                    ti.type = tarfile.DIRTYPE
+                    add(ti)
+                    walk(path, arc)
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if st.st_nlink > 1 and key in seen:
+                    ti.type, ti.linkname = tarfile.LNKTYPE, seen[key]
+                    add(ti)
+                    continue
+                if st.st_nlink > 1:
+                    seen[key] = arc
+                if stat.S_ISREG(mode):
+                    ti.size = st.st_size
+                    with open(path, "rb") as f:
+                        add(ti, f)
+                elif stat.S_ISLNK(mode):
+                    ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(path)
+                    add(ti)
+                elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                    ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
+                    ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                    add(ti)
+                elif stat.S_ISFIFO(mode):
+                    ti.type = tarfile.FIFOTYPE
+                    add(ti)
+                # sockets are not content: like Docker, they are left out
+
+        walk(upper, "")
+    return count
+
+
+def commit(store, path, tags=()):
+    m = _find(store, os.fspath(path))
+    if m is None:
+        raise errors.LayerstoreError(f"commit: {os.path.realpath(path)} is neither a layerstore "
+                                     "mount nor the upper dir of one")
+    config = store.config(m.image)
+    tmpdir = os.path.join(store.root, "tmp")
+    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
+    with store._locked(exclusive=False):
+        # A temporary file, not a pipe to import_layer: tarfile and the C ingest would need
+        # a thread between them, and the changeset is usually small.
+        with tempfile.TemporaryFile(dir=tmpdir) as f:
+            write_changeset(m.upper, f)
+            f.seek(0)
+            layer = store.import_layer(f)
+        now = _now()
+        config = dict(config)
+        config["created"] = now
+        rootfs = dict(config.get("rootfs") or {"type": "layers"})
+        rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [layer.diff_id]
+        config["rootfs"] = rootfs
+        config["history"] = list(config.get("history") or []) + [
+            {"created": now, "created_by": "layerstore commit"}]
+        data = json.dumps(config, separators=(",", ":")).encode()
+        return store.add_image(data, tags=tags)
