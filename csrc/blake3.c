@@ -2,7 +2,7 @@
  * blake3.c - BLAKE3 hashing: the tree, the incremental hasher, and the choice of backend.
  *
  * The compression function lives in the backends (blake3_portable.c, blake3_sse41.c,
- * blake3_avx2.c); this file decides what to compress.  See blake3_impl.h for the shape of the
+ * blake3_avx2.c, blake3_avx512.c); this file decides what to compress.  See blake3_impl.h for the shape of the
  * tree.  Two facts drive the design:
  *
  * 1. Speed comes from compressing many independent nodes at once: the chunks of a subtree, and
@@ -45,6 +45,8 @@ static const b3_backend b3_backends[] = {
     /* One block at a time gains nothing from ymm registers: AVX2 reuses SSE4.1 there. */
     {LS_BLAKE3_AVX2, ls_b3_compress_in_place_sse41, ls_b3_compress_xof_sse41,
      ls_b3_hash_many_avx2},
+    {LS_BLAKE3_AVX512, ls_b3_compress_in_place_avx512, ls_b3_compress_xof_avx512,
+     ls_b3_hash_many_avx512},
 #endif
 };
 
@@ -58,7 +60,9 @@ static const b3_backend *b3_active = &b3_backends[0];
 #include <cpuid.h>
 
 /* Reads the CPU's features with cpuid.  AVX2 also needs the OS to save the ymm registers on a
- * context switch, which XGETBV reports (XCR0 bits 1 and 2: SSE and AVX state). */
+ * context switch, which XGETBV reports (XCR0 bits 1 and 2: SSE and AVX state); AVX-512 needs
+ * the opmask registers and both halves of the zmm file saved as well (bits 5, 6 and 7).  A
+ * kernel may leave those off, as may a hypervisor that hides AVX-512 from its guests. */
 static unsigned b3_cpu_backends(void)
 {
     unsigned found = 1u << LS_BLAKE3_PORTABLE;
@@ -79,6 +83,10 @@ static unsigned b3_cpu_backends(void)
     __cpuid_count(7, 0, eax, ebx, ecx, edx);
     if ((ebx >> 5) & 1)
         found |= 1u << LS_BLAKE3_AVX2;
+    /* The AVX-512 backend also calls the AVX2 code for its remainders, hence the AVX2 check. */
+    int avx512f = (ebx >> 16) & 1, avx512vl = (ebx >> 31) & 1;
+    if ((found & (1u << LS_BLAKE3_AVX2)) && avx512f && avx512vl && (xcr0_lo & 0xE0) == 0xE0)
+        found |= 1u << LS_BLAKE3_AVX512;
     return found;
 }
 #else
@@ -94,7 +102,7 @@ __attribute__((constructor)) static void b3_pick_backend(void)
 {
     b3_supported = b3_cpu_backends();
     int best = LS_BLAKE3_PORTABLE;
-    for (int id = LS_BLAKE3_PORTABLE; id <= LS_BLAKE3_AVX2; id++)
+    for (int id = LS_BLAKE3_PORTABLE; id <= LS_BLAKE3_AVX512; id++)
         if (b3_supported & (1u << id))
             best = id;
     __atomic_store_n(&b3_active, &b3_backends[best], __ATOMIC_RELAXED);
@@ -112,7 +120,7 @@ int ls_blake3_backend(void)
 
 int ls_blake3_use_backend(int backend)
 {
-    if (backend < LS_BLAKE3_PORTABLE || backend > LS_BLAKE3_AVX2)
+    if (backend < LS_BLAKE3_PORTABLE || backend > LS_BLAKE3_AVX512)
         return LS_E_STATE;
     if (!(b3_supported & (1u << backend)))
         return LS_E_UNSUPPORTED;

@@ -147,6 +147,11 @@ B3_HIDDEN b3_hash_many_fn ls_b3_hash_many_sse41;
 
 /* blake3_avx2.c: eight inputs at once; fewer than eight fall back to the SSE4.1 code. */
 B3_HIDDEN b3_hash_many_fn ls_b3_hash_many_avx2;
+
+/* blake3_avx512.c: sixteen inputs at once, and one block with AVX-512VL's rotations. */
+B3_HIDDEN b3_compress_in_place_fn ls_b3_compress_in_place_avx512;
+B3_HIDDEN b3_compress_xof_fn ls_b3_compress_xof_avx512;
+B3_HIDDEN b3_hash_many_fn ls_b3_hash_many_avx512;
 #endif
 
 #endif

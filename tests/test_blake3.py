@@ -2,8 +2,9 @@
 
 The oracles are the official test vectors (tests/data/blake3_test_vectors.json: the "hash"
 cases of BLAKE3-team/BLAKE3's test_vectors.json) and the blake3 package.  Every check runs
-once per backend in _native.blake3_backends(): portable always, plus sse41 and avx2 where the
-CPU has them, so a SIMD path and the tree logic around it are each compared with a reference.
+once per backend in _native.blake3_backends(): portable always, plus sse41, avx2 and avx512
+where the CPU has them, so a SIMD path and the tree logic around it are each compared with a
+reference.
 """
 
 import json
@@ -47,7 +48,7 @@ def backend(request):
 
 def test_portable_is_always_available():
     assert BACKENDS[0] == "portable"
-    assert set(BACKENDS) <= {"portable", "sse41", "avx2"}
+    assert set(BACKENDS) <= {"portable", "sse41", "avx2", "avx512"}
 
 
 def test_default_backend_is_the_best_available():
