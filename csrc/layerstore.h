@@ -188,4 +188,14 @@ typedef struct {
 int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
                 int flags, ls_checkout_stats *stats, char *err, size_t errlen);
 
+/* ---- Layer export (export.c) ---------------------------------------------------------------
+ *
+ * Writes a stored layer's exact tar to out_fd: raw bytes and object content interleaved as the
+ * records say, each object checked against its record's BLAKE3 (LS_E_CORRUPT if it changed).
+ * LS_E_UNSUPPORTED, before anything is written, when the layer has sparse files.  *written
+ * counts the bytes written, also on error. */
+int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t records_len,
+                   const uint8_t *raw, size_t raw_len, int out_fd, uint64_t *written,
+                   char *err, size_t errlen);
+
 #endif

@@ -487,21 +487,23 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
                                                    "not in the store")
                     records = zstandard.ZstdDecompressor().decompress(
                         _layer_data(index, txn, diff_id, "records"))
-                    raw = _Raw(_layer_data(index, txn, diff_id, "raw"))
+                    raw_stored = _layer_data(index, txn, diff_id, "raw")
                 sizes[diff_id] = rec.stream_bytes
                 hexd = diff_id.split(":", 1)[1]
                 out.member(f"{hexd}.tar" if fmt == "docker" else f"blobs/sha256/{hexd}",
                            rec.stream_bytes)
                 out.flush()
-                while len(hashers) >= HASH_THREADS:
-                    _verify(*hashers.pop(0))
                 what = f"layer {diff_id}"
-                out.hasher = hasher = _Hasher(what)
-                hashers.append((diff_id, hasher))
                 start = out.written + len(out.buf)
-                write_layer(out, records, raw, objects_fd, what)
-                out.flush()
-                out.hasher = None
+                if not (out.fd is not None and _write_layer_native(
+                        out, os.path.join(store.root, "objects"), records, raw_stored, what)):
+                    while len(hashers) >= HASH_THREADS:
+                        _verify(*hashers.pop(0))
+                    out.hasher = hasher = _Hasher(what)
+                    hashers.append((diff_id, hasher))
+                    write_layer(out, records, _Raw(raw_stored), objects_fd, what)
+                    out.flush()
+                    out.hasher = None
                 if out.written - start != rec.stream_bytes:
                     raise errors.CorruptArchive(
                         f"{what}: rebuilt {out.written - start} bytes, but the layer has "
@@ -524,6 +526,27 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
         for _, h in hashers:
             h.abandon()
         os.close(objects_fd)
+
+
+def _write_layer_native(out: _Out, objects_dir: str, records: bytes, raw_stored: bytes,
+                        what: str) -> bool:
+    """The C writer, for an uncompressed archive in a regular file: the per-file loop in C,
+    each object checked against its recorded BLAKE3 instead of re-hashing the stream with
+    SHA-256 (the stream is the stored raw bytes and those contents, so it is the original).
+    False, with nothing written, for a layer with sparse files (the Python writer does it)."""
+    out.flush()
+    raw = zstandard.ZstdDecompressor().stream_reader(raw_stored).read()
+    try:
+        out.written += _native.write_layer(objects_dir, records, raw, out.fd)
+    except errors.UnsupportedFormat:
+        return False
+    except errors.CorruptArchive as exc:
+        raise errors.DigestMismatch(f"{what}: {exc}") from None
+    except errors.StoreIOError as exc:
+        if exc.errno == errno.ENOENT:
+            raise errors.MissingBlob(f"{what}: {exc.strerror}") from None
+        raise
+    return True
 
 
 def _regular_fd(f) -> int | None:

@@ -364,6 +364,17 @@ def checkout(objects_dir: str, dest: str, plan: bytes, copy: bool, owners: bool)
         "skipped_owners", "skipped_xattrs")}
 
 
+def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int) -> int:
+    """Writes a stored layer's exact tar to out_fd (see ls_layer_write); returns the bytes
+    written.  UnsupportedFormat, with nothing written, for a layer with sparse files."""
+    written = ffi.new("uint64_t *")
+    err = ffi.new("char[]", 1024)
+    rc = lib.ls_layer_write(os.fsencode(objects_dir), records, len(records), raw, len(raw),
+                            out_fd, written, err, 1024)
+    _check(rc, ffi.string(err).decode(errors="replace"))
+    return written[0]
+
+
 def record_objects(blob) -> dict[bytes, int]:
     """The non-empty objects a record batch references: {object id: content size}."""
     view = memoryview(blob)
