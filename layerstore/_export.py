@@ -433,22 +433,28 @@ def save(store, images: list[_SaveImage], out, fmt: str, compress: str) -> None:
         raise errors.UnsupportedFormat(f"unknown archive format {fmt!r} (docker or oci)")
     if compress not in COMPRESSIONS:
         raise errors.UnsupportedFormat(f"unknown compression {compress!r} (none, gzip, zstd)")
-    if isinstance(out, (str, os.PathLike)):
-        path = os.path.abspath(os.fspath(out))
-        fd, tmp = tempfile.mkstemp(prefix=".layerstore-save-", dir=os.path.dirname(path))
+    _write_to(out, "save", lambda f: _save_to(store, images, f, fmt, compress))
+
+
+def _write_to(out, what: str, write) -> None:
+    """Calls write(f) with out, a binary file object, or for a path with a temporary file
+    beside it that replaces the path only once complete: a failed write leaves nothing."""
+    if not isinstance(out, (str, os.PathLike)):
+        write(out)
+        return
+    path = os.path.abspath(os.fspath(out))
+    fd, tmp = tempfile.mkstemp(prefix=f".layerstore-{what}-", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb", buffering=0) as f:
+            write(f)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
         try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                _save_to(store, images, f, fmt, compress)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    else:
-        _save_to(store, images, out, fmt, compress)
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def _umask() -> int:
@@ -686,22 +692,7 @@ def export(store, tree, out) -> None:
     """Writes the merged tree as one tar (PAX where a field needs it) to out: a path or a
     binary file object.  An entry that shares an inode with an earlier one (a hardlink in any
     layer) is a hardlink to the first path written."""
-    if isinstance(out, (str, os.PathLike)):
-        path = os.path.abspath(os.fspath(out))
-        fd, tmp = tempfile.mkstemp(prefix=".layerstore-export-", dir=os.path.dirname(path))
-        try:
-            with os.fdopen(fd, "wb", buffering=0) as f:
-                _export_to(store, tree, f)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    else:
-        _export_to(store, tree, out)
+    _write_to(out, "export", lambda f: _export_to(store, tree, f))
 
 
 def _export_to(store, tree, f: BinaryIO) -> None:
