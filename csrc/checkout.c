@@ -45,6 +45,8 @@ typedef struct rec {
     uint32_t xattrs_len;
 } rec;
 
+#define NO_DIR ((size_t)-1)
+
 typedef struct co {
     int dest_fd, objects_fd, flags;
     uid_t euid;
@@ -57,9 +59,13 @@ typedef struct co {
     size_t depth, cap;
     char cur[LS_MAX_PATH + 1];
     size_t cur_len;
-    /* Offsets of directory records, for their metadata at the end. */
+    size_t *level_dir;      /* per stack level: the index in dirs of its record, or NO_DIR */
+    /* Offsets of directory records, for their metadata once their children are made. */
     size_t *dirs;
+    uint8_t *dir_done;
     size_t ndirs, dirs_cap;
+    const uint8_t *plan;
+    size_t plan_len;
     uint8_t *copybuf;
     int no_reflink;
 } co;
@@ -115,6 +121,55 @@ static int bad_component(const char *s, size_t n)
     return n == 0 || (n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.');
 }
 
+static int apply_meta(co *c, int fd, const rec *r);
+
+/* Closes stack levels down to keep.  A directory made from a record is complete when it is
+ * left (the plan is in tree order: a directory's children follow it), so its metadata is
+ * applied then, through the descriptor already open. */
+static int pop_to(co *c, size_t keep)
+{
+    int rc = 0;
+    while (c->depth > keep) {
+        size_t d = c->level_dir[c->depth];
+        if (d != NO_DIR && !rc) {
+            rec r;
+            size_t used;
+            rc = parse(c->plan + c->dirs[d], c->plan_len - c->dirs[d], &r, &used, c->e);
+            if (!rc)
+                rc = apply_meta(c, c->fds[c->depth], &r);
+            if (!rc)
+                c->dir_done[d] = 1;
+        }
+        close(c->fds[c->depth]);
+        c->depth--;
+    }
+    return rc;
+}
+
+/* Pushes fd (a directory whose path is path) on the stack. */
+static int push(co *c, int fd, size_t dir, const char *path, size_t len)
+{
+    if (c->depth + 2 > c->cap) {
+        size_t cap = c->cap * 2;
+        int *fds = realloc(c->fds, cap * sizeof *fds);
+        size_t *lv = fds ? realloc(c->level_dir, cap * sizeof *lv) : NULL;
+        if (fds)
+            c->fds = fds;
+        if (lv)
+            c->level_dir = lv;
+        if (!fds || !lv) {
+            close(fd);
+            return ls_fail(c->e, LS_E_NOMEM, "out of memory");
+        }
+        c->cap = cap;
+    }
+    c->fds[++c->depth] = fd;
+    c->level_dir[c->depth] = dir;
+    memcpy(c->cur, path, len);
+    c->cur_len = len;
+    return 0;
+}
+
 /* Makes the stack hold the directories of parent (a path of len bytes, "" for DEST). */
 static int enter(co *c, const char *parent, size_t len)
 {
@@ -129,10 +184,9 @@ static int enter(co *c, const char *parent, size_t len)
     }
     if (common == len && len == c->cur_len)
         return 0;       /* the same directory */
-    while (c->depth > keep) {
-        close(c->fds[c->depth]);
-        c->depth--;
-    }
+    int rc = pop_to(c, keep);
+    if (rc)
+        return rc;
     c->cur_len = common;
     size_t pos = common;
     while (pos < len) {
@@ -147,21 +201,12 @@ static int enter(co *c, const char *parent, size_t len)
                            (int)(len > 300 ? 300 : len), parent);
         memcpy(name, parent + pos, end - pos);
         name[end - pos] = 0;
-        if (c->depth + 2 > c->cap) {
-            size_t cap = c->cap * 2;
-            int *fds = realloc(c->fds, cap * sizeof *fds);
-            if (!fds)
-                return ls_fail(c->e, LS_E_NOMEM, "out of memory");
-            c->fds = fds;
-            c->cap = cap;
-        }
         int fd = openat(c->fds[c->depth], name,
                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
         if (fd < 0)
             return os_fail(c, errno, "cannot open directory", parent, end);
-        c->fds[++c->depth] = fd;
-        memcpy(c->cur, parent, end);
-        c->cur_len = end;
+        if ((rc = push(c, fd, NO_DIR, parent, end)))
+            return rc;
         pos = end;
     }
     return 0;
@@ -463,11 +508,16 @@ static int remember_dir(co *c, size_t offset)
     if (c->ndirs == c->dirs_cap) {
         size_t cap = c->dirs_cap ? c->dirs_cap * 2 : 256;
         size_t *d = realloc(c->dirs, cap * sizeof *d);
-        if (!d)
+        if (d)
+            c->dirs = d;
+        uint8_t *done = d ? realloc(c->dir_done, cap) : NULL;
+        if (done)
+            c->dir_done = done;
+        if (!d || !done)
             return ls_fail(c->e, LS_E_NOMEM, "out of memory");
-        c->dirs = d;
         c->dirs_cap = cap;
     }
+    c->dir_done[c->ndirs] = 0;
     c->dirs[c->ndirs++] = offset;
     return 0;
 }
@@ -482,11 +532,16 @@ static int one(co *c, const rec *r)
     if (rc)
         return rc;
     switch (r->type) {
-    case LS_ENTRY_DIR:
+    case LS_ENTRY_DIR: {
         if (mkdirat(here(c), name, 0700))
             return os_fail(c, errno, "cannot make directory", r->path, r->path_len);
         c->st->dirs++;
-        return 0;
+        /* Its children come next: enter it now, and finish it when it is left. */
+        int fd = openat(here(c), name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0)
+            return os_fail(c, errno, "cannot open directory", r->path, r->path_len);
+        return push(c, fd, c->ndirs - 1, r->path, r->path_len);
+    }
     case LS_ENTRY_FILE:
         return make_file(c, name, r);
     case LS_ENTRY_HARDLINK:
@@ -502,10 +557,13 @@ static int one(co *c, const rec *r)
     }
 }
 
-/* Directories last, deepest first (the plan has parents first, so reverse order). */
+/* Directories not finished on the way (the root, or a plan not in tree order): deepest first
+ * (the plan has parents first, so reverse order). */
 static int finish_dirs(co *c, const uint8_t *plan, size_t plan_len)
 {
     for (size_t i = c->ndirs; i-- > 0;) {
+        if (c->dir_done[i])
+            continue;
         rec r;
         size_t used;
         int rc = parse(plan + c->dirs[i], plan_len - c->dirs[i], &r, &used, c->e);
@@ -546,8 +604,11 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
     int rc = 0;
     c.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     c.dest_fd = open(dest, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    c.plan = plan;
+    c.plan_len = plan_len;
     c.cap = 64;
     c.fds = malloc(c.cap * sizeof *c.fds);
+    c.level_dir = malloc(c.cap * sizeof *c.level_dir);
     if (c.objects_fd < 0) {
         rc = ls_fail(&e, -errno, "cannot open %s: %s", objects_dir, strerror(errno));
         goto out;
@@ -556,7 +617,7 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
         rc = ls_fail(&e, -errno, "cannot open %s: %s", dest, strerror(errno));
         goto out;
     }
-    if (!c.fds) {
+    if (!c.fds || !c.level_dir) {
         rc = ls_fail(&e, LS_E_NOMEM, "out of memory");
         goto out;
     }
@@ -572,16 +633,19 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
             goto out;
         off += used;
     }
-    rc = finish_dirs(&c, plan, plan_len);
+    if (!(rc = pop_to(&c, 0)))
+        rc = finish_dirs(&c, plan, plan_len);
 out:
-    while (c.depth > 0)
+    while (c.fds && c.depth > 0)
         close(c.fds[c.depth--]);
     if (c.dest_fd >= 0)
         close(c.dest_fd);
     if (c.objects_fd >= 0)
         close(c.objects_fd);
     free(c.fds);
+    free(c.level_dir);
     free(c.dirs);
+    free(c.dir_done);
     free(c.copybuf);
     if (rc)
         snprintf(err, errlen, "%s", e.msg);
