@@ -246,7 +246,7 @@ static int on_entry(void *ctx, const ls_tar_entry *e)
     g->meta.xattrs_len = e->xattrs_len;
     ls_blake3_reset(g->hasher);
     if (g->store && e->size > LS_SMALL_MAX) {
-        if ((rc = ls_store_spill_open(g->store, &g->spill, NULL, &g->err)))
+        if ((rc = ls_store_spill_open(g->store, &g->spill, NULL, &g->meta, &g->err)))
             return rc;
         g->spilling = 1;
     }
@@ -281,7 +281,7 @@ static int store_object(ls_ingest *g, const uint8_t *id, int *skipped)
     int rc = ls_store_has(g->store, id, g->size, &g->err);
     if (rc)
         return rc < 0 ? rc : 0;
-    if ((rc = ls_store_spill_open(g->store, &g->spill, id, &g->err)))
+    if ((rc = ls_store_spill_open(g->store, &g->spill, id, &g->meta, &g->err)))
         return rc;
     const uint8_t *content = g->direct ? g->direct : g->held.data;
     if ((rc = ls_store_spill_write(&g->spill, content, g->size, &g->err))) {

@@ -118,13 +118,15 @@ typedef struct ls_obj_meta {
 typedef struct ls_spill {
     int fd;
     char tmpname[64];           /* empty for O_TMPFILE */
+    uint32_t mode;              /* the permission bits it was created with */
 } ls_spill;
 
 /* Whether an object with this id is stored with this size (1), absent (0) or an error (<0). */
 LS_HIDDEN int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e);
 /* Opens an unnamed file for an object's content; id, when already known, places it near its
- * final name (else it goes to tmp/). */
-LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e);
+ * final name (else it goes to tmp/); m is the metadata it will have, if known (else NULL). */
+LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id,
+                                  const ls_obj_meta *m, ls_err *e);
 LS_HIDDEN int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e);
 /* Gives the spilled file its metadata and links it into place as id.  Returns 1 when it was
  * linked, 0 when an equal object was already stored (the spill is dropped), <0 on error.

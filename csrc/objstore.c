@@ -45,6 +45,11 @@ struct ls_store {
     int no_tmpfile;         /* the filesystem refused O_TMPFILE once: use named files */
     int link_via_proc;      /* linkat(AT_EMPTY_PATH) needs a capability we lack */
     uint64_t counter;       /* names of named temporary files */
+    /* What a new file gets by itself, so that most objects need no fchown or fchmod. */
+    uint32_t umask;
+    uid_t euid;
+    gid_t egid;
+    int group_inherited;    /* objects/ is setgid: new files take its group, not ours */
 };
 
 static const char hexdigits[] = "0123456789abcdef";
@@ -80,6 +85,26 @@ static int os_fail(ls_err *e, int err, const char *what, const char *path)
     return ls_fail(e, -err, "%s %s: %s", what, path, strerror(err));
 }
 
+/* The process umask, read without changing it (umask(2) would, for every thread). */
+static uint32_t current_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    unsigned int u = 07777;     /* unknown: assume every bit is masked, so fchmod always runs */
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Umask: %o", &u) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return u;
+}
+
+/* The mode an object should have: as root the image's; otherwise readable by the store. */
+static uint32_t object_mode(const ls_store *s, const ls_obj_meta *m)
+{
+    return (s->flags & LS_STORE_OWNERS) ? m->mode : (m->mode | S_IRUSR);
+}
+
 int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t errlen)
 {
     ls_store *s = calloc(1, sizeof *s);
@@ -92,6 +117,9 @@ int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t
     }
     s->flags = flags;
     s->root_fd = s->objects_fd = s->tmp_fd = -1;
+    s->umask = current_umask();
+    s->euid = geteuid();
+    s->egid = getegid();
     s->root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (s->root_fd < 0) {
         rc = os_fail(&e, errno, "cannot open store", root);
@@ -116,6 +144,8 @@ int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t
      * every inode allocation scans past the others (and, on a filesystem without a journal,
      * re-reads each recently freed inode): an import ran 2-3x slower.  Filesystems without
      * the flag refuse it, which changes nothing else. */
+    struct stat ost;
+    s->group_inherited = fstat(s->objects_fd, &ost) != 0 || (ost.st_mode & S_ISGID);
     int fl;
     if (ioctl(s->objects_fd, FS_IOC_GETFLAGS, &fl) == 0 && !(fl & FS_TOPDIR_FL)) {
         fl |= FS_TOPDIR_FL;
@@ -170,9 +200,14 @@ int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e)
     return os_fail(e, errno, "cannot stat object", path);
 }
 
-int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e)
+int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_obj_meta *m,
+                        ls_err *e)
 {
     sp->tmpname[0] = 0;
+    /* Created with its final permission bits where the umask allows, so that commit can
+     * skip fchmod (writing through this descriptor works whatever the bits). */
+    uint32_t want = m ? object_mode(s, m) & 0777 : 0600;
+    sp->mode = want & ~s->umask;
     if (!__atomic_load_n(&s->no_tmpfile, __ATOMIC_RELAXED)) {
         /* When the identity is already known, the unnamed file is made in its fan-out
          * directory: ext4 allocates a new inode near its directory's, and thousands of
@@ -184,7 +219,7 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e)
             fan[1] = hexdigits[id[0] & 15];
         }
         sp->fd = openat(id ? s->objects_fd : s->tmp_fd, id ? fan : ".",
-                        O_TMPFILE | O_WRONLY | O_CLOEXEC, 0600);
+                        O_TMPFILE | O_WRONLY | O_CLOEXEC, want);
         if (sp->fd >= 0)
             return 0;
         if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
@@ -194,6 +229,7 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, ls_err *e)
     uint64_t n = __atomic_fetch_add(&s->counter, 1, __ATOMIC_RELAXED);
     snprintf(sp->tmpname, sizeof sp->tmpname, "obj-%ld-%llu", (long)getpid(),
              (unsigned long long)n);
+    sp->mode = 0600 & ~s->umask;
     sp->fd = openat(s->tmp_fd, sp->tmpname, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
     if (sp->fd < 0)
         return os_fail(e, errno, "cannot create tmp/", sp->tmpname);
@@ -275,11 +311,15 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
     int rc = 0;
     ls_object_path(id, path);
     int owners = s->flags & LS_STORE_OWNERS;
-    if (owners && fchown(sp->fd, m->uid, m->gid)) {
+    /* A new file is ours already: most image files are root's, and so are we, as root. */
+    int chown_needed = owners && (m->uid != s->euid || m->gid != s->egid || s->group_inherited);
+    if (chown_needed && fchown(sp->fd, m->uid, m->gid)) {
         rc = os_fail(e, errno, "cannot set the owner of object", path);
         goto out;
     }
-    if (fchmod(sp->fd, owners ? m->mode : (m->mode | S_IRUSR))) {
+    /* fchown clears setuid/setgid, and the umask may have taken bits: then set the mode. */
+    uint32_t mode = object_mode(s, m) & 07777;
+    if ((chown_needed || mode != sp->mode) && fchmod(sp->fd, mode)) {
         rc = os_fail(e, errno, "cannot set the mode of object", path);
         goto out;
     }
