@@ -51,6 +51,8 @@ typedef struct co {
     int dest_fd, objects_fd, flags;
     uid_t euid;
     gid_t egid;
+    uint32_t umask;
+    int own_group;          /* new entries get our group (DEST is not setgid) */
     ls_checkout_stats *st;
     ls_err *e;
     /* The open directories of the current parent path: fds[i] is the directory whose path is
@@ -274,13 +276,36 @@ static struct timespec mtime_of(const rec *r, struct timespec ts[2])
     return ts[0];
 }
 
-/* Owner, mode, xattrs and times of something this call made and holds open. */
+/* Whether something just made already has the record's owner: we made it, and its group is
+ * ours (no setgid directory above gave it another). */
+static int owned_already(co *c, const rec *r)
+{
+    return c->own_group && r->uid == c->euid && r->gid == c->egid;
+}
+
+/* The permission bits to create a file or directory with, and what the umask leaves of them.
+ * Not as root, a directory stays writable and searchable by us until its children are made. */
+static uint32_t create_mode(co *c, const rec *r)
+{
+    uint32_t m = r->mode & 0777;
+    if (r->type == LS_ENTRY_DIR && !(c->flags & LS_CHECKOUT_OWNERS))
+        m |= 0700;
+    return m;
+}
+
+/* Owner, mode, xattrs and times of something this call made and holds open; most entries
+ * are made with their final owner and mode already, which saves two calls each. */
 static int apply_meta(co *c, int fd, const rec *r)
 {
-    if (want_owner(c, r) && fchown(fd, r->uid, r->gid))
-        return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
+    int chowned = 0;
+    if (!owned_already(c, r) && want_owner(c, r)) {
+        if (fchown(fd, r->uid, r->gid))
+            return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
+        chowned = 1;
+    }
     /* After chown, which clears setuid/setgid bits. */
-    if (fchmod(fd, r->mode & 07777))
+    if ((chowned || (r->mode & 07777) != (create_mode(c, r) & ~c->umask)) &&
+        fchmod(fd, r->mode & 07777))
         return os_fail(c, errno, "cannot set the mode of", r->path, r->path_len);
     int rc = set_xattrs(c, fd, r);
     if (rc)
@@ -341,7 +366,8 @@ static int copy_content(co *c, int src, int dst, const rec *r)
 /* An independent file with the record's content (from src, an open object or file). */
 static int make_copy(co *c, int src, const char *name, const rec *r)
 {
-    int dst = openat(here(c), name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int dst = openat(here(c), name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
+                     create_mode(c, r));
     if (dst < 0)
         return os_fail(c, errno, "cannot create", r->path, r->path_len);
     int rc = src >= 0 ? copy_content(c, src, dst, r) : 0;
@@ -466,7 +492,8 @@ static int make_symlink(co *c, const char *name, const rec *r)
     target[r->link_len] = 0;
     if (symlinkat(target, here(c), name))
         return os_fail(c, errno, "cannot make symlink", r->path, r->path_len);
-    if (want_owner(c, r) && fchownat(here(c), name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
+    if (!owned_already(c, r) && want_owner(c, r) &&
+        fchownat(here(c), name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
         return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
     if (r->xattrs_len)
         c->st->skipped_xattrs++;        /* xattrs on symlinks: no fd to set them through */
@@ -533,7 +560,7 @@ static int one(co *c, const rec *r)
         return rc;
     switch (r->type) {
     case LS_ENTRY_DIR: {
-        if (mkdirat(here(c), name, 0700))
+        if (mkdirat(here(c), name, create_mode(c, r)))
             return os_fail(c, errno, "cannot make directory", r->path, r->path_len);
         c->st->dirs++;
         /* Its children come next: enter it now, and finish it when it is left. */
@@ -600,6 +627,7 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
     c.e = &e;
     c.euid = geteuid();
     c.egid = getegid();
+    c.umask = ls_umask();
     memset(stats, 0, sizeof *stats);
     int rc = 0;
     c.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -622,6 +650,8 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
         goto out;
     }
     c.fds[0] = c.dest_fd;
+    struct stat dst;
+    c.own_group = fstat(c.dest_fd, &dst) == 0 && !(dst.st_mode & S_ISGID);
     for (size_t off = 0; off < plan_len;) {
         rec r;
         size_t used;

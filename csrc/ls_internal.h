@@ -39,6 +39,9 @@ LS_HIDDEN int ls_buf_reserve(ls_buf *b, size_t extra);
 LS_HIDDEN int ls_buf_append(ls_buf *b, const void *p, size_t n);
 LS_HIDDEN void ls_buf_free(ls_buf *b);
 
+/* The process umask, read from /proc without changing it (07777 when unknown). */
+LS_HIDDEN uint32_t ls_umask(void);
+
 static inline void ls_put32(uint8_t *p, uint32_t v)
 {
     for (int i = 0; i < 4; i++)

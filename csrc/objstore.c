@@ -85,20 +85,6 @@ static int os_fail(ls_err *e, int err, const char *what, const char *path)
     return ls_fail(e, -err, "%s %s: %s", what, path, strerror(err));
 }
 
-/* The process umask, read without changing it (umask(2) would, for every thread). */
-static uint32_t current_umask(void)
-{
-    FILE *f = fopen("/proc/self/status", "re");
-    unsigned int u = 07777;     /* unknown: assume every bit is masked, so fchmod always runs */
-    char line[128];
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "Umask: %o", &u) == 1)
-            break;
-    if (f)
-        fclose(f);
-    return u;
-}
-
 /* The mode an object should have: as root the image's; otherwise readable by the store. */
 static uint32_t object_mode(const ls_store *s, const ls_obj_meta *m)
 {
@@ -117,7 +103,7 @@ int ls_store_open(const char *root, int flags, ls_store **out, char *err, size_t
     }
     s->flags = flags;
     s->root_fd = s->objects_fd = s->tmp_fd = -1;
-    s->umask = current_umask();
+    s->umask = ls_umask();
     s->euid = geteuid();
     s->egid = getegid();
     s->root_fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

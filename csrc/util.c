@@ -51,3 +51,17 @@ void ls_buf_free(ls_buf *b)
     b->data = NULL;
     b->len = b->cap = 0;
 }
+
+/* The process umask, read without changing it (umask(2) would, for every thread). */
+uint32_t ls_umask(void)
+{
+    FILE *f = fopen("/proc/self/status", "re");
+    unsigned int u = 07777;     /* unknown: assume every bit is masked, so modes are always set */
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Umask: %o", &u) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return u;
+}

@@ -180,3 +180,46 @@ def test_hardlinked_checkout_shares_the_object_and_empty_files_are_fresh(store, 
     assert not os.path.samefile(a / "e1", b / "e1")
     assert not os.path.samefile(a / "e1", a / "e2")
     assert os.stat(a / "x").st_mtime == 0       # the object's canonical mtime
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: drops to an unprivileged user")
+def test_unprivileged_checkout(tmp_path):
+    """Not as root: owners and device nodes are skipped and counted, a read-only directory
+    still gets its children, and modes end as recorded."""
+    import shutil
+    import tempfile
+
+    from test_objects import in_child_as
+
+    top = tempfile.mkdtemp(prefix="layerstore-user-")     # pytest's tmp_path is root-only
+    try:
+        os.chmod(top, 0o755)
+        os.chown(top, 65534, 65534)
+        archive = os.path.join(top, "img.tar")
+        with open(archive, "wb") as f:
+            f.write(A.docker_archive([([A.layer(("d", "ro", 0o555), ("f", "ro/f", b"x" * 100),
+                                                 ("f", "ro/e", b"", 0o600),
+                                                 ("l", "ro/l", "f"))], ["u:1"])]))
+        os.chmod(archive, 0o644)
+        dest = os.path.join(top, "dest")
+
+        def run():
+            with Store(os.path.join(top, "store")) as s:
+                s.import_archive(archive)
+                r = s.checkout("u:1", dest)
+            modes = {p: oct(stat.S_IMODE(os.lstat(os.path.join(dest, p)).st_mode))
+                     for p in ("ro", "ro/f", "ro/e")}
+            return (r.skipped_owners > 0, modes, open(os.path.join(dest, "ro/f")).read(100))
+
+        # The child cannot read this Python's files (under /root): import all it needs here.
+        with Store(tmp_path / "warm") as s:
+            s.import_archive(archive)
+            s.checkout("u:1", tmp_path / "warm-dest")
+        got = in_child_as(65534, run)
+        assert got == str((True, {"ro": "0o555", "ro/f": "0o644", "ro/e": "0o600"},
+                           "x" * 100)), got
+    finally:
+        for dirpath, dirnames, _ in os.walk(top):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o755, follow_symlinks=False)
+        shutil.rmtree(top)
