@@ -1,7 +1,8 @@
 """The LMDB index: images, tags, layers and objects, with a versioned schema.
 
 Named databases (keys and values are bytes):
-    meta        b"schema" -> decimal schema version
+    meta        b"schema" -> decimal schema version; b"reimport/<diffID>" -> b"": a layer
+                whose objects fsck --repair found damaged, ingested again by the next import
     images      image id ("sha256:<config digest>") -> JSON image record
     tags        normalized "domain/path:tag" -> image id
     metadata    digest -> raw bytes of a config or manifest, exactly as imported
@@ -40,7 +41,7 @@ _DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "image_tre
 MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
 
 # py-lmdb requires one Environment per database per process.
-_envs: dict[tuple[int, int], list] = {}
+_envs: dict[tuple[int, int, int], list] = {}
 _envs_lock = threading.Lock()
 
 
@@ -94,7 +95,8 @@ class Index:
     def __init__(self, path: str) -> None:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
-        self._key = (st.st_dev, st.st_ino)
+        # LMDB environments must not cross fork(): a child opens its own.
+        self._key = (os.getpid(), st.st_dev, st.st_ino)
         with _envs_lock:
             entry = _envs.get(self._key)
             if entry is None:
@@ -201,6 +203,7 @@ class Index:
         False (and only records blob digests) when the layer is already indexed, as when
         another process imported it meanwhile."""
         key = rec.diff_id.encode()
+        self.clear_reimport(txn, rec.diff_id)   # ingested again: its objects exist again
         existing = txn.get(key, db=self.db["layers"])
         if existing is not None:
             old = LayerRecord.from_json(existing)
@@ -272,3 +275,133 @@ class Index:
         txn.put(tag.encode(), image.id.encode(), db=tdb)
         if tag not in image.tags:
             image.tags.append(tag)
+
+    # ---- lifecycle: rm and gc (logic in _lifecycle.py) -----------------------------------------
+
+    def remove_tag(self, txn, tag: str) -> str | None:
+        """Deletes tag and takes it from its image's record.  Returns the image id it named."""
+        raw = txn.pop(tag.encode(), db=self.db["tags"])
+        if raw is None:
+            return None
+        holder = self.image(txn, raw.decode())
+        if holder is not None and tag in holder.tags:
+            holder.tags = [t for t in holder.tags if t != tag]
+            txn.put(raw, holder.to_json(), db=self.db["images"])
+        return raw.decode()
+
+    def delete_image(self, txn, image_id: str) -> ImageRecord | None:
+        """Deletes an image record, its tags, config, manifest and checkout plan, and takes
+        one reference from each of its layers (per slot, as add_image counted them).  Layers
+        and objects stay until gc."""
+        rec = self.image(txn, image_id)
+        if rec is None:
+            return None
+        for tag in rec.tags:
+            if self.tag(txn, tag) == image_id:
+                txn.delete(tag.encode(), db=self.db["tags"])
+        key = image_id.encode()
+        txn.delete(key, db=self.db["images"])
+        txn.delete(key, db=self.db["image_trees"])
+        # A config is named by the image id, so it is this image's alone.  A manifest names
+        # its config, so no other image can share it either; checked all the same, since a
+        # row deleted wrongly is an image that cannot be saved.
+        txn.delete(key, db=self.db["metadata"])
+        if rec.manifest_digest is not None and \
+                not any(r.manifest_digest == rec.manifest_digest for r in self.images(txn)):
+            txn.delete(rec.manifest_digest.encode(), db=self.db["metadata"])
+        ldb = self.db["layers"]
+        for diff_id in rec.diff_ids:
+            raw = txn.get(diff_id.encode(), db=ldb)
+            if raw is None:
+                continue        # fsck's business: a dangling slot frees nothing
+            layer = LayerRecord.from_json(raw)
+            layer.refs = max(0, layer.refs - 1)
+            txn.put(diff_id.encode(), layer.to_json(), db=ldb)
+        return rec
+
+    def unreferenced_layers(self, txn) -> list[LayerRecord]:
+        return [r for r in self.layers(txn) if r.refs <= 0]
+
+    def delete_layer(self, txn, rec: LayerRecord) -> dict[bytes, int]:
+        """Deletes a layer's record, data and blob mappings, and takes its reference from
+        each of its objects.  Object rows that reach zero are deleted too (a zero row is never
+        stored, so gc need not scan the objects db for them): returns those {id: size}; the
+        caller unlinks their files after the transaction commits."""
+        key = rec.diff_id.encode()
+        raw = txn.get(key + b"/records", db=self.db["layer_data"])
+        objects = {} if raw is None else _records_objects(
+            zstandard.ZstdDecompressor().decompress(raw))
+        txn.delete(key, db=self.db["layers"])
+        txn.delete(key + b"/records", db=self.db["layer_data"])
+        txn.delete(key + b"/raw", db=self.db["layer_data"])
+        self.clear_reimport(txn, rec.diff_id)   # nothing left to re-import it for
+        bdb = self.db["blobs"]
+        for b in rec.blobs:
+            if txn.get(b["digest"].encode(), db=bdb) == key:
+                txn.delete(b["digest"].encode(), db=bdb)
+        odb = self.db["objects"]
+        freed = {}
+        for oid in objects:
+            cur = txn.get(oid, db=odb)
+            if cur is None:
+                continue
+            size, refs = _OBJ.unpack(cur)
+            if refs <= 1:
+                txn.delete(oid, db=odb)
+                freed[oid] = size
+            else:
+                txn.put(oid, _OBJ.pack(size, refs - 1), db=odb)
+        return freed
+
+    def object_count(self, txn) -> int:
+        return txn.stat(self.db["objects"])["entries"]
+
+    # ---- fsck (layerstore/_fsck.py): raw rows and re-import marks ----------------------------
+    # A layer whose objects fsck found missing or damaged gets a mark in meta,
+    # b"reimport/<diffID>": import treats a marked layer as unknown and ingests it again, which
+    # re-creates its objects, and add_layer drops the mark.  The layer's records, its objects'
+    # reference counts and the images naming it stay as they were, so nothing else changes.
+
+    _REIMPORT = b"reimport/"
+
+    def rows(self, txn, name: str):
+        """Every (key, value) of one named database, raw."""
+        return txn.cursor(db=self.db[name]).iternext()
+
+    def put_row(self, txn, name: str, key: bytes, value: bytes) -> None:
+        txn.put(key, value, db=self.db[name])
+
+    def delete_row(self, txn, name: str, key: bytes) -> None:
+        txn.delete(key, db=self.db[name])
+
+    @staticmethod
+    def pack_object(size: int, refs: int) -> bytes:
+        return _OBJ.pack(size, refs)
+
+    @staticmethod
+    def unpack_object(raw: bytes) -> tuple[int, int]:
+        return _OBJ.unpack(raw)
+
+    def reimport_marks(self, txn) -> set[str]:
+        cur = txn.cursor(db=self.db["meta"])
+        out = set()
+        if cur.set_range(self._REIMPORT):
+            for key in cur.iternext(values=False):
+                if not key.startswith(self._REIMPORT):
+                    break
+                out.add(key[len(self._REIMPORT):].decode())
+        return out
+
+    def needs_reimport(self, txn, diff_id: str) -> bool:
+        return txn.get(self._REIMPORT + diff_id.encode(), db=self.db["meta"]) is not None
+
+    def mark_reimport(self, txn, diff_id: str) -> None:
+        txn.put(self._REIMPORT + diff_id.encode(), b"", db=self.db["meta"])
+
+    def clear_reimport(self, txn, diff_id: str) -> None:
+        txn.delete(self._REIMPORT + diff_id.encode(), db=self.db["meta"])
+
+
+def _records_objects(records: bytes) -> dict[bytes, int]:
+    from ._native import record_objects     # the index stays importable without the C core
+    return record_objects(records)

@@ -113,3 +113,69 @@ class CheckoutResult:
     skipped_specials: int       # device nodes not made (not root)
     skipped_owners: int         # entries whose owner could not be set (not root)
     skipped_xattrs: int
+
+
+@dataclass(frozen=True, slots=True)
+class GcResult:
+    """What gc freed (with dry_run, what it would free).  bytes and files add up the three
+    kinds of files removed: indexed objects, object files the index did not know (left by an
+    interrupted import or gc), and stale tmp/ entries."""
+
+    dry_run: bool
+    layers: int                 # layer records no image referenced
+    objects: int                # indexed objects no remaining layer referenced
+    object_bytes: int           # their content bytes
+    garbage_objects: int        # object files the index did not know
+    garbage_bytes: int
+    tmp_files: int              # stale entries of tmp/
+    tmp_bytes: int
+    layer_dirs: int             # cached overlay layer dirs (root/layers*/) no longer needed
+    scanned_objects: bool       # whether objects/ was walked for unindexed files
+    files: int = 0              # objects + garbage_objects + tmp_files
+    bytes: int = 0              # object_bytes + garbage_bytes + tmp_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageUsage:
+    """One image's share of the store (see DuResult)."""
+
+    id: str
+    tags: tuple[str, ...]
+    logical_bytes: int          # regular files over all its layers (as `images` SIZE)
+    disk_bytes: int             # st_blocks*512 of the objects its layers hold, inodes once
+    shared_bytes: int           # of those, objects that another image's layers also hold
+    unique_bytes: int           # disk_bytes - shared_bytes: what rm + gc would free
+    objects: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuResult:
+    """Disk use of the store.  logical_bytes sums the images' logical bytes (what a copy of
+    every image would take); layer_bytes counts each distinct layer once (what a per-layer
+    store such as overlay2 holds); disk_bytes is what layerstore holds: object files (each
+    inode once, st_blocks*512) plus the index.  dedup_ratio = logical_bytes / disk_bytes."""
+
+    images: tuple[ImageUsage, ...]
+    logical_bytes: int
+    layer_bytes: int
+    object_bytes: int
+    index_bytes: int
+    disk_bytes: int
+    dedup_ratio: float
+    objects: int                # objects the index knows
+    inodes: int                 # distinct inodes of the files under objects/
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing fsck found wrong.  repairable: `fsck --repair` alone makes it go away.
+    images: the images that must be re-imported (from their original archives) to heal it;
+    repair has then already removed the damage, so the next import re-creates what is
+    missing.  fixed: set on what a repair run fixed."""
+
+    kind: str                   # e.g. "object-corrupt", "object-missing", "layer-refcount"
+    subject: str                # the object id, diffID, image id, tag or path concerned
+    detail: str
+    repairable: bool
+    images: tuple[str, ...] = ()
+    fixed: bool = False

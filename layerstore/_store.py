@@ -29,6 +29,7 @@ from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
 from ._formats import ImagePlan, plan_images, sha256_digest
 from ._index import ImageRecord, Index, LayerRecord
 from ._model import CheckoutResult, Entry, Image, ImportProgress, Layer
+from ._model import Problem
 from ._reference import DIGEST_RE, HEX_PREFIX_RE, normalize_tag
 from .errors import (DigestMismatch, ImageNotFound, LayerNotFound,
                      MissingBlob, StoreLocked)
@@ -143,6 +144,8 @@ class Store:
         src, close = open_source(source)
         try:
             with self._locked(exclusive=False):
+                from . import _lifecycle
+                marker = _lifecycle.import_started(self)    # kept if we fail: gc looks
                 if src.random_access:
                     plans = plan_images(src, platform, all_platforms)
                     self._check_tags(plans, user_tags)
@@ -153,7 +156,9 @@ class Store:
                     self._check_tags(plans, user_tags)
                     self._ingest_small_blobs(src, plans, ingested)
                 trees = self._verify(plans, ingested)
-                return self._commit(plans, ingested, user_tags, trees)
+                images = self._commit(plans, ingested, user_tags, trees)
+                _lifecycle.import_finished(marker)
+                return images
         finally:
             close()
 
@@ -165,7 +170,9 @@ class Store:
 
     def _known_layer(self, txn, diff_id: str, digest: str | None) -> bool:
         if self._index.layer(txn, diff_id) is not None:
-            return True
+            # fsck --repair marks a layer whose objects it found damaged: ingesting it again
+            # is what re-creates them.
+            return not self._index.needs_reimport(txn, diff_id)
         return digest is not None and self._index.blob_layer(txn, digest) == diff_id
 
     def _ingest_needed(self, src, plans, progress) -> dict[str, _Ingested | None]:
@@ -319,6 +326,8 @@ class Store:
         Locking: holds the store lock shared."""
         src = _LayerSource(stream)
         with self._locked(exclusive=False):
+            from . import _lifecycle
+            marker = _lifecycle.import_started(self)    # kept if we fail: gc looks
             got = self._run(src.produce, src, None)["layer"]
             self._objects.sync()
             r = got.result
@@ -330,7 +339,9 @@ class Store:
             with self._index.write() as txn:
                 self._index.add_layer(txn, rec, r.records, r.raw,
                                       _native.record_objects(r.records))
-                return _layer(self._index.layer(txn, r.stats.diff_id))
+                layer = _layer(self._index.layer(txn, r.stats.diff_id))
+            _lifecycle.import_finished(marker)
+            return layer
 
     def add_image(self, config: bytes, tags=(), manifest: bytes | None = None,
                   manifest_media_type: str | None = None) -> Image:
@@ -575,6 +586,63 @@ class Store:
         """{"added", "removed", "changed"}: absolute paths, sorted, from image a to image b.
         Changed: type, mode, owner, size, content, link target, xattrs or device differ."""
         return _read.diff(self._tree(a)[1], self._tree(b)[1])
+
+    # ---- integrity (logic in _fsck.py) ------------------------------------------------------
+
+    def fsck(self, repair: bool = False) -> list[Problem]:
+        """Checks every object the layers hold (bytes and metadata against its name, on two
+        threads), the index against itself (dangling rows, reference counts) and objects/ and
+        tmp/ for stray files; returns every problem found, [] for a whole store.
+
+        With repair, fixes what it can (Problem.fixed): counts recomputed, dangling rows and
+        stray files removed, object metadata restored.  An object whose bytes are wrong or
+        gone is deleted and the layers holding it are marked, so that re-importing any image
+        listed in Problem.images (from its original archive) re-creates it.
+
+        Locking: without repair, the store lock shared (gc waits; imports may run, and objects
+        they have written but not yet committed show as stray) and one LMDB read snapshot.
+        With repair, the store lock exclusively and one LMDB write transaction, which both
+        checks and fixes, so the fixes apply to exactly the state that was checked."""
+        from . import _fsck
+        with self._locked(exclusive=repair):
+            if not repair:
+                with self._index.read() as txn:
+                    return _fsck.run(self, txn, False)
+            with self._index.write() as txn:
+                return _fsck.run(self, txn, True)
+
+    # ---- lifecycle: rm, gc, du (logic in _lifecycle.py) -------------------------------------
+
+    def remove(self, refs, force: bool = False) -> list[tuple[str, str]]:
+        """Removes images as `docker rmi` does: a tag is untagged, and its image deleted once
+        no tag is left; an image named by id is deleted with all its tags, which needs force
+        when it has more than one.  An image a mounted container uses is never deleted.
+        Returns [("untagged", tag) | ("deleted", image id)] in order.  All refs or none:
+        an unknown one (ImageNotFound) or a refusal changes nothing.  Deletes no file: the
+        layers and objects an image held stay until gc.
+        Locking: one index write transaction, no store lock (imports and checkouts go on;
+        one that already read the image finishes with it, as gc waits for it)."""
+        from . import _lifecycle
+        return _lifecycle.remove(self, refs, force)
+
+    def gc(self, dry_run: bool = False, full: bool = False):
+        """Frees what nothing references: layers no image names, objects no layer holds
+        (index rows and files), object files the index does not know (left by an interrupted
+        import), stale tmp/ entries, cached overlay layer dirs that no stored layer and no
+        container needs.  objects/ is walked for unknown files only when root/pending/ or
+        tmp/ shows an interrupted import or gc, or with full=True.  dry_run reports and changes nothing.
+        Returns a GcResult.
+        Locking: the store lock exclusively (waits for imports, checkouts and other readers of
+        object files to finish, and they wait for it), plus one index write transaction."""
+        from . import _lifecycle
+        return _lifecycle.gc(self, dry_run, full)
+
+    def du(self):
+        """Disk use per image and for the store (a DuResult): logical bytes, bytes on disk of
+        object files with each inode counted once, bytes shared with other images, dedup ratio.
+        Locking: the store lock shared (gc waits; imports may run) and an index snapshot."""
+        from . import _lifecycle
+        return _lifecycle.du(self)
 
 
 class _Bytes:

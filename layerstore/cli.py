@@ -327,6 +327,93 @@ def export(open_store, image, out):
     open_store().export(image, _output(out))
 
 
+@cli.command()
+@click.option("--repair", is_flag=True,
+              help="Fix what can be fixed; list the images to re-import for the rest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
+@click.pass_obj
+def fsck(open_store, repair, as_json):
+    """Check every object and the index; exit status 0 when the store is whole, 1 when
+    problems were found (even if --repair fixed them all)."""
+    from . import _fsck
+    store = open_store()
+    problems = store.fsck(repair=repair)
+    if as_json:
+        click.echo(_fsck.to_json(problems))
+        return 1 if problems else 0
+    for p in problems:
+        mark = "fixed: " if p.fixed else ""
+        click.echo(f"{mark}{p.kind} {p.subject}: {p.detail}")
+    if repair and problems:
+        fixed = sum(p.fixed for p in problems)
+        left = [p for p in problems if not p.fixed]
+        click.echo(f"repaired {fixed} of {len(problems)} problem(s)")
+        reimport = sorted({i for p in left for i in p.images})
+        for image_id in reimport:
+            try:
+                tags = " ".join(store.image(image_id).tags)
+            except errors.ImageNotFound:
+                tags = "(removed from the store)"
+            click.echo(f"re-import: {image_id} {tags}".rstrip())
+        if left and not reimport:
+            click.echo(f"{len(left)} problem(s) need attention by hand")
+    return 1 if problems else 0
+
+
+@cli.command("rm")
+@click.argument("images", metavar="IMAGE...", nargs=-1, required=True)
+@click.option("-f", "--force", is_flag=True,
+              help="Delete an image named by id even when it has several tags.")
+@click.pass_obj
+def rm(open_store, images, force):
+    """Untag images, and delete those left without a tag (layers and objects go in gc)."""
+    for action, what in open_store().remove(list(images), force=force):
+        click.echo(f"{action.capitalize()}: {what}")
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Report what would be freed; change nothing.")
+@click.option("--full", is_flag=True,
+              help="Walk objects/ for files the index does not know even without a sign of "
+                   "an interrupted import.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_obj
+def gc(open_store, dry_run, full, as_json):
+    """Free layers no image uses, objects no layer uses, and leftovers of interrupted work."""
+    r = open_store().gc(dry_run=dry_run, full=full)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(r), indent=2))
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(f"{verb} {r.layers} layers, {r.objects} objects ({_human_size(r.object_bytes)}), "
+               f"{r.garbage_objects} unreferenced object files "
+               f"({_human_size(r.garbage_bytes)}), {r.tmp_files} tmp files "
+               f"({_human_size(r.tmp_bytes)}), {r.layer_dirs} layer dirs: "
+               f"{r.files} files, {_human_size(r.bytes)}")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@click.pass_obj
+def du(open_store, as_json):
+    """Disk use per image and for the store: logical, on disk (each inode once), shared."""
+    r = open_store().du()
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(r), indent=2))
+        return
+    rows = [("IMAGE ID", "TAGS", "LOGICAL", "ON DISK", "SHARED", "UNIQUE")]
+    for u in r.images:
+        rows.append((u.id.split(":")[-1][:12], ",".join(u.tags) or "<none>",
+                     _human_size(u.logical_bytes), _human_size(u.disk_bytes),
+                     _human_size(u.shared_bytes), _human_size(u.unique_bytes)))
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
+    for row in rows:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    click.echo(f"store: {_human_size(r.logical_bytes)} logical ({_human_size(r.layer_bytes)} "
+               f"in distinct layers), {_human_size(r.disk_bytes)} on disk "
+               f"({_human_size(r.object_bytes)} objects + {_human_size(r.index_bytes)} index), "
+               f"dedup ratio {r.dedup_ratio:.2f}, {r.objects} objects, {r.inodes} inodes")
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="layerstore", standalone_mode=False)

@@ -1,0 +1,478 @@
+"""fsck: checks the store against itself and, with repair, fixes what can be fixed.
+
+What is checked, all of it in one pass (every problem is reported, not the first):
+  - every object a layer contains: present, a regular file of the recorded size whose bytes
+    and metadata hash to its name (mode, and as root owner and xattrs; mtime 0);
+  - the index against itself: images -> layers, tags <-> images, layer and object reference
+    counts recomputed from the records, rows that point at nothing;
+  - objects/ and tmp/: every file that is not an indexed object.
+
+Repair.  Index rows are recomputed or dropped, stray files deleted, object metadata restored
+in place.  An object whose bytes are gone or wrong cannot be re-made from the store: repair
+deletes the bad file and marks every layer holding it for re-import (Index.mark_reimport), and
+reports the images naming those layers; importing any of their archives again re-ingests the
+marked layers, which re-creates the objects.  An image that names a layer the index lacks is
+removed (its tags listed) so that a re-import creates it afresh with correct counts.
+
+Speed: objects are hashed on two threads; each file is read with the GIL released (os.read,
+mmap) and hashed in C with the GIL released, so both cores hash.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import mmap
+import os
+import stat
+import threading
+from dataclasses import dataclass
+
+from . import _native
+from ._index import ImageRecord, LayerRecord
+from ._model import Problem
+
+_MMAP_MIN = 1 << 20         # below this one read() costs less than setting up a mapping
+_HEX = frozenset("0123456789abcdef")
+_IGNORED_XATTRS = ("security.selinux",)
+_FIXED = _native._RECORD     # set by the system on every file it labels
+
+
+@dataclass
+class _Obj:
+    """What the index says an object is: from the first entry naming it."""
+    size: int
+    content_hash: str
+    mode: int
+    uid: int
+    gid: int
+    xattrs: tuple
+    check_xattrs: bool
+    layers: list
+
+
+def _images_of(layers, images_by_layer) -> tuple[str, ...]:
+    out = set()
+    for d in layers:
+        out.update(images_by_layer.get(d, ()))
+    return tuple(sorted(out))
+
+
+def _hash_file(fd: int, size: int) -> bytes:
+    if size < _MMAP_MIN:
+        data = os.read(fd, size + 1)
+        while len(data) <= size:        # short reads: a pipe-like filesystem, or a big file
+            more = os.read(fd, size + 1 - len(data))
+            if not more:
+                break
+            data += more
+        return _native.blake3(data)
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
+        return _native.blake3(mm)
+
+
+def _file_xattrs(fd: int) -> dict:
+    try:
+        names = os.listxattr(fd)
+    except OSError:
+        return {}
+    return {n: os.getxattr(fd, n) for n in names if n not in _IGNORED_XATTRS}
+
+
+def _restore_metadata(path: str, o: _Obj, owners: bool, want_mode: int, xattrs: bool) -> None:
+    if owners:
+        os.chown(path, o.uid, o.gid, follow_symlinks=False)   # before chmod: chown drops setuid
+    os.chmod(path, want_mode)
+    if xattrs:
+        want = dict(o.xattrs)
+        for name in os.listxattr(path):
+            if name not in want and name not in _IGNORED_XATTRS:
+                os.removexattr(path, name)
+        for name, value in want.items():
+            os.setxattr(path, name, value)
+    os.utime(path, ns=(0, 0), follow_symlinks=False)
+
+
+def _read_object(objects_dir: str, oid: bytes, owners: bool):
+    """(stat, BLAKE3 of the bytes, xattrs or None), or (None, error kind, detail)."""
+    h = oid.hex()
+    path = os.path.join(objects_dir, h[:2], h[2:])
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return (None, "object-missing", "missing from objects/")
+    except OSError as exc:
+        return (None, "object-corrupt", f"cannot be opened: {exc.strerror}")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return (None, "object-corrupt", "not a regular file")
+        return (st, _hash_file(fd, st.st_size), _file_xattrs(fd) if owners else None)
+    finally:
+        os.close(fd)
+
+
+def _judge(oid: str, o: _Obj, got, owners: bool):
+    """None when the object is whole, else (kind, detail, how to restore its metadata)."""
+    if got is None:
+        return ("object-missing", "missing from objects/", None)
+    st, content, xattrs_now = got
+    if st is None:
+        return (content, xattrs_now, None)
+    if st.st_size != o.size:
+        return ("object-corrupt", f"has {st.st_size} bytes, its records say {o.size}", None)
+    if content.hex() != o.content_hash or \
+            _native.object_id(content, o.mode, o.uid, o.gid, o.xattrs) != oid:
+        return ("object-corrupt", "its bytes no longer hash to its name (changed in place, "
+                "as through a hardlinked checkout?)", None)
+    want_mode = o.mode & 0o7777 if owners else (o.mode | stat.S_IRUSR) & 0o7777
+    got_mode = stat.S_IMODE(st.st_mode)
+    # An unprivileged chmod may drop setgid (group not ours): the index keeps the real mode.
+    mask = 0o7777 if owners else 0o5777
+    wrong = []
+    if got_mode & mask != want_mode & mask:
+        wrong.append(f"mode {got_mode:o}, not {want_mode:o}")
+    if owners and (st.st_uid, st.st_gid) != (o.uid, o.gid):
+        wrong.append(f"owner {st.st_uid}:{st.st_gid}, not {o.uid}:{o.gid}")
+    check_xattrs = owners and o.check_xattrs
+    if check_xattrs and xattrs_now != dict(o.xattrs):
+        wrong.append("xattrs differ from its records")
+    if st.st_mtime_ns != 0:
+        wrong.append("mtime is not 0")
+    if wrong:
+        return ("object-metadata", "; ".join(wrong), (want_mode, check_xattrs))
+    return None
+
+
+class _Hasher:
+    """Reads and hashes object files on a second thread (and, in finish, this one too): the
+    reads and the C hash release the GIL, so both cores hash.  The second thread takes the
+    biggest objects, this one the smallest: two threads that both release and retake the GIL
+    around many short calls (small files) hand it back and forth and ran slower than one, while
+    a thread hashing a big file holds no GIL for long and leaves the other to run."""
+
+    def __init__(self, objects_dir: str, owners: bool) -> None:
+        self.objects_dir, self.owners = objects_dir, owners
+        self.results: dict[bytes, tuple] = {}
+        self._errors: list[BaseException] = []
+        self._queue: collections.deque = collections.deque()
+        self._thread = None
+
+    def _work(self, take) -> None:
+        try:
+            while True:
+                try:
+                    oid = take()      # deque pops are atomic: each id goes to one thread
+                except IndexError:
+                    return
+                self.results[oid] = _read_object(self.objects_dir, oid, self.owners)
+        except BaseException as exc:    # noqa: BLE001 - re-raised by finish
+            self._errors.append(exc)
+
+    def start(self, ids) -> None:
+        """ids biggest first."""
+        self._queue.extend(ids)
+        self._thread = threading.Thread(target=self._work, args=(self._queue.popleft,),
+                                        daemon=True, name="layerstore-fsck")
+        self._thread.start()
+
+    def finish(self, more) -> None:
+        """Joins in on what is left, then hashes more (ids not known at start); more=None
+        abandons the work."""
+        if more is None:
+            self._queue.clear()
+            self._thread.join()
+            return
+        self._work(self._queue.pop)
+        self._thread.join()
+        if more:
+            self.start(more)
+            self._work(self._queue.pop)
+            self._thread.join()
+        if self._errors:
+            raise self._errors[0]
+
+
+def _layer_objects(records, diff_id: str, expected: dict) -> None:
+    """Adds the non-empty objects of a layer's record batch to expected.  Reads only the fixed
+    part and the xattrs of regular files: decode_records would build every entry."""
+    view = memoryview(records)
+    pos, end = 0, len(view)
+    unpack = _FIXED.unpack_from
+    file_type = _native.lib.LS_ENTRY_FILE
+    skipped = _native.XATTRS_SKIPPED
+    while pos < end:
+        (total, typ, flags, _, mode, uid, gid, _, _, _, _, size, _, oid, chash,
+         plen, llen, ulen, glen, xlen) = unpack(view, pos)
+        if typ == file_type and size:
+            key = oid.hex()
+            o = expected.get(key)
+            if o is None:
+                xattrs = ()
+                if xlen:
+                    p = pos + _FIXED.size + plen + llen + ulen + glen
+                    xattrs = _native._decode_xattrs(view[p:p + xlen])
+                expected[key] = _Obj(size, chash.hex(), mode, uid, gid, xattrs,
+                                     not flags & skipped, [diff_id])
+            elif o.layers[-1] != diff_id:
+                o.layers.append(diff_id)
+        pos += total
+
+
+def _scan_files(root: str, expected: dict[str, _Obj]) -> list[tuple[str, str]]:
+    """(path relative to root, why) for every file of objects/ and tmp/ that is not an
+    object the layers hold."""
+    out = []
+    objects_dir = os.path.join(root, "objects")
+    with os.scandir(objects_dir) as top:
+        for d in top:
+            if not (len(d.name) == 2 and set(d.name) <= _HEX and d.is_dir(follow_symlinks=False)):
+                out.append((f"objects/{d.name}", "not an objects/ fan-out directory"))
+                continue
+            with os.scandir(d.path) as names:
+                for f in names:
+                    oid = d.name + f.name
+                    if oid in expected:
+                        continue        # its type and content are _judge's business
+                    if len(f.name) != 62 or not set(f.name) <= _HEX:
+                        out.append((f"objects/{d.name}/{f.name}", "not an object name"))
+                    else:
+                        out.append((f"objects/{d.name}/{f.name}",
+                                    "an object no layer contains"))
+    tmp = os.path.join(root, "tmp")
+    if os.path.isdir(tmp):
+        for name in sorted(os.listdir(tmp)):
+            out.append((f"tmp/{name}", "left in tmp/ (by an interrupted import?)"))
+    return out
+
+
+def _remove(path: str) -> None:
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            import shutil
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def run(store, txn, repair: bool) -> list[Problem]:
+    """Checks the store as txn sees the index (with repair, txn is the write transaction the
+    fixes go into); the caller holds the store lock."""
+    index = store._index
+    owners = store._objects.owners
+    root = store.root
+    problems: list[Problem] = []
+    fixes = []      # (problem index, callable) applied in order when repairing
+
+    def add(kind, subject, detail, repairable, images=(), fix=None):
+        problems.append(Problem(kind, subject, detail, repairable, tuple(images)))
+        if fix is not None:
+            fixes.append((len(problems) - 1, fix))
+
+    # ---- the index ---------------------------------------------------------------------------
+    images = {k.decode(): ImageRecord.from_json(v) for k, v in index.rows(txn, "images")}
+    tags = {k.decode(): v.decode() for k, v in index.rows(txn, "tags")}
+    layers = {k.decode(): LayerRecord.from_json(v) for k, v in index.rows(txn, "layers")}
+    data_keys = {k for k, _ in index.rows(txn, "layer_data")}
+    object_rows = {k: index.unpack_object(v) for k, v in index.rows(txn, "objects")}
+    marks = index.reimport_marks(txn)
+
+    images_by_layer: dict[str, set] = {}
+    for img in images.values():
+        for d in img.diff_ids:
+            images_by_layer.setdefault(d, set()).add(img.id)
+
+    # Images that name a layer the index lacks cannot be checked out or counted: repair
+    # removes them, and their re-import makes them afresh.
+    dropped_images = set()
+    layers_without_records = {d for d in layers
+                              if f"{d}/records".encode() not in data_keys
+                              or f"{d}/raw".encode() not in data_keys}
+    for d in sorted(layers_without_records):
+        add("layer-records-missing", d, "the index has the layer but not its entries",
+            False, images_by_layer.get(d, ()),
+            lambda d=d: _drop_layer(index, txn, d))
+    for img in images.values():
+        gone = [d for d in img.diff_ids if d not in layers or d in layers_without_records]
+        if gone:
+            dropped_images.add(img.id)
+            tag_note = f" (tags: {', '.join(img.tags)})" if img.tags else ""
+            add("image-layer-missing", img.id,
+                f"names {len(gone)} layer(s) the store lacks, e.g. {gone[0]}; repair removes "
+                f"the image{tag_note}", False, (img.id,),
+                lambda i=img: _drop_image(index, txn, i))
+        if index.metadata(txn, img.id) is None:
+            add("image-config-missing", img.id, "its config is not in the index", False,
+                (img.id,))
+        if img.manifest_digest and index.metadata(txn, img.manifest_digest) is None:
+            add("image-manifest-missing", img.id,
+                f"its manifest {img.manifest_digest} is not in the index", False, (img.id,))
+        for t in img.tags:
+            if tags.get(t) != img.id and img.id not in dropped_images:
+                add("tag-mismatch", t, f"image {img.id} lists the tag, but the tag points to "
+                    f"{tags.get(t) or 'nothing'}", True,
+                    fix=lambda t=t, i=img.id: _untag_image(index, txn, i, t))
+    for t, image_id in tags.items():
+        holder = images.get(image_id)
+        if holder is None:
+            add("tag-dangling", t, f"points to {image_id}, which is not in the store", True,
+                fix=lambda t=t: index.delete_row(txn, "tags", t.encode()))
+        elif t not in holder.tags and image_id not in dropped_images:
+            add("tag-mismatch", t, f"points to {image_id}, whose record lacks the tag", True,
+                fix=lambda t=t, i=image_id: _tag_image(index, txn, i, t))
+
+    live = {i: img for i, img in images.items() if i not in dropped_images}
+    slots: dict[str, int] = {}
+    for img in live.values():
+        for d in img.diff_ids:
+            slots[d] = slots.get(d, 0) + 1
+    for d, rec in layers.items():
+        if d in layers_without_records:
+            continue
+        if rec.refs != slots.get(d, 0):
+            add("layer-refcount", d, f"reference count {rec.refs}, but {slots.get(d, 0)} image "
+                "slot(s) name it", True,
+                fix=lambda d=d, n=slots.get(d, 0): _set_layer_refs(index, txn, d, n))
+
+    for k in sorted(data_keys):
+        d = k.decode().rsplit("/", 1)[0]
+        if d not in layers:
+            add("layer-data-dangling", k.decode(), "entries of a layer the index lacks", True,
+                fix=lambda k=k: index.delete_row(txn, "layer_data", k))
+    for k, v in index.rows(txn, "blobs"):
+        if v.decode() not in layers:
+            add("blob-dangling", k.decode(), f"maps to layer {v.decode()}, which the index "
+                "lacks", True, fix=lambda k=k: index.delete_row(txn, "blobs", k))
+    for k, _ in index.rows(txn, "image_trees"):
+        if k.decode() not in images:
+            add("tree-dangling", k.decode(), "checkout plan of an image the index lacks", True,
+                fix=lambda k=k: index.delete_row(txn, "image_trees", k))
+    for d in sorted(marks - set(layers)):
+        add("mark-dangling", d, "re-import mark of a layer the index lacks", True,
+            fix=lambda d=d: index.clear_reimport(txn, d))
+
+    # Hashing needs nothing from the records (only the verdict does), so it starts on the
+    # objects the objects table names while this thread decodes the records.
+    objects_dir = os.path.join(root, "objects")
+    hasher = _Hasher(objects_dir, owners)
+    hasher.start(sorted(object_rows, key=lambda k: -object_rows[k][0]))
+    try:
+        expected: dict[str, _Obj] = {}
+        for d in layers:
+            if d not in layers_without_records:
+                _layer_objects(index.layer_data(txn, d, "records"), d, expected)
+        hasher.finish([bytes.fromhex(oid) for oid in expected
+                       if bytes.fromhex(oid) not in object_rows])
+    except BaseException:
+        hasher.finish(None)
+        raise
+    for oid, o in expected.items():
+        key = bytes.fromhex(oid)
+        row = object_rows.get(key)
+        if row is None:
+            add("object-row-missing", oid, f"held by {len(o.layers)} layer(s), not in the "
+                "objects table", True,
+                fix=lambda k=key, o=o: index.put_row(txn, "objects", k,
+                                                     index.pack_object(o.size, len(o.layers))))
+        elif row != (o.size, len(o.layers)):
+            add("object-refcount", oid, f"row says {row[0]} bytes and {row[1]} layer(s); the "
+                f"records say {o.size} bytes and {len(o.layers)} layer(s)", True,
+                fix=lambda k=key, o=o: index.put_row(txn, "objects", k,
+                                                     index.pack_object(o.size, len(o.layers))))
+    for key in object_rows:
+        if key.hex() not in expected:
+            add("object-row-dangling", key.hex(), "in the objects table, but no layer holds it",
+                True, fix=lambda k=key: index.delete_row(txn, "objects", k))
+
+    # ---- the files ---------------------------------------------------------------------------
+    for rel, why in _scan_files(root, expected):
+        kind = "tmp-file" if rel.startswith("tmp/") else "stray-file"
+        add(kind, rel, why, True, fix=lambda p=os.path.join(root, rel): _remove(p))
+
+    bad = {}
+    for oid, o in expected.items():
+        r = _judge(oid, o, hasher.results.get(bytes.fromhex(oid)), owners)
+        if r is not None:
+            bad[oid] = r
+    healed_marks = set(marks) & set(layers)
+    for oid in sorted(bad):
+        kind, detail, meta = bad[oid]
+        o = expected[oid]
+        path = os.path.join(objects_dir, oid[:2], oid[2:])
+        affected = _images_of(o.layers, images_by_layer)
+        if kind == "object-metadata":
+            add(kind, oid, detail, True,
+                fix=lambda p=path, o=o, m=meta: _restore_metadata(p, o, owners, *m))
+            continue
+        healed_marks -= set(o.layers)
+        note = "; re-import an image holding it" if affected else ""
+        add(kind, oid, detail + note, False, affected,
+            fix=lambda p=path, o=o, k=kind: _forget_object(index, txn, p, o, k))
+
+    if not repair:
+        return problems
+    done = set()
+    for i, fix in fixes:
+        fix()
+        if problems[i].repairable:
+            done.add(i)
+    # A marked layer whose objects are all whole again (another image's re-import made them)
+    # needs no re-ingest.
+    for d in healed_marks:
+        index.clear_reimport(txn, d)
+    return [Problem(p.kind, p.subject, p.detail, p.repairable, p.images, i in done)
+            for i, p in enumerate(problems)]
+
+
+def _forget_object(index, txn, path: str, o: _Obj, kind: str) -> None:
+    if kind != "object-missing":
+        _remove(path)       # a later import would take a same-sized file for the object
+    for d in o.layers:
+        index.mark_reimport(txn, d)
+
+
+def _set_layer_refs(index, txn, diff_id: str, refs: int) -> None:
+    rec = index.layer(txn, diff_id)
+    rec.refs = refs
+    index.put_row(txn, "layers", diff_id.encode(), rec.to_json())
+
+
+def _drop_layer(index, txn, diff_id: str) -> None:
+    rec = index.layer(txn, diff_id)
+    for b in rec.blobs if rec is not None else ():
+        if index.blob_layer(txn, b["digest"]) == diff_id:
+            index.delete_row(txn, "blobs", b["digest"].encode())
+    index.delete_row(txn, "layers", diff_id.encode())
+    for part in ("records", "raw"):
+        index.delete_row(txn, "layer_data", f"{diff_id}/{part}".encode())
+
+
+def _drop_image(index, txn, rec: ImageRecord) -> None:
+    for t in rec.tags:
+        if index.tag(txn, t) == rec.id:
+            index.delete_row(txn, "tags", t.encode())
+    index.delete_row(txn, "images", rec.id.encode())
+    if index.image_tree(txn, rec.id) is not None:
+        index.delete_row(txn, "image_trees", rec.id.encode())
+
+
+def _untag_image(index, txn, image_id: str, tag: str) -> None:
+    rec = index.image(txn, image_id)
+    if rec is not None and tag in rec.tags:
+        rec.tags = [t for t in rec.tags if t != tag]
+        index.put_row(txn, "images", image_id.encode(), rec.to_json())
+
+
+def _tag_image(index, txn, image_id: str, tag: str) -> None:
+    rec = index.image(txn, image_id)
+    if rec is not None and tag not in rec.tags:
+        rec.tags.append(tag)
+        index.put_row(txn, "images", image_id.encode(), rec.to_json())
+
+
+def to_json(problems: list[Problem]) -> str:
+    return json.dumps([{"kind": p.kind, "subject": p.subject, "detail": p.detail,
+                        "repairable": p.repairable, "images": list(p.images), "fixed": p.fixed}
+                       for p in problems], indent=2)

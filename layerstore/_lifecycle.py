@@ -1,0 +1,380 @@
+"""The store's lifecycle: rm (untag, delete images), gc (free what nothing references), du.
+
+References.  Images hold layers (a layer's refcount counts image slots), layers hold objects
+(an object's refcount counts layers).  rm only edits the index: it drops tags and image
+records and the layer references they held, in one write transaction, and deletes no file,
+so it needs no store lock and never disturbs an import or checkout in progress.  gc deletes:
+layers whose count is 0 (taking their references from their objects), objects whose count
+reaches 0 (rows in the same transaction, files after it commits), and files no index row
+names.
+
+Locking.  gc holds the store lock exclusively.  Imports hold it shared from before they write
+their first object until their index commit, checkouts and readers of object files while they
+link or open them; so while gc holds it, no object file is about to be referenced by a commit
+and none is being read through a snapshot older than gc's.
+
+Finding garbage cheaply.  An object file the index does not know comes only from an import
+that died or failed between writing objects and committing, or from a gc that died between its
+index commit and its unlinks.  Walking objects/ to find such files costs a stat-free listing of
+every object (tens of ms per 100k objects) plus an index lookup each; gc with nothing to free
+must take well under 100 ms on a store of the whole corpus, so the walk runs only when there
+may be garbage.  The sign is root/pending/: an import puts a marker file there when it starts
+(see import_started) and removes it only once it has committed (a failed import keeps it), and
+a gc does the same around its deletions; tmp/ counts too, since the C object store's named
+temporary files (filesystems without O_TMPFILE) live there.  So, under the exclusive lock, a
+non-empty pending/ or tmp/ means something was interrupted and objects/ is walked; then both
+are emptied.  (The markers are not in tmp/ itself: a failed import must leave tmp/ empty, and
+fsck calls whatever is in tmp/ stray.)  Directory mtimes of objects/xx were the other
+candidate, but every successful import changes them too, and their coarse clock ticks could
+hide a link made just after gc looked.  `gc --full` walks regardless (e.g. after files were
+put into objects/ by hand).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import stat
+
+from . import _native, errors
+from ._model import DuResult, GcResult, ImageUsage
+from ._reference import DIGEST_RE, normalize_tag
+
+_OBJECT_NAME = re.compile(r"[0-9a-f]{62}\Z")
+_FAN = re.compile(r"[0-9a-f]{2}\Z")
+_MARKER_SUFFIX = ".inprogress"
+
+
+# ---- markers of work that leaves garbage when interrupted ---------------------------------
+
+def _tmp(store) -> str:
+    return os.path.join(store.root, "tmp")
+
+
+def _pending(store) -> str:
+    return os.path.join(store.root, "pending")
+
+
+def import_started(store) -> str:
+    """Marks an import (or gc) in progress: called with the store lock held, before any object
+    is written.  Returns the marker's path for import_finished."""
+    path = os.path.join(_pending(store), f"import-{os.getpid()}-{secrets.token_hex(6)}"
+                                         f"{_MARKER_SUFFIX}")
+    os.makedirs(_pending(store), mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    return path
+
+
+def import_finished(marker: str) -> None:
+    """After the commit: whatever was written is referenced.  A failed import never calls
+    this, so its marker tells the next gc to look for the objects it left."""
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        pass
+
+
+# ---- rm --------------------------------------------------------------------------------------
+
+def remove(store, refs, force: bool = False) -> list[tuple[str, str]]:
+    """See Store.remove."""
+    from . import _overlay
+    if isinstance(refs, str):
+        refs = [refs]
+    index = store._index
+    actions: list[tuple[str, str]] = []
+    with index.write() as txn:
+        # Every reference resolves before anything changes: one unknown aborts them all.
+        targets = []
+        for ref in refs:
+            rec = store._resolve(txn, ref)
+            tag = None
+            if not DIGEST_RE.match(ref):
+                try:
+                    tag = normalize_tag(ref)
+                except errors.InvalidReference:
+                    pass
+            targets.append((rec.id, tag if tag in rec.tags else None))
+        for image_id, tag in targets:
+            rec = index.image(txn, image_id)
+            if rec is None:
+                continue        # named twice, deleted already
+            if tag is not None:
+                if tag not in rec.tags:
+                    continue
+                index.remove_tag(txn, tag)
+                actions.append(("untagged", tag))
+                if len(rec.tags) > 1:
+                    continue    # other tags keep the image, as `docker rmi name:tag`
+            elif len(rec.tags) > 1 and not force:
+                raise errors.LayerstoreError(
+                    f"image {rec.id} has {len(rec.tags)} tags ({', '.join(sorted(rec.tags))}): "
+                    f"remove them one by one or use --force")
+            else:
+                actions += [("untagged", t) for t in rec.tags]
+            used = [m for m in _overlay.mounts(store)
+                    if m.image == rec.id and m.mountpoint is not None]
+            if used:
+                # As Docker for a running container, even with --force: the container's
+                # commit needs the image's config.
+                raise errors.LayerstoreError(
+                    f"image {rec.id} is used by the container mounted at {used[0].mountpoint}: "
+                    f"umount it first")
+            index.delete_image(txn, rec.id)
+            actions.append(("deleted", rec.id))
+    return actions
+
+
+# ---- gc --------------------------------------------------------------------------------------
+
+def _file_bytes(path: str) -> int:
+    try:
+        return os.lstat(path).st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _tree_bytes(path: str) -> tuple[int, int]:
+    """(files, bytes) under path, or of path itself when it is not a directory."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0, 0
+    if not stat.S_ISDIR(st.st_mode):
+        return 1, st.st_size
+    n = total = 0
+    for dirpath, _, filenames in os.walk(path):
+        for name in filenames:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n, total
+
+
+def _remove_tree(path: str) -> None:
+    from ._checkout import _remove
+    try:
+        _remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _layer_dirs_unused(store, index, txn) -> list[str]:
+    """Cached overlay layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no
+    recorded container needs: named by a diffID no longer indexed, or by a chainID no stored
+    image has, or half-built (.tmp-*: no build runs while gc holds the lock exclusively)."""
+    from . import _overlay
+    keep = {_overlay._hex(r.diff_id) for r in index.layers(txn)}
+    keep |= {"chain-" + _overlay._hex(c) for r in index.images(txn)
+             for c in _overlay.chain_ids(r.diff_ids)}
+    keep.add("empty")
+    used = {p for m in _overlay.mounts(store) for p in m.lowers}
+    out = []
+    for base in ("layers", "layers-fuse"):
+        d = os.path.join(store.root, base)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            path = os.path.join(d, name)
+            if name not in keep and path not in used:
+                out.append(path)
+    return out
+
+
+def _dangling_short_links(store) -> list[str]:
+    d = os.path.join(store.root, "l")
+    try:
+        names = os.listdir(d)
+    except FileNotFoundError:
+        return []
+    return [os.path.join(d, n) for n in names if not os.path.exists(os.path.join(d, n))]
+
+
+def _walk_garbage(objects_dir: str, index, txn, freed: dict) -> list[str]:
+    """Files under objects/ that name no indexed object (and are not freed by this gc)."""
+    out = []
+    try:
+        fans = os.listdir(objects_dir)
+    except FileNotFoundError:
+        return out
+    odb = index.db["objects"]
+    for fan in fans:
+        fdir = os.path.join(objects_dir, fan)
+        if not _FAN.match(fan):
+            if not os.path.isdir(fdir) or os.path.islink(fdir):
+                out.append(fdir)    # a stray file beside the fan-out dirs
+            continue
+        try:
+            it = os.scandir(fdir)
+        except NotADirectoryError:
+            out.append(fdir)
+            continue
+        with it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    continue        # not ours to guess at: fsck reports it
+                if _OBJECT_NAME.match(e.name):
+                    oid = bytes.fromhex(fan + e.name)
+                    if oid in freed or txn.get(oid, db=odb) is not None:
+                        continue
+                out.append(e.path)
+    return out
+
+
+def gc(store, dry_run: bool = False, full: bool = False) -> GcResult:
+    """See Store.gc."""
+    index = store._index
+    objects_dir = os.path.join(store.root, "objects")
+    tmp = _tmp(store)
+    with store._locked(exclusive=True):
+        try:
+            tmp_entries = sorted(os.listdir(tmp))
+        except FileNotFoundError:
+            tmp_entries = []
+        pending = _listdir(_pending(store))
+        scan = full or bool(tmp_entries) or bool(pending)
+        marker = None
+        txn = index.write()
+        try:
+            dead = index.unreferenced_layers(txn)
+            freed: dict[bytes, int] = {}
+            for rec in dead:
+                freed.update(index.delete_layer(txn, rec))
+            # The layer dirs and garbage are judged against the index as it will be.
+            layer_dirs = _layer_dirs_unused(store, index, txn)
+            garbage = _walk_garbage(objects_dir, index, txn, freed) if scan else []
+            if dry_run or not dead:
+                txn.abort()
+            else:
+                # Dying after this commit and before the unlinks leaves files the index no
+                # longer names: the marker makes the next gc walk objects/ for them.
+                marker = import_started(store)
+                txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        object_bytes = sum(freed.values())
+        garbage_bytes = sum(_file_bytes(p) for p in garbage)
+        tmp_files = tmp_bytes = 0
+        for name in tmp_entries:
+            n, b = _tree_bytes(os.path.join(tmp, name))
+            tmp_files += n
+            tmp_bytes += b
+        if not dry_run:
+            for oid in freed:
+                _unlink(os.path.join(objects_dir, _native.object_path(oid.hex())))
+            for path in garbage:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    _remove_tree(path)
+                else:
+                    _unlink(path)
+            for path in layer_dirs:
+                _remove_tree(path)
+            for path in _dangling_short_links(store):
+                _unlink(path)
+            for name in tmp_entries:
+                _remove_tree(os.path.join(tmp, name))
+            # Last: a marker must outlive the work it asks a later gc to redo.
+            for name in pending:
+                _unlink(os.path.join(_pending(store), name))
+            if marker is not None:
+                import_finished(marker)
+    return GcResult(dry_run, len(dead), len(freed), object_bytes, len(garbage), garbage_bytes,
+                    tmp_files, tmp_bytes, len(layer_dirs), scan,
+                    files=len(freed) + len(garbage) + tmp_files,
+                    bytes=object_bytes + garbage_bytes + tmp_bytes)
+
+
+# ---- du --------------------------------------------------------------------------------------
+
+def _blocks(path: str) -> tuple[tuple[int, int], int] | None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino), st.st_blocks * 512
+
+
+def du(store) -> DuResult:
+    """See Store.du."""
+    index = store._index
+    objects_dir = os.path.join(store.root, "objects")
+    with store._locked(exclusive=False):
+        with index.read() as txn:
+            images = sorted(index.images(txn), key=lambda r: r.id)
+            layer_objects: dict[str, dict[bytes, int]] = {}
+            layer_bytes = 0
+            for rec in index.layers(txn):
+                layer_bytes += rec.file_bytes
+                layer_objects[rec.diff_id] = _records_objects(index, txn, rec.diff_id)
+            n_objects = index.object_count(txn)
+        # Every file under objects/, each inode once: the store's truth, garbage included.
+        on_disk: dict[bytes, tuple[tuple[int, int], int]] = {}
+        inodes: dict[tuple[int, int], int] = {}
+        for fan in _listdir(objects_dir):
+            fdir = os.path.join(objects_dir, fan)
+            for name in _listdir(fdir):
+                got = _blocks(os.path.join(fdir, name))
+                if got is None:
+                    continue
+                inodes[got[0]] = got[1]
+                if _FAN.match(fan) and _OBJECT_NAME.match(name):
+                    on_disk[bytes.fromhex(fan + name)] = got
+    image_objects = {}
+    holders: dict[bytes, int] = {}
+    for rec in images:
+        oids = set()
+        for d in rec.diff_ids:
+            oids.update(layer_objects.get(d, ()))
+        image_objects[rec.id] = oids
+        for oid in oids:
+            holders[oid] = holders.get(oid, 0) + 1
+    usage = []
+    for rec in images:
+        seen, disk, shared = set(), 0, 0
+        for oid in image_objects[rec.id]:
+            got = on_disk.get(oid)
+            if got is None or got[0] in seen:
+                continue
+            seen.add(got[0])
+            disk += got[1]
+            if holders[oid] > 1:
+                shared += got[1]
+        usage.append(ImageUsage(rec.id, tuple(rec.tags), rec.size, disk, shared, disk - shared,
+                                len(image_objects[rec.id])))
+    object_bytes = sum(inodes.values())
+    index_bytes = 0
+    idir = os.path.join(store.root, "index")
+    for name in _listdir(idir):
+        got = _blocks(os.path.join(idir, name))
+        index_bytes += got[1] if got else 0
+    logical = sum(u.logical_bytes for u in usage)
+    disk_bytes = object_bytes + index_bytes
+    return DuResult(tuple(usage), logical, layer_bytes, object_bytes, index_bytes, disk_bytes,
+                    round(logical / disk_bytes, 3) if disk_bytes else 0.0, n_objects, len(inodes))
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _records_objects(index, txn, diff_id: str) -> dict[bytes, int]:
+    try:
+        return _native.record_objects(index.layer_data(txn, diff_id, "records"))
+    except errors.LayerstoreError:
+        return {}

@@ -1,0 +1,163 @@
+"""fsck: a whole store is clean; damage of every kind is found (all of it), repair fixes what
+it can, and a re-import of the original archive heals the rest."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import archives as A
+from conftest import python_env
+from layerstore import Store
+from layerstore.cli import main
+from test_store import state
+
+L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"),
+             ("f", "bin/sh", b"\x7fELF" * 300, 0o755), ("f", "etc/empty", b""))
+L2 = A.layer(("f", "app/main.py", b"print('hi')\n"), ("h", "app/sh-link", "bin/sh"))
+
+
+@pytest.fixture
+def archive(tmp_path):
+    path = tmp_path / "img.tar"
+    path.write_bytes(A.docker_archive([([L1, L2], ["test/app:1"])]))
+    return path
+
+
+@pytest.fixture
+def store(tmp_path, archive):
+    with Store(tmp_path / "store") as s:
+        s.import_archive(archive)
+        yield s
+
+
+def _object_of(store, path):
+    entry = store.stat("test/app:1", path)
+    return store.object_path(entry.object_id)
+
+
+def _kinds(problems):
+    return sorted(p.kind for p in problems)
+
+
+def test_clean_store_is_clean(store, tmp_path):
+    assert store.fsck() == []
+    assert main(["--root", store.root, "fsck"]) == 0
+
+
+def test_tamper_through_checkout_then_repair_and_reimport_heal(store, archive, tmp_path):
+    store.checkout("test/app:1", tmp_path / "co")
+    target = tmp_path / "co" / "bin" / "sh"
+    os.chmod(target, 0o755 | 0o200)     # as a user, objects are read-only
+    with open(target, "r+b") as f:
+        f.write(b"EVIL")
+    (p,) = [p for p in store.fsck() if p.kind == "object-corrupt"]
+    image = store.image("test/app:1")
+    assert p.images == (image.id,) and not p.repairable
+    fixed = store.fsck(repair=True)
+    assert "object-corrupt" in _kinds(fixed)
+    assert _kinds(store.fsck()) == ["object-missing"]     # deleted, until re-imported
+    store.import_archive(archive)
+    assert store.fsck() == []
+    store.checkout("test/app:1", tmp_path / "co2")
+    assert (tmp_path / "co2" / "bin" / "sh").read_bytes() == b"\x7fELF" * 300
+
+
+def test_missing_object_is_reported_and_reimport_heals(store, archive):
+    os.unlink(_object_of(store, "app/main.py"))
+    (p,) = store.fsck()
+    assert p.kind == "object-missing" and p.images == (store.image("test/app:1").id,)
+    store.fsck(repair=True)
+    with open(archive, "rb") as f:      # a stream re-ingests every layer anyway
+        store.import_archive(f)
+    assert store.fsck() == []
+
+
+def test_stray_files_reported_and_removed(store):
+    stray = os.path.join(store.root, "objects", "ab", "not-an-object")
+    unref = os.path.join(store.root, "objects", "cd", "e" * 62)
+    tmp = os.path.join(store.root, "tmp", "leftover")
+    for p in (stray, unref, tmp):
+        with open(p, "w") as f:
+            f.write("x")
+    assert _kinds(store.fsck()) == ["stray-file", "stray-file", "tmp-file"]
+    fixed = store.fsck(repair=True)
+    assert all(p.fixed for p in fixed)
+    assert not any(os.path.exists(p) for p in (stray, unref, tmp))
+    assert store.fsck() == []
+
+
+_CORRUPT = textwrap.dedent("""
+    import os, sys, struct, json, lmdb
+    env = lmdb.open(os.path.join(sys.argv[1], "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        objects = env.open_db(b"objects", txn=txn)
+        key, value = next(iter(txn.cursor(db=objects)))
+        size, refs = struct.unpack("<QI", value)
+        txn.put(key, struct.pack("<QI", size, refs + 5), db=objects)
+        layers = env.open_db(b"layers", txn=txn)
+        k, v = next(iter(txn.cursor(db=layers)))
+        rec = json.loads(v); rec["refs"] = 7
+        txn.put(k, json.dumps(rec).encode(), db=layers)
+        tags = env.open_db(b"tags", txn=txn)
+        txn.put(b"docker.io/gone/image:1", b"sha256:" + b"0" * 64, db=tags)
+        blobs = env.open_db(b"blobs", txn=txn)
+        txn.put(b"sha256:" + b"1" * 64, b"sha256:" + b"2" * 64, db=blobs)
+""")
+
+
+def test_index_damage_reported_and_repaired(store, tmp_path):
+    before = state(store.root)
+    store.close()
+    subprocess.run([sys.executable, "-c", _CORRUPT, store.root], check=True, env=python_env())
+    with Store(store.root) as s:
+        assert _kinds(s.fsck()) == ["blob-dangling", "layer-refcount", "object-refcount",
+                                    "tag-dangling"]
+        assert all(p.fixed for p in s.fsck(repair=True))
+        assert s.fsck() == []
+    assert state(store.root) == before
+
+
+def test_metadata_change_reported_and_restored(store):
+    path = _object_of(store, "etc/os-release")
+    os.chmod(path, 0o600)
+    (p,) = store.fsck()
+    assert p.kind == "object-metadata" and p.repairable
+    store.fsck(repair=True)
+    assert os.stat(path).st_mode & 0o7777 == 0o644
+    assert store.fsck() == []
+
+
+def test_every_problem_is_reported_not_the_first(store):
+    os.unlink(_object_of(store, "app/main.py"))
+    os.chmod(_object_of(store, "etc/os-release"), 0o600)
+    open(os.path.join(store.root, "tmp", "x"), "w").close()
+    assert _kinds(store.fsck()) == ["object-metadata", "object-missing", "tmp-file"]
+
+
+def test_cli_json_and_exit_codes(store, capsys):
+    root = store.root
+    assert main(["--root", root, "fsck", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    os.unlink(_object_of(store, "app/main.py"))
+    open(os.path.join(root, "tmp", "x"), "w").close()
+    assert main(["--root", root, "fsck"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[0] for line in out) == ["object-missing", "tmp-file"]
+    assert main(["--root", root, "fsck", "--json"]) == 1
+    got = json.loads(capsys.readouterr().out)
+    assert sorted(p["kind"] for p in got) == ["object-missing", "tmp-file"]
+    assert main(["--root", root, "fsck", "--repair"]) == 1
+    out = capsys.readouterr().out
+    assert "fixed: tmp-file" in out and "re-import: sha256:" in out and "test/app:1" in out
+
+
+def test_corpus_store_is_clean(corpus_images, tmp_path):
+    with Store(tmp_path / "corpus") as s:
+        for image in corpus_images:
+            with open(image.archive, "rb") as f:
+                s.import_archive(f)
+        assert s.fsck() == []
