@@ -18,34 +18,37 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "ls_internal.h"
 
 #define OUT_BUF (1u << 20)
-#define SMALL_FILE (64u << 10)      /* read into the output buffer; larger files are mapped */
 #define JOBS 256
 
 /*
- * Objects are checked on a second thread while this one goes on writing: small objects are
- * read into one of two output buffers and hashed there, large ones are mapped, written from
- * the mapping and hashed from it.  A buffer is reused only when its objects are hashed; a
- * mapping is unmapped by the thread.  A mismatch still fails the call (the caller discards
- * what was written), reported once the thread has stopped.
+ * Objects are checked on a second thread while this one goes on writing: their content is
+ * read into one of two output buffers, and when a buffer is written the thread checks the
+ * objects in it.  A buffer is reused only when its objects are checked.  A mismatch still
+ * fails the call (the caller discards what was written), reported once the thread stopped.
  */
-typedef struct job {
-    const uint8_t *data;        /* a mapping to check and unmap, or NULL: all of buffer buf */
+/* A piece of an object's content in an output buffer.  An object larger than what is left
+ * of a buffer continues in the next one; the pieces are checked in order. */
+typedef struct seg {
+    const uint8_t *data;
     size_t len;
     const uint8_t *rec;
-    int buf;
+    int first, last;
+} seg;
+
+typedef struct job {
+    int buf;                    /* check every piece in that buffer */
 } job;
 
 /* The objects read into one output buffer, checked together when the buffer is written (one
  * wakeup of the thread per buffer, not per small file). */
 typedef struct segs {
-    job *v;
+    seg *v;
     size_t n, cap;
 } segs;
 
@@ -66,13 +69,32 @@ typedef struct wr {
     segs segs[2];
     int pending[2];             /* the buffer's check is queued or running */
     const uint8_t *bad;         /* the record of the first object that did not match */
+    ls_blake3 *hasher;          /* an object in pieces (used by one thread at a time) */
 } wr;
 
-static int check(const job *j)
+/* Checks the pieces of one buffer, in order; returns the record of an object that did not
+ * match, or NULL.  h carries an object across buffers. */
+static const uint8_t *run_job(wr *w, const job *j, ls_blake3 *h)
 {
-    uint8_t hash[32];
-    ls_blake3_hash(j->data, j->len, hash);
-    return memcmp(hash, j->rec + 88, 32) == 0;
+    const uint8_t *bad = NULL;
+    const struct segs *sg = &w->segs[j->buf];
+    for (size_t i = 0; i < sg->n; i++) {
+        const seg *p = &sg->v[i];
+        uint8_t hash[32];
+        if (p->first && p->last) {
+            ls_blake3_hash(p->data, p->len, hash);      /* most objects: one piece */
+        } else {
+            if (p->first)
+                ls_blake3_reset(h);
+            ls_blake3_update(h, p->data, p->len);
+            if (!p->last)
+                continue;
+            ls_blake3_finalize(h, hash, 32);
+        }
+        if (!bad && memcmp(hash, p->rec + 88, 32))
+            bad = p->rec;
+    }
+    return bad;
 }
 
 static void *verify_main(void *arg)
@@ -86,22 +108,11 @@ static void *verify_main(void *arg)
             break;
         job j = w->jobs[w->head];
         pthread_mutex_unlock(&w->mu);
-        const uint8_t *bad = NULL;
-        if (j.data) {
-            if (!check(&j))
-                bad = j.rec;
-            munmap((void *)j.data, j.len);
-        } else {
-            segs *sg = &w->segs[j.buf];
-            for (size_t i = 0; i < sg->n && !bad; i++)
-                if (!check(&sg->v[i]))
-                    bad = sg->v[i].rec;
-        }
+        const uint8_t *bad = run_job(w, &j, w->hasher);
         pthread_mutex_lock(&w->mu);
         if (bad && !w->bad)
             w->bad = bad;
-        if (!j.data)
-            w->pending[j.buf] = 0;
+        w->pending[j.buf] = 0;
         w->head = (w->head + 1) % JOBS;
         w->queued--;
         pthread_cond_broadcast(&w->cv);
@@ -110,21 +121,11 @@ static void *verify_main(void *arg)
     return NULL;
 }
 
-/* Queues a check: a mapping (data), or the objects of buffer buf (data NULL).  Without a
- * thread it is done here. */
-static void submit(wr *w, const uint8_t *data, size_t len, const uint8_t *rec, int buf)
+/* Queues a job (or runs it here, without a thread). */
+static void submit(wr *w, job j)
 {
-    job j = {data, len, rec, buf};
     if (!w->running) {
-        const uint8_t *bad = NULL;
-        if (data) {
-            bad = check(&j) ? NULL : rec;
-            munmap((void *)data, len);
-        } else {
-            for (size_t i = 0; i < w->segs[buf].n && !bad; i++)
-                if (!check(&w->segs[buf].v[i]))
-                    bad = w->segs[buf].v[i].rec;
-        }
+        const uint8_t *bad = run_job(w, &j, w->hasher);
         if (bad && !w->bad)
             w->bad = bad;
         return;
@@ -134,8 +135,7 @@ static void submit(wr *w, const uint8_t *data, size_t len, const uint8_t *rec, i
         pthread_cond_wait(&w->cv, &w->mu);
     w->jobs[(w->head + w->queued) % JOBS] = j;
     w->queued++;
-    if (!data)
-        w->pending[buf] = 1;
+    w->pending[j.buf] = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
@@ -174,7 +174,7 @@ static int flush(wr *w)
 {
     int rc = put(w, w->bufs[w->cur], w->len);
     if (w->segs[w->cur].n)
-        submit(w, NULL, 0, NULL, w->cur);
+        submit(w, (job){w->cur});
     w->len = 0;
     w->cur ^= 1;
     if (w->running) {
@@ -229,57 +229,39 @@ static int write_object(wr *w, int objects_fd, const uint8_t *rec, uint64_t size
             ? ls_fail(w->e, -ENOENT, "object %s is missing from the store (run layerstore fsck)",
                       obj)
             : ls_fail(w->e, -errno, "cannot open object %s: %s", obj, strerror(errno));
+    /* Read into the output buffers, which are written whole and checked on the other thread:
+     * two copies per byte, as cat makes, and few calls. */
     int rc = 0;
-    if (size <= SMALL_FILE) {
-        if (w->len + size > OUT_BUF && (rc = flush(w)))
-            goto out;
+    uint64_t done = 0;
+    while (done < size) {
+        if (w->len == OUT_BUF && (rc = flush(w)))
+            break;
+        size_t room = OUT_BUF - w->len;
+        size_t want = size - done < room ? (size_t)(size - done) : room;
         uint8_t *dst = w->bufs[w->cur] + w->len;
-        size_t got = 0;
-        while (got < size) {
-            ssize_t k = pread(fd, dst + got, size - got, (off_t)got);
-            if (k < 0 && errno == EINTR)
-                continue;
-            if (k <= 0) {
-                rc = k < 0 ? ls_fail(w->e, -errno, "cannot read object %s: %s", obj,
-                                     strerror(errno))
-                           : modified(w->e, obj, rec);
-                goto out;
-            }
-            got += (size_t)k;
+        ssize_t k = pread(fd, dst, want, (off_t)done);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            rc = k < 0 ? ls_fail(w->e, -errno, "cannot read object %s: %s", obj, strerror(errno))
+                       : modified(w->e, obj, rec);      /* shorter than recorded */
+            break;
         }
         segs *sg = &w->segs[w->cur];
         if (sg->n == sg->cap) {
             size_t cap = sg->cap ? sg->cap * 2 : 256;
-            job *v = realloc(sg->v, cap * sizeof *v);
+            seg *v = realloc(sg->v, cap * sizeof *v);
             if (!v) {
                 rc = ls_fail(w->e, LS_E_NOMEM, "out of memory");
-                goto out;
+                break;
             }
             sg->v = v;
             sg->cap = cap;
         }
-        sg->v[sg->n++] = (job){dst, (size_t)size, rec, w->cur};
-        w->len += size;
-    } else {
-        struct stat st;
-        if (fstat(fd, &st) || (uint64_t)st.st_size < size) {   /* mapping past the end */
-            rc = modified(w->e, obj, rec);                     /* would fault */
-            goto out;
-        }
-        void *map = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (map == MAP_FAILED) {
-            rc = ls_fail(w->e, -errno, "cannot map object %s: %s", obj, strerror(errno));
-            goto out;
-        }
-        madvise(map, size, MADV_SEQUENTIAL | MADV_WILLNEED);
-        if (!(rc = flush(w)))
-            rc = put(w, map, size);
-        if (rc)
-            munmap(map, size);
-        else
-            submit(w, map, size, rec, -1);
+        sg->v[sg->n++] = (seg){dst, (size_t)k, rec, done == 0, done + (uint64_t)k == size};
+        w->len += (size_t)k;
+        done += (uint64_t)k;
     }
-out:
     close(fd);
     return rc;
 }
@@ -312,7 +294,8 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
     }
     w.bufs[0] = malloc(OUT_BUF);
     w.bufs[1] = malloc(OUT_BUF);
-    if (!w.bufs[0] || !w.bufs[1]) {
+    w.hasher = ls_blake3_new();
+    if (!w.bufs[0] || !w.bufs[1] || !w.hasher) {
         rc = ls_fail(&e, LS_E_NOMEM, "out of memory");
         goto out;
     }
@@ -353,6 +336,7 @@ out:
     free(w.bufs[1]);
     free(w.segs[0].v);
     free(w.segs[1].v);
+    ls_blake3_free(w.hasher);
     if (objects_fd >= 0)
         close(objects_fd);
     if (rc)
