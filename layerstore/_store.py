@@ -509,28 +509,34 @@ class Store:
         by a tag is saved with that tag, one named by id with all its tags.  For "oci" the
         layers are stored uncompressed, so a manifest naming compressed blobs is replaced by a
         new one over the same config.  Locking: the store lock shared (gc waits)."""
-        from ._export import _SaveImage, save
+        from ._export import save
         if isinstance(refs, str):
             refs = [refs]
-        images: dict[str, _SaveImage] = {}
-        with self._index.read() as txn:
-            for ref in refs:
-                rec = self._resolve(txn, ref)
-                try:
-                    by_tag = not DIGEST_RE.match(ref) and normalize_tag(ref) in rec.tags
-                except errors.InvalidReference:
-                    by_tag = False
-                tags = [normalize_tag(ref)] if by_tag else list(rec.tags)
-                if rec.id in images:
-                    images[rec.id].tags += [t for t in tags if t not in images[rec.id].tags]
-                    continue
-                manifest = (self._index.metadata(txn, rec.manifest_digest)
-                            if rec.manifest_digest else None)
-                images[rec.id] = _SaveImage(rec.id, tags, list(rec.diff_ids),
-                                            bytes(self._index.metadata(txn, rec.id)), manifest,
-                                            rec.manifest_media_type)
+        images: dict = {}
+        # The lock first: a snapshot read before it could name objects an rm + gc then frees.
         with self._locked(exclusive=False):
+            with self._index.read() as txn:
+                self._save_images(txn, refs, images)
             save(self, list(images.values()), out, format, compress)
+
+    def _save_images(self, txn, refs, images: dict) -> None:
+        """Resolves refs into images[id] = _SaveImage, merging the tags of one image."""
+        from ._export import _SaveImage
+        for ref in refs:
+            rec = self._resolve(txn, ref)
+            try:
+                by_tag = not DIGEST_RE.match(ref) and normalize_tag(ref) in rec.tags
+            except errors.InvalidReference:
+                by_tag = False
+            tags = [normalize_tag(ref)] if by_tag else list(rec.tags)
+            if rec.id in images:
+                images[rec.id].tags += [t for t in tags if t not in images[rec.id].tags]
+                continue
+            manifest = (self._index.metadata(txn, rec.manifest_digest)
+                        if rec.manifest_digest else None)
+            images[rec.id] = _SaveImage(rec.id, tags, list(rec.diff_ids),
+                                        bytes(self._index.metadata(txn, rec.id)), manifest,
+                                        rec.manifest_media_type)
 
     def export(self, ref: str, out) -> None:
         """Writes the image's flattened root filesystem (layers merged) as one tar to out (a
