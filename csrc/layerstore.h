@@ -34,6 +34,10 @@ enum {
 const char *ls_version(void);
 /* 1 when built with AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1), so tests can insist. */
 int ls_sanitized(void);
+/* Crash-test hook (tests/test_crash.py): counts a step (an object linked, an index transaction
+ * begun or committed, a file unlinked) and SIGKILLs the process at the Nth step when the
+ * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call; inert otherwise. */
+void ls_test_step(void);
 
 /* ---- BLAKE3 (blake3.c, blake3_portable.c, blake3_sse41.c, blake3_avx2.c) ----------------- */
 

@@ -321,6 +321,7 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
         int err = link_into_place(s, sp, path);
         if (err == 0) {
             rc = 1;
+            ls_test_step();
             break;
         }
         if (err != -EEXIST || attempt > 0) {

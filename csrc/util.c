@@ -1,9 +1,11 @@
 /*
  * util.c - error messages and the growable byte buffer shared by the core's components.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ls_internal.h"
 
@@ -64,4 +66,23 @@ uint32_t ls_umask(void)
     if (f)
         fclose(f);
     return u;
+}
+
+void ls_test_step(void)
+{
+    /* -2: the variable not read yet, -1: inert; else the steps left before the kill. */
+    static long left = -2;
+    long n = __atomic_load_n(&left, __ATOMIC_RELAXED);
+    if (n == -1)
+        return;
+    if (n == -2) {
+        const char *v = getenv("LAYERSTORE_TEST_KILL_AFTER");
+        long want = v && *v ? strtol(v, NULL, 10) : -1;
+        __atomic_compare_exchange_n(&left, &n, want > 0 ? want : -1, 0, __ATOMIC_RELAXED,
+                                    __ATOMIC_RELAXED);
+        if (want <= 0)
+            return;
+    }
+    if (__atomic_sub_fetch(&left, 1, __ATOMIC_RELAXED) == 0)
+        kill(getpid(), SIGKILL);
 }

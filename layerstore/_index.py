@@ -106,6 +106,10 @@ class Index:
                 except lmdb.Error as exc:
                     raise errors.StoreIOError(0, f"cannot open the index at {path}: {exc}") \
                         from exc
+                # A process killed inside a read transaction keeps its reader slot while any
+                # other process holds the environment open: its snapshot pins old pages (the
+                # file only grows) and, once max_readers are stale, every read fails.
+                env.reader_check()
                 dbs = {name: env.open_db(name.encode()) for name in _DBS}
                 entry = _envs[self._key] = [env, dbs, 0]
             entry[2] += 1

@@ -63,6 +63,7 @@ def import_started(store) -> str:
                                          f"{_MARKER_SUFFIX}")
     os.makedirs(_pending(store), mode=0o700, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+    _native.test_step()
     return path
 
 
@@ -123,6 +124,8 @@ def remove(store, refs, force: bool = False) -> list[tuple[str, str]]:
                     f"umount it first")
             index.delete_image(txn, rec.id)
             actions.append(("deleted", rec.id))
+        _native.test_step()
+    _native.test_step()
     return actions
 
 
@@ -140,6 +143,7 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+    _native.test_step()
 
 
 def _tree_bytes(path: str) -> tuple[int, int]:
@@ -261,7 +265,9 @@ def gc(store, dry_run: bool = False, full: bool = False) -> GcResult:
                 # Dying after this commit and before the unlinks leaves files the index no
                 # longer names: the marker makes the next gc walk objects/ for them.
                 marker = import_started(store)
+                _native.test_step()
                 txn.commit()
+                _native.test_step()
         except BaseException:
             txn.abort()
             raise

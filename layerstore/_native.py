@@ -34,6 +34,12 @@ def built_with_sanitizers() -> bool:
     return bool(lib.ls_sanitized())
 
 
+def test_step() -> None:
+    """The crash tests' kill point (see ls_test_step): inert unless LAYERSTORE_TEST_KILL_AFTER
+    is set."""
+    lib.ls_test_step()
+
+
 _ERRORS = {
     lib.LS_E_CORRUPT: errors.CorruptArchive,
     lib.LS_E_TRUNCATED: errors.TruncatedArchive,

@@ -16,6 +16,7 @@ untouched; objects it wrote before failing are unreferenced, and gc removes them
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -23,6 +24,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterator
+
+import lmdb
 
 from . import _native, errors
 from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
@@ -156,7 +159,10 @@ class Store:
                     self._check_tags(plans, user_tags)
                     self._ingest_small_blobs(src, plans, ingested)
                 trees = self._verify(plans, ingested)
-                images = self._commit(plans, ingested, user_tags, trees)
+                try:
+                    images = self._commit(plans, ingested, user_tags, trees)
+                except lmdb.Error as exc:
+                    raise _index_write_error(exc, self.root) from None
                 _lifecycle.import_finished(marker)
                 return images
         finally:
@@ -215,7 +221,7 @@ class Store:
                     try:
                         ingest.feed(event[1])
                     except errors.LayerstoreError as exc:
-                        raise type(exc)(f"layer {key}: {exc}") from None
+                        raise _in_layer(exc, key) from None
                     if progress is not None:
                         progress(ImportProgress(src.bytes_read, src.size, layers, files))
                 elif kind == "layer":
@@ -225,7 +231,7 @@ class Store:
                     try:
                         result = ingest.finish()
                     except errors.LayerstoreError as exc:
-                        raise type(exc)(f"layer {key}: {exc}") from None
+                        raise _in_layer(exc, key) from None
                     ingest.close()
                     ingest = None
                     self._objects.start_writeback()
@@ -282,8 +288,10 @@ class Store:
                 trees: dict[str, Tree] | None = None):
         from ._checkout import plan as checkout_plan
         self._objects.sync()    # objects durable before the index references them
+        _native.test_step()
         images = []
         with self._index.write() as txn:
+            _native.test_step()
             for plan in plans:
                 for ref in plan.layers:
                     got = ingested.get(ref.member)
@@ -318,6 +326,8 @@ class Store:
                                                checkout_plan(trees[plan.config_digest]))
                 stored = self._index.add_image(txn, rec, plan.tags + user_tags)
                 images.append(_image(stored, plan.platform))
+            _native.test_step()
+        _native.test_step()
         return images
 
     def import_layer(self, stream: BinaryIO) -> Layer:
@@ -649,6 +659,26 @@ class Store:
         Locking: the store lock shared (gc waits; imports may run) and an index snapshot."""
         from . import _lifecycle
         return _lifecycle.du(self)
+
+
+def _index_write_error(exc: Exception, root: str) -> errors.StoreIOError:
+    """A failed index commit as a StoreIOError.  LMDB reports a write cut short by a full disk
+    as EIO, so a nearly full filesystem is taken for what it is."""
+    err = errno.EIO
+    try:
+        st = os.statvfs(root)
+        if st.f_bavail * st.f_frsize < (1 << 20) or "No space" in str(exc):
+            err = errno.ENOSPC
+    except OSError:
+        pass
+    return errors.StoreIOError(err, f"cannot commit to the index: {os.strerror(err)} ({exc})")
+
+
+def _in_layer(exc: errors.LayerstoreError, key) -> errors.LayerstoreError:
+    """exc, its message naming the layer; an OSError keeps its errno (ENOSPC must stay one)."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return type(exc)(exc.errno, f"layer {key}: {exc.strerror}")
+    return type(exc)(f"layer {key}: {exc}")
 
 
 class _Bytes:
