@@ -13,10 +13,12 @@ from . import errors
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?))*(?::[0-9]+)?"
-_NAME_RE = re.compile(rf"^(?:({_DOMAIN})/)?({_COMPONENT}(?:/{_COMPONENT})*)$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-HEX_PREFIX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})$")
+# \Z, not $: "$" also matches before a final newline, and "sha256:<hex>\n" must never pass
+# as a digest (it would become a blob path or index key).
+_NAME_RE = re.compile(rf"^(?:({_DOMAIN})/)?({_COMPONENT}(?:/{_COMPONENT})*)\Z")
+_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z")
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+HEX_PREFIX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})\Z")
 
 
 def check_digest(digest: str, what: str = "digest") -> str:
