@@ -818,15 +818,17 @@ static int on_header(ls_tar *t, const uint8_t *b)
 /* A GNU long name body is the name, a NUL, and maybe more NULs. */
 static int take_long_name(ls_tar *t, ls_buf *dst, const char *what)
 {
-    size_t n = field_len((const char *)t->ext.data, t->ext.len);
-    if (!is_zero(t->ext.data + n, t->ext.len - n))
+    /* An empty body leaves the buffer unallocated: no pointer to scan (the fuzzer's find). */
+    const uint8_t *data = t->ext.len ? t->ext.data : (const uint8_t *)"";
+    size_t n = field_len((const char *)data, t->ext.len);
+    if (!is_zero(data + n, t->ext.len - n))
         return fail(t, LS_E_CORRUPT, "NUL inside the GNU long %s at offset %llu", what,
                     (unsigned long long)t->entry_offset);
     if (n > LS_MAX_PATH)
         return fail(t, LS_E_LIMIT, "GNU long %s of %zu bytes at offset %llu (limit %u)", what,
                     n, (unsigned long long)t->entry_offset, LS_MAX_PATH);
     dst->len = 0;
-    if (ls_buf_append(dst, t->ext.data, n))
+    if (ls_buf_append(dst, data, n))
         return fail(t, LS_E_NOMEM, "out of memory");
     return 0;
 }
