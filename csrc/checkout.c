@@ -72,11 +72,6 @@ typedef struct co {
     int no_reflink;
 } co;
 
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)ls_get32(p) | (uint64_t)ls_get32(p + 4) << 32;
-}
-
 static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
 {
     if (left < LS_RECORD_FIXED)
@@ -93,8 +88,8 @@ static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
     r->devmajor = ls_get32(p + 20);
     r->devminor = ls_get32(p + 24);
     r->mtime_nsec = ls_get32(p + 28);
-    r->mtime = (int64_t)get64(p + 32);
-    r->size = get64(p + 40);
+    r->mtime = (int64_t)ls_get64(p + 32);
+    r->size = ls_get64(p + 40);
     r->object_id = p + 56;
     if ((uint64_t)plen + llen + ulen + glen + x != len - LS_RECORD_FIXED || plen == 0 ||
         plen > LS_MAX_PATH || llen > LS_MAX_PATH)

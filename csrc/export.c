@@ -204,11 +204,6 @@ static int emit(wr *w, const uint8_t *p, size_t n)
     return 0;
 }
 
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)ls_get32(p) | (uint64_t)ls_get32(p + 4) << 32;
-}
-
 static int modified(ls_err *e, const char *obj, const uint8_t *rec)
 {
     uint32_t plen = ls_get32(rec + 120);
@@ -305,7 +300,7 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
     size_t rpos = 0;
     for (size_t off = 0; off < records_len;) {
         const uint8_t *rec = records + off;
-        uint64_t before = get64(rec + 48), size = get64(rec + 40);
+        uint64_t before = ls_get64(rec + 48), size = ls_get64(rec + 40);
         if (before > raw_len - rpos) {
             rc = ls_fail(&e, LS_E_CORRUPT, "the layer's raw metadata is shorter than its "
                          "records say");

@@ -59,6 +59,11 @@ static inline uint32_t ls_get32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
+static inline uint64_t ls_get64(const uint8_t *p)
+{
+    return (uint64_t)ls_get32(p) | (uint64_t)ls_get32(p + 4) << 32;
+}
+
 /* ---- Streaming tar reader (tar.c) ---------------------------------------------------------
  *
  * A push parser: ls_tar_feed takes the stream in pieces of any size and calls back, in order,
