@@ -70,6 +70,7 @@ typedef struct co {
     size_t plan_len;
     uint8_t *copybuf;
     int no_reflink;
+    int no_cfr;             /* copy_file_range refused: read and write */
 } co;
 
 static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
@@ -312,37 +313,33 @@ static int apply_meta(co *c, int fd, const rec *r)
     return 0;
 }
 
-static int copy_content(co *c, int src, int dst, const rec *r)
+/* Copies bytes [off, off + len) of an object to the same place in dst. */
+static int copy_range(co *c, int src, int dst, uint64_t off, uint64_t len, const rec *r)
 {
-    if (!c->no_reflink) {
-        if (ioctl(dst, FICLONE, src) == 0)
-            return 0;
-        /* Not on this filesystem (ext4, or objects on another one): stop asking. */
-        if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL)
-            c->no_reflink = 1;
-    }
-    uint64_t left = r->size;
-    int use_cfr = 1;
-    while (left > 0) {
+    loff_t in = (loff_t)off, out = (loff_t)off;
+    while (len > 0) {
         ssize_t n = -1;
-        if (use_cfr) {
-            n = copy_file_range(src, NULL, dst, NULL, left > (1u << 30) ? 1u << 30 : left, 0);
+        size_t want = len > (1u << 30) ? 1u << 30 : (size_t)len;
+        if (!c->no_cfr) {
+            n = copy_file_range(src, &in, dst, &out, want, 0);
             if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
                           errno == EOPNOTSUPP)) {
-                use_cfr = 0;
+                c->no_cfr = 1;
                 continue;
             }
         } else {
             if (!c->copybuf && !(c->copybuf = malloc(1u << 20)))
                 return ls_fail(c->e, LS_E_NOMEM, "out of memory");
-            n = read(src, c->copybuf, 1u << 20);
+            n = pread(src, c->copybuf, want < (1u << 20) ? want : 1u << 20, in);
+            for (ssize_t done = 0; done < n;) {
+                ssize_t w = pwrite(dst, c->copybuf + done, (size_t)(n - done), out + done);
+                if (w < 0 && errno != EINTR)
+                    return os_fail(c, errno, "cannot write", r->path, r->path_len);
+                done += w > 0 ? w : 0;
+            }
             if (n > 0) {
-                for (ssize_t off = 0; off < n;) {
-                    ssize_t w = write(dst, c->copybuf + off, (size_t)(n - off));
-                    if (w < 0 && errno != EINTR)
-                        return os_fail(c, errno, "cannot write", r->path, r->path_len);
-                    off += w > 0 ? w : 0;
-                }
+                in += n;
+                out += n;
             }
         }
         if (n < 0) {
@@ -353,8 +350,41 @@ static int copy_content(co *c, int src, int dst, const rec *r)
         if (n == 0)
             return ls_fail(c->e, LS_E_CORRUPT, "object of %.*s is shorter than its record",
                            (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
-        left -= (uint64_t)n;
+        len -= (uint64_t)n;
     }
+    return 0;
+}
+
+static int copy_content(co *c, int src, int dst, const rec *r)
+{
+    if (!c->no_reflink) {
+        if (ioctl(dst, FICLONE, src) == 0)
+            return 0;
+        /* Not on this filesystem (ext4, or objects on another one): stop asking. */
+        if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL)
+            c->no_reflink = 1;
+    }
+    /* Objects keep zero blocks as holes (objstore.c); a copy keeps them too, segment by
+     * segment, where copy_file_range alone would write the zeros out. */
+    off_t hole = r->size >= LS_HOLE_BLOCK ? lseek(src, 0, SEEK_HOLE) : -1;
+    if (hole < 0 || (uint64_t)hole >= r->size)
+        return copy_range(c, src, dst, 0, r->size, r);
+    if (lseek(src, 0, SEEK_END) != (off_t)r->size)
+        return ls_fail(c->e, LS_E_CORRUPT, "object of %.*s is not the size of its record",
+                       (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
+    for (uint64_t off = 0; off < r->size;) {
+        off_t data = lseek(src, (off_t)off, SEEK_DATA), end;
+        if (data < 0 && errno == ENXIO)
+            break;                  /* only a hole is left */
+        if (data < 0 || (end = lseek(src, data, SEEK_HOLE)) < 0)
+            return os_fail(c, errno, "cannot read the object of", r->path, r->path_len);
+        int rc = copy_range(c, src, dst, (uint64_t)data, (uint64_t)(end - data), r);
+        if (rc)
+            return rc;
+        off = (uint64_t)end;
+    }
+    if (ftruncate(dst, (off_t)r->size))
+        return os_fail(c, errno, "cannot write", r->path, r->path_len);
     return 0;
 }
 

@@ -127,7 +127,13 @@ typedef struct ls_spill {
     int fd;
     char tmpname[64];           /* empty for O_TMPFILE */
     uint32_t mode;              /* the permission bits it was created with */
+    uint64_t pos;               /* bytes of content given so far */
+    uint64_t written_end;       /* end of the last bytes written (zero blocks are skipped) */
 } ls_spill;
+
+/* The unit of holes in objects: zero blocks of this size, aligned in the file, are not written
+ * (objstore.c), and copies keep them (checkout.c). */
+#define LS_HOLE_BLOCK 4096u
 
 /* Whether an object with this id is stored with this size (1), absent (0) or an error (<0). */
 LS_HIDDEN int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e);

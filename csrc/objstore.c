@@ -190,6 +190,7 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_o
                         ls_err *e)
 {
     sp->tmpname[0] = 0;
+    sp->pos = sp->written_end = 0;
     /* Created with its final permission bits where the umask allows, so that commit can
      * skip fchmod (writing through this descriptor works whatever the bits). */
     uint32_t want = m ? object_mode(s, m) & 0777 : 0600;
@@ -222,19 +223,61 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_o
     return 0;
 }
 
-int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e)
+static int write_at(ls_spill *sp, const uint8_t *p, size_t n, uint64_t off, ls_err *e)
 {
     while (n > 0) {
-        ssize_t w = write(sp->fd, p, n);
+        ssize_t w = pwrite(sp->fd, p, n, (off_t)off);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
             return os_fail(e, errno, "cannot write", "an object in tmp/");
         }
         p += w;
+        off += (uint64_t)w;
         n -= (size_t)w;
     }
+    sp->written_end = off;
     return 0;
+}
+
+/* Whether bytes are all zeros.  Data almost always differs in its first word, so the full
+ * comparison runs only on the rare piece that starts with zeros. */
+static int all_zero(const uint8_t *p, size_t n)
+{
+    uint64_t w;
+    if (n < sizeof w) {
+        while (n > 0 && p[n - 1] == 0)
+            n--;
+        return n == 0;
+    }
+    memcpy(&w, p, sizeof w);
+    return w == 0 && memcmp(p, p + sizeof w, n - sizeof w) == 0;
+}
+
+/* Zeros are not written where they would fill a whole block, as `cp --sparse=always` does, so
+ * a file of zeros costs no disk.  Content arrives in pieces of any size, so each piece is cut
+ * at the file's block boundaries and a part of a block that is all zeros is skipped too: bytes
+ * never written read as zeros (writes only go forward, and commit sets the size), and a block
+ * split over two pieces stays a hole when both of its parts were zeros.  Writes take explicit
+ * offsets, so skipping costs no system call, and data is written in runs as long as before. */
+int ls_store_spill_write(ls_spill *sp, const uint8_t *p, size_t n, ls_err *e)
+{
+    uint64_t base = sp->pos;
+    size_t run = 0;         /* start of the bytes neither written nor skipped */
+    sp->pos += n;
+    for (size_t seg = 0; seg < n;) {
+        size_t next = seg + (LS_HOLE_BLOCK - (base + seg) % LS_HOLE_BLOCK);
+        if (next > n)
+            next = n;
+        if (all_zero(p + seg, next - seg)) {
+            int rc = seg > run ? write_at(sp, p + run, seg - run, base + run, e) : 0;
+            if (rc)
+                return rc;
+            run = next;
+        }
+        seg = next;
+    }
+    return n > run ? write_at(sp, p + run, n - run, base + run, e) : 0;
 }
 
 void ls_store_spill_abort(ls_store *s, ls_spill *sp)
@@ -296,6 +339,12 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
     char path[66];
     int rc = 0;
     ls_object_path(id, path);
+    /* Content that ends in skipped zeros gets its size from a hole at the end; before the
+     * mode, as truncating drops setuid bits like writing does. */
+    if (sp->written_end < size && ftruncate(sp->fd, (off_t)size)) {
+        rc = os_fail(e, errno, "cannot set the size of object", path);
+        goto out;
+    }
     int owners = s->flags & LS_STORE_OWNERS;
     /* A new file is ours already: most image files are root's, and so are we, as root. */
     int chown_needed = owners && (m->uid != s->euid || m->gid != s->egid || s->group_inherited);
@@ -311,6 +360,7 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
     }
     if (m->xattrs_len && (rc = set_xattrs(sp, m, xattrs_skipped, e)))
         goto out;
+
     /* One canonical mtime: a hardlinked checkout shows it whichever image it came from. */
     static const struct timespec epoch[2] = {{0, 0}, {0, 0}};
     if (futimens(sp->fd, epoch)) {

@@ -1,7 +1,9 @@
 """The object store under layer ingest: dedup, identity, on-disk state, bounded memory."""
 
+import errno
 import io
 import os
+import random
 import stat
 import shutil
 import subprocess
@@ -123,6 +125,38 @@ def test_large_files_stream_through_tmp_and_dedup(store):
     second = feed(data, [300000], store=store)
     assert second.stats.new_objects == 0
     assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+def _holey(size: int, seed: int) -> bytes:
+    """Content with zero runs of many lengths and alignments, and zeros at the end."""
+    rnd = random.Random(seed)
+    out = bytearray()
+    while len(out) < size:
+        n = rnd.choice([1, 7, 511, 4095, 4096, 4097, 8192, 12288 + 3, 65536])
+        out += bytes(n) if rnd.random() < 0.6 else rnd.randbytes(n)
+    return bytes(out[:size - 20000]) + bytes(20000)
+
+
+@pytest.mark.parametrize("size", [3 << 20, 10 << 20], ids=["held", "spilled"])
+def test_zero_blocks_become_holes(store, size):
+    """Aligned zero blocks are not written, whatever the pieces the stream arrives in: the
+    object reads back exactly, takes fewer blocks than its size, and ends in a hole."""
+    content = _holey(size, size)
+    data = make_tar([("holey", content, 0o644, 0, 0, {}), ("zeros", bytes(size), 0o644, 0, 0, {})])
+    result = feed(data, [1, 4096, 511, 1 << 20, 9999], store=store)
+    for e, want in zip(result.entries(), [content, bytes(size)]):
+        path = os.path.join(store.root, "objects", _native.object_path(e.object_id))
+        with open(path, "rb") as f:
+            assert f.read() == want
+        st = os.stat(path)
+        assert st.st_size == len(want)
+        if e.path == "zeros":
+            assert st.st_blocks == 0
+        else:
+            assert 0 < st.st_blocks * 512 < len(want) - (1 << 20)
+            with open(path, "rb") as f, pytest.raises(OSError) as no_data:
+                os.lseek(f.fileno(), len(want) - 12288, os.SEEK_DATA)
+            assert no_data.value.errno == errno.ENXIO
 
 
 def test_failed_ingest_leaves_no_temporary_files(store):
