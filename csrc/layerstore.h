@@ -202,4 +202,28 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
                    const uint8_t *raw, size_t raw_len, int out_fd, uint64_t *written,
                    char *err, size_t errlen);
 
+/* ---- Object checks for fsck (fsck.c) ------------------------------------------------------
+ *
+ * Opens every object named by ids (never following a symlink), and fills its stat fields and
+ * the BLAKE3 of its bytes: the whole batch on `threads` threads (the caller's among them), so a
+ * store of small objects is hashed on every core without a call per file.  err is 0, an errno
+ * (ENOENT: missing), or LS_CHECK_NOT_REGULAR.  xattr_list_len is flistxattr's length when
+ * LS_CHECK_XATTRS is given (0: the object has none), else 0. */
+
+enum { LS_CHECK_NOT_REGULAR = -1 };
+enum { LS_CHECK_XATTRS = 1 };
+
+typedef struct {
+    uint8_t id[32];             /* in */
+    int32_t err;
+    uint32_t mode, uid, gid;
+    uint32_t xattr_list_len;
+    uint64_t size;
+    int64_t mtime_ns;
+    uint8_t content_hash[32];
+} ls_object_check;
+
+int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
+                     int flags, char *err, size_t errlen);
+
 #endif

@@ -14,15 +14,13 @@ reports the images naming those layers; importing any of their archives again re
 marked layers, which re-creates the objects.  An image that names a layer the index lacks is
 removed (its tags listed) so that a re-import creates it afresh with correct counts.
 
-Speed: objects are hashed on two threads; each file is read with the GIL released (os.read,
-mmap) and hashed in C with the GIL released, so both cores hash.
+Speed: objects are read and hashed in C on every core, in one call per batch (fsck.c).
 """
 
 from __future__ import annotations
 
-import collections
+import errno
 import json
-import mmap
 import os
 import stat
 import threading
@@ -32,7 +30,6 @@ from . import _native
 from ._index import ImageRecord, LayerRecord
 from ._model import Problem
 
-_MMAP_MIN = 1 << 20         # below this one read() costs less than setting up a mapping
 _HEX = frozenset("0123456789abcdef")
 _IGNORED_XATTRS = ("security.selinux",)
 _FIXED = _native._RECORD     # set by the system on every file it labels
@@ -58,25 +55,13 @@ def _images_of(layers, images_by_layer) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def _hash_file(fd: int, size: int) -> bytes:
-    if size < _MMAP_MIN:
-        data = os.read(fd, size + 1)
-        while len(data) <= size:        # short reads: a pipe-like filesystem, or a big file
-            more = os.read(fd, size + 1 - len(data))
-            if not more:
-                break
-            data += more
-        return _native.blake3(data)
-    with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mm:
-        return _native.blake3(mm)
-
-
-def _file_xattrs(fd: int) -> dict:
+def _file_xattrs(path: str) -> dict:
     try:
-        names = os.listxattr(fd)
+        names = os.listxattr(path, follow_symlinks=False)
+        return {n: os.getxattr(path, n, follow_symlinks=False)
+                for n in names if n not in _IGNORED_XATTRS}
     except OSError:
         return {}
-    return {n: os.getxattr(fd, n) for n in names if n not in _IGNORED_XATTRS}
 
 
 def _restore_metadata(path: str, o: _Obj, owners: bool, want_mode: int, xattrs: bool) -> None:
@@ -93,51 +78,33 @@ def _restore_metadata(path: str, o: _Obj, owners: bool, want_mode: int, xattrs: 
     os.utime(path, ns=(0, 0), follow_symlinks=False)
 
 
-def _read_object(objects_dir: str, oid: bytes, owners: bool):
-    """(stat, BLAKE3 of the bytes, xattrs or None), or (None, error kind, detail)."""
-    h = oid.hex()
-    path = os.path.join(objects_dir, h[:2], h[2:])
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return (None, "object-missing", "missing from objects/")
-    except OSError as exc:
-        return (None, "object-corrupt", f"cannot be opened: {exc.strerror}")
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return (None, "object-corrupt", "not a regular file")
-        return (st, _hash_file(fd, st.st_size), _file_xattrs(fd) if owners else None)
-    finally:
-        os.close(fd)
-
-
-def _judge(oid: str, o: _Obj, got, owners: bool):
+def _judge(oid: str, path: str, o: _Obj, got: _native.ObjectCheck | None, owners: bool):
     """None when the object is whole, else (kind, detail, how to restore its metadata)."""
-    if got is None:
+    if got is None or got.err == errno.ENOENT:
         return ("object-missing", "missing from objects/", None)
-    st, content, xattrs_now = got
-    if st is None:
-        return (content, xattrs_now, None)
-    if st.st_size != o.size:
-        return ("object-corrupt", f"has {st.st_size} bytes, its records say {o.size}", None)
-    if content.hex() != o.content_hash or \
-            _native.object_id(content, o.mode, o.uid, o.gid, o.xattrs) != oid:
+    if got.err == _native.NOT_REGULAR:
+        return ("object-corrupt", "not a regular file", None)
+    if got.err:
+        return ("object-corrupt", f"cannot be read: {os.strerror(got.err)}", None)
+    if got.size != o.size:
+        return ("object-corrupt", f"has {got.size} bytes, its records say {o.size}", None)
+    if got.content_hash.hex() != o.content_hash or _native.object_id(
+            got.content_hash, o.mode, o.uid, o.gid, o.xattrs) != oid:
         return ("object-corrupt", "its bytes no longer hash to its name (changed in place, "
                 "as through a hardlinked checkout?)", None)
     want_mode = o.mode & 0o7777 if owners else (o.mode | stat.S_IRUSR) & 0o7777
-    got_mode = stat.S_IMODE(st.st_mode)
+    got_mode = stat.S_IMODE(got.mode)
     # An unprivileged chmod may drop setgid (group not ours): the index keeps the real mode.
     mask = 0o7777 if owners else 0o5777
     wrong = []
     if got_mode & mask != want_mode & mask:
         wrong.append(f"mode {got_mode:o}, not {want_mode:o}")
-    if owners and (st.st_uid, st.st_gid) != (o.uid, o.gid):
-        wrong.append(f"owner {st.st_uid}:{st.st_gid}, not {o.uid}:{o.gid}")
+    if owners and (got.uid, got.gid) != (o.uid, o.gid):
+        wrong.append(f"owner {got.uid}:{got.gid}, not {o.uid}:{o.gid}")
     check_xattrs = owners and o.check_xattrs
-    if check_xattrs and xattrs_now != dict(o.xattrs):
+    if check_xattrs and (_file_xattrs(path) if got.has_xattrs else {}) != dict(o.xattrs):
         wrong.append("xattrs differ from its records")
-    if st.st_mtime_ns != 0:
+    if got.mtime_ns != 0:
         wrong.append("mtime is not 0")
     if wrong:
         return ("object-metadata", "; ".join(wrong), (want_mode, check_xattrs))
@@ -145,51 +112,35 @@ def _judge(oid: str, o: _Obj, got, owners: bool):
 
 
 class _Hasher:
-    """Reads and hashes object files on a second thread (and, in finish, this one too): the
-    reads and the C hash release the GIL, so both cores hash.  The second thread takes the
-    biggest objects, this one the smallest: two threads that both release and retake the GIL
-    around many short calls (small files) hand it back and forth and ran slower than one, while
-    a thread hashing a big file holds no GIL for long and leaves the other to run."""
+    """Hashes objects in C on every core (fsck.c), from a thread of its own so that this one
+    decodes the layer records meanwhile (the C call releases the GIL)."""
 
     def __init__(self, objects_dir: str, owners: bool) -> None:
         self.objects_dir, self.owners = objects_dir, owners
-        self.results: dict[bytes, tuple] = {}
+        self.results: dict[bytes, _native.ObjectCheck] = {}
         self._errors: list[BaseException] = []
-        self._queue: collections.deque = collections.deque()
         self._thread = None
 
-    def _work(self, take) -> None:
+    def _work(self, ids) -> None:
         try:
-            while True:
-                try:
-                    oid = take()      # deque pops are atomic: each id goes to one thread
-                except IndexError:
-                    return
-                self.results[oid] = _read_object(self.objects_dir, oid, self.owners)
+            self.results.update(zip(ids, _native.check_objects(self.objects_dir, ids,
+                                                               self.owners)))
         except BaseException as exc:    # noqa: BLE001 - re-raised by finish
             self._errors.append(exc)
 
     def start(self, ids) -> None:
         """ids biggest first."""
-        self._queue.extend(ids)
-        self._thread = threading.Thread(target=self._work, args=(self._queue.popleft,),
-                                        daemon=True, name="layerstore-fsck")
+        self._thread = threading.Thread(target=self._work, args=(ids,), daemon=True,
+                                        name="layerstore-fsck")
         self._thread.start()
 
     def finish(self, more) -> None:
-        """Joins in on what is left, then hashes more (ids not known at start); more=None
+        """Waits for the first batch, then hashes more (ids not known at start); more=None
         abandons the work."""
-        if more is None:
-            self._queue.clear()
-            self._thread.join()
-            return
-        self._work(self._queue.pop)
         self._thread.join()
         if more:
-            self.start(more)
-            self._work(self._queue.pop)
-            self._thread.join()
-        if self._errors:
+            self._work(more)
+        if more is not None and self._errors:
             raise self._errors[0]
 
 
@@ -393,7 +344,8 @@ def run(store, txn, repair: bool) -> list[Problem]:
 
     bad = {}
     for oid, o in expected.items():
-        r = _judge(oid, o, hasher.results.get(bytes.fromhex(oid)), owners)
+        r = _judge(oid, os.path.join(objects_dir, oid[:2], oid[2:]), o,
+                   hasher.results.get(bytes.fromhex(oid)), owners)
         if r is not None:
             bad[oid] = r
     healed_marks = set(marks) & set(layers)

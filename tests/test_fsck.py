@@ -76,6 +76,29 @@ def test_missing_object_is_reported_and_reimport_heals(store, archive):
     assert store.fsck() == []
 
 
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo", "truncated", "grown"])
+def test_object_replaced_by_something_else(store, archive, kind):
+    """An object's name holding a symlink (never followed), a directory, a fifo (never waited
+    on) or a file of another size is corrupt; repair and a re-import heal it."""
+    path = _object_of(store, "bin/sh")
+    os.chmod(path, 0o644)
+    if kind == "truncated":
+        os.truncate(path, 10)
+    elif kind == "grown":
+        with open(path, "ab") as f:
+            f.write(b"more")
+    else:
+        os.unlink(path)
+        {"symlink": lambda: os.symlink("/etc/passwd", path), "directory": lambda: os.mkdir(path),
+         "fifo": lambda: os.mkfifo(path)}[kind]()
+    (p,) = store.fsck()
+    assert p.kind == "object-corrupt" and p.images == (store.image("test/app:1").id,)
+    assert ("not a regular file" in p.detail) == (kind in ("symlink", "directory", "fifo"))
+    store.fsck(repair=True)
+    store.import_archive(archive)
+    assert store.fsck() == []
+
+
 def test_stray_files_reported_and_removed(store):
     stray = os.path.join(store.root, "objects", "ab", "not-an-object")
     unref = os.path.join(store.root, "objects", "cd", "e" * 62)
