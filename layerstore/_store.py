@@ -20,6 +20,7 @@ import errno
 import fcntl
 import json
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -81,6 +82,7 @@ class Store:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._lock_fd = os.open(os.path.join(self.root, "lock"),
                                 os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._tls = threading.local()       # the store lock this thread holds, see _locked
         try:
             self._objects = _native.ObjectStore(self.root)
             self._index = Index(os.path.join(self.root, "index"))
@@ -112,24 +114,56 @@ class Store:
 
     @contextmanager
     def _locked(self, exclusive: bool):
-        """The store lock (flock on root/lock): shared for imports, exclusive for gc.  Each
-        holder opens its own file description, so threads of one process lock like processes."""
+        """The store lock (flock on root/lock): shared for imports and readers, exclusive for
+        gc and fsck --repair.  Each holder opens its own file description, so threads of one
+        process lock like processes; a thread that holds it may take it again (commit imports
+        its layer under the lock it already holds).
+
+        flock favours no one, so back-to-back imports whose shared holds overlap would starve
+        gc's exclusive request.  A gate gives the waiting exclusive holder the next turn: every
+        holder first takes root/lock.gate (shared, for an instant, for shared holders) and
+        keeps it only until it has the lock.  An exclusive holder waiting in the gate stops new
+        shared holders there, and gets the lock once those inside have finished."""
+        held = getattr(self._tls, "lock", None)
+        if held is not None:
+            if exclusive and held != fcntl.LOCK_EX:
+                raise RuntimeError("the store lock is held shared by this thread: an exclusive "
+                                   "request would wait for itself")
+            yield
+            return
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        deadline = time.monotonic() + self.lock_timeout
         fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CLOEXEC)
         try:
-            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            deadline = time.monotonic() + self.lock_timeout
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise StoreLocked(f"the store at {self.root} is locked by another "
-                                          f"process (waited {self.lock_timeout:g} s)") from None
-                    time.sleep(0.05)
-            yield
+            gate = os.open(os.path.join(self.root, "lock.gate"),
+                           os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                self._flock(gate, mode, deadline)
+                self._flock(fd, mode, deadline)
+            finally:
+                os.close(gate)
+            self._tls.lock = mode
+            try:
+                yield
+            finally:
+                self._tls.lock = None
         finally:
             os.close(fd)
+
+    def _flock(self, fd: int, mode: int, deadline: float) -> None:
+        # Polled, not blocking, so that lock_timeout holds; the first retries come soon, as
+        # most waits are for a gate passed in microseconds.
+        pause = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StoreLocked(f"the store at {self.root} is locked by another "
+                                      f"process (waited {self.lock_timeout:g} s)") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
 
     # ---- import -----------------------------------------------------------------------------
 
@@ -606,8 +640,8 @@ class Store:
     # ---- integrity (logic in _fsck.py) ------------------------------------------------------
 
     def fsck(self, repair: bool = False) -> list[Problem]:
-        """Checks every object the layers hold (bytes and metadata against its name, on two
-        threads), the index against itself (dangling rows, reference counts) and objects/ and
+        """Checks every object the layers hold (bytes and metadata against its name, in C on
+        every core), the index against itself (dangling rows, reference counts) and objects/ and
         tmp/ for stray files; returns every problem found, [] for a whole store.
 
         With repair, fixes what it can (Problem.fixed): counts recomputed, dangling rows and
@@ -615,8 +649,11 @@ class Store:
         gone is deleted and the layers holding it are marked, so that re-importing any image
         listed in Problem.images (from its original archive) re-creates it.
 
+        Files that interrupted work left (a killed import or gc) are Problem.garbage: the
+        store is whole with them, and gc removes them.
+
         Locking: without repair, the store lock shared (gc waits; imports may run, and objects
-        they have written but not yet committed show as stray) and one LMDB read snapshot.
+        they have written but not yet committed show as garbage) and one LMDB read snapshot.
         With repair, the store lock exclusively and one LMDB write transaction, which both
         checks and fixes, so the fixes apply to exactly the state that was checked."""
         from . import _fsck

@@ -262,6 +262,47 @@ def test_gc_waits_for_an_import_and_keeps_its_objects(tmp_path, both):
     assert both.fsck() == []
 
 
+def test_gc_is_not_starved_by_back_to_back_imports(both):
+    """Shared holders that always overlap (one takes the lock before the last lets go) would
+    keep a plain flock's exclusive request waiting forever; the gate lets gc in.  Readers run
+    until gc is through, or until its lock timeout proves it starved."""
+    both.remove(["y:1"])
+    gc_done = threading.Event()
+    entered = []
+
+    def reader(k):
+        time.sleep(k * 0.01)        # staggered: some holder always holds
+        with Store(both.root) as s:
+            while not gc_done.is_set():
+                with s._locked(exclusive=False):
+                    entered.append(k)
+                    time.sleep(0.03)
+
+    readers = [threading.Thread(target=reader, args=(k,)) for k in range(3)]
+    for t in readers:
+        t.start()
+    try:
+        while len(entered) < 6:
+            time.sleep(0.01)
+        with Store(both.root, lock_timeout=20) as s:
+            r = s.gc()
+        assert r.layers == 1
+    finally:
+        gc_done.set()
+        for t in readers:
+            t.join()
+
+
+def test_store_lock_is_reentrant_in_a_thread(both):
+    with both._locked(exclusive=False):
+        with both._locked(exclusive=False):     # commit -> import_layer does this
+            pass
+        with pytest.raises(RuntimeError):
+            with both._locked(exclusive=True):
+                pass
+    assert both.gc() is not None
+
+
 def A_entries(layer_tar):
     from layerstore import _native
     import io
