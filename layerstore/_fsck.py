@@ -170,15 +170,17 @@ def _layer_objects(records, diff_id: str, expected: dict) -> None:
         pos += total
 
 
-def _scan_files(root: str, expected: dict[str, _Obj]) -> list[tuple[str, str]]:
-    """(path relative to root, why) for every file of objects/ and tmp/ that is not an
-    object the layers hold."""
+def _scan_files(root: str, expected: dict[str, _Obj]) -> list[tuple[str, str, str]]:
+    """(path relative to root, why, kind) for every file of objects/ and tmp/ that is not an
+    object the layers hold.  kind: "stray-file", "garbage" (tmp/ holds only what interrupted
+    imports leave), or "unreferenced" for a well-named object, which run() judges."""
     out = []
     objects_dir = os.path.join(root, "objects")
     with os.scandir(objects_dir) as top:
         for d in top:
             if not (len(d.name) == 2 and set(d.name) <= _HEX and d.is_dir(follow_symlinks=False)):
-                out.append((f"objects/{d.name}", "not an objects/ fan-out directory"))
+                out.append((f"objects/{d.name}", "not an objects/ fan-out directory",
+                            "stray-file"))
                 continue
             with os.scandir(d.path) as names:
                 for f in names:
@@ -186,15 +188,21 @@ def _scan_files(root: str, expected: dict[str, _Obj]) -> list[tuple[str, str]]:
                     if oid in expected:
                         continue        # its type and content are _judge's business
                     if len(f.name) != 62 or not set(f.name) <= _HEX:
-                        out.append((f"objects/{d.name}/{f.name}", "not an object name"))
+                        out.append((f"objects/{d.name}/{f.name}", "not an object name",
+                                    "stray-file"))
                     else:
-                        out.append((f"objects/{d.name}/{f.name}",
-                                    "an object no layer contains"))
-    tmp = os.path.join(root, "tmp")
-    if os.path.isdir(tmp):
-        for name in sorted(os.listdir(tmp)):
-            out.append((f"tmp/{name}", "left in tmp/ (by an interrupted import?)"))
+                        out.append((f"objects/{d.name}/{f.name}", "", "unreferenced"))
+    for name in sorted(_listdir(os.path.join(root, "tmp"))):
+        out.append((f"tmp/{name}", "left in tmp/ by an import in progress or cut short; gc "
+                    "removes it", "garbage"))
     return out
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
 
 
 def _remove(path: str) -> None:
@@ -338,8 +346,26 @@ def run(store, txn, repair: bool) -> list[Problem]:
                 True, fix=lambda k=key: index.delete_row(txn, "objects", k))
 
     # ---- the files ---------------------------------------------------------------------------
-    for rel, why in _scan_files(root, expected):
-        kind = "tmp-file" if rel.startswith("tmp/") else "stray-file"
+    # An object no layer holds is garbage when a marker in pending/ says an import or gc is
+    # running or was cut short (see _lifecycle): gc removes it once that work is over.  The
+    # markers are listed after the walk, so an import that wrote during it either still has
+    # its marker or has committed, which a fresh look at the index shows (no repair only:
+    # repair holds the store exclusively).  Without either, nothing explains the file.
+    files = _scan_files(root, expected)
+    interrupted = bool(_listdir(os.path.join(root, "pending")))
+    unreferenced = [rel for rel, _, kind in files if kind == "unreferenced"]
+    committed = set()
+    if unreferenced and not interrupted and not repair:
+        with index.read() as fresh:
+            committed = {rel for rel in unreferenced
+                         if index.object(fresh, bytes.fromhex(rel[8:10] + rel[11:]))}
+    for rel, why, kind in files:
+        if kind == "unreferenced":
+            if rel in committed:
+                continue
+            kind = "garbage" if interrupted else "stray-file"
+            why = ("an object an import or gc in progress or cut short left; gc removes it"
+                   if interrupted else "an object no layer holds (gc --full removes it)")
         add(kind, rel, why, True, fix=lambda p=os.path.join(root, rel): _remove(p))
 
     bad = {}
@@ -426,5 +452,6 @@ def _tag_image(index, txn, image_id: str, tag: str) -> None:
 
 def to_json(problems: list[Problem]) -> str:
     return json.dumps([{"kind": p.kind, "subject": p.subject, "detail": p.detail,
-                        "repairable": p.repairable, "images": list(p.images), "fixed": p.fixed}
+                        "repairable": p.repairable, "images": list(p.images), "fixed": p.fixed,
+                        "garbage": p.garbage}
                        for p in problems], indent=2)

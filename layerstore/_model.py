@@ -179,3 +179,9 @@ class Problem:
     repairable: bool
     images: tuple[str, ...] = ()
     fixed: bool = False
+
+    @property
+    def garbage(self) -> bool:
+        """Files interrupted work left (a killed import or gc), which gc removes: a store with
+        nothing else is whole."""
+        return self.kind == "garbage"

@@ -333,14 +333,16 @@ def export(open_store, image, out):
 @click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
 @click.pass_obj
 def fsck(open_store, repair, as_json):
-    """Check every object and the index; exit status 0 when the store is whole, 1 when
-    problems were found (even if --repair fixed them all)."""
+    """Check every object and the index; exit status 0 when the store is whole (garbage that
+    interrupted work left aside: gc removes it), 1 when problems were found (even if --repair
+    fixed them all)."""
     from . import _fsck
     store = open_store()
     problems = store.fsck(repair=repair)
+    status = 1 if any(not p.garbage for p in problems) else 0
     if as_json:
         click.echo(_fsck.to_json(problems))
-        return 1 if problems else 0
+        return status
     for p in problems:
         mark = "fixed: " if p.fixed else ""
         click.echo(f"{mark}{p.kind} {p.subject}: {p.detail}")
@@ -357,7 +359,10 @@ def fsck(open_store, repair, as_json):
             click.echo(f"re-import: {image_id} {tags}".rstrip())
         if left and not reimport:
             click.echo(f"{len(left)} problem(s) need attention by hand")
-    return 1 if problems else 0
+    elif problems and status == 0:
+        click.echo(f"whole; {len(problems)} file(s) of garbage from interrupted work: "
+                   "`layerstore gc` removes them")
+    return status
 
 
 @cli.command("rm")

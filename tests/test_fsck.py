@@ -106,7 +106,8 @@ def test_stray_files_reported_and_removed(store):
     for p in (stray, unref, tmp):
         with open(p, "w") as f:
             f.write("x")
-    assert _kinds(store.fsck()) == ["stray-file", "stray-file", "tmp-file"]
+    # Nothing explains an unreferenced object without a marker of interrupted work: stray.
+    assert _kinds(store.fsck()) == ["garbage", "stray-file", "stray-file"]
     fixed = store.fsck(repair=True)
     assert all(p.fixed for p in fixed)
     assert not any(os.path.exists(p) for p in (stray, unref, tmp))
@@ -158,7 +159,7 @@ def test_every_problem_is_reported_not_the_first(store):
     os.unlink(_object_of(store, "app/main.py"))
     os.chmod(_object_of(store, "etc/os-release"), 0o600)
     open(os.path.join(store.root, "tmp", "x"), "w").close()
-    assert _kinds(store.fsck()) == ["object-metadata", "object-missing", "tmp-file"]
+    assert _kinds(store.fsck()) == ["garbage", "object-metadata", "object-missing"]
 
 
 def test_cli_json_and_exit_codes(store, capsys):
@@ -169,13 +170,33 @@ def test_cli_json_and_exit_codes(store, capsys):
     open(os.path.join(root, "tmp", "x"), "w").close()
     assert main(["--root", root, "fsck"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert sorted(line.split()[0] for line in out) == ["object-missing", "tmp-file"]
+    assert sorted(line.split()[0] for line in out) == ["garbage", "object-missing"]
     assert main(["--root", root, "fsck", "--json"]) == 1
     got = json.loads(capsys.readouterr().out)
-    assert sorted(p["kind"] for p in got) == ["object-missing", "tmp-file"]
+    assert sorted((p["kind"], p["garbage"]) for p in got) == [
+        ("garbage", True), ("object-missing", False)]
     assert main(["--root", root, "fsck", "--repair"]) == 1
     out = capsys.readouterr().out
-    assert "fixed: tmp-file" in out and "re-import: sha256:" in out and "test/app:1" in out
+    assert "fixed: garbage" in out and "re-import: sha256:" in out and "test/app:1" in out
+
+
+def test_garbage_of_interrupted_work_leaves_the_store_whole(store, archive, capsys):
+    """What a killed import leaves (its marker in pending/, objects no layer holds, a file in
+    tmp/) is garbage: fsck exits 0 and says gc removes it, and gc does."""
+    from layerstore import _lifecycle
+    _lifecycle.import_started(store)            # never finished: the process "died"
+    orphan = os.path.join(store.root, "objects", "cd", "e" * 62)
+    for p in (orphan, os.path.join(store.root, "tmp", "obj-1-2")):
+        with open(p, "w") as f:
+            f.write("x")
+    problems = store.fsck()
+    assert [p.garbage for p in problems] == [True, True]
+    assert main(["--root", store.root, "fsck"]) == 0
+    assert "2 file(s) of garbage" in capsys.readouterr().out
+    assert main(["--root", store.root, "fsck", "--json"]) == 0
+    assert all(p["garbage"] for p in json.loads(capsys.readouterr().out))
+    store.gc()
+    assert store.fsck() == [] and not os.path.exists(orphan)
 
 
 def test_corpus_store_is_clean(corpus_images, tmp_path):
