@@ -33,17 +33,7 @@
 
 #include "ls_internal.h"
 
-typedef struct rec {
-    int type;
-    uint32_t mode, uid, gid, devmajor, devminor, mtime_nsec;
-    int64_t mtime;
-    uint64_t size;
-    const uint8_t *object_id;
-    const char *path, *link;
-    uint32_t path_len, link_len;
-    const uint8_t *xattrs;
-    uint32_t xattrs_len;
-} rec;
+typedef ls_record rec;
 
 #define NO_DIR ((size_t)-1)
 
@@ -75,36 +65,7 @@ typedef struct co {
 
 static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
 {
-    if (left < LS_RECORD_FIXED)
-        return ls_fail(e, LS_E_CORRUPT, "checkout plan: truncated record");
-    uint32_t len = ls_get32(p);
-    uint32_t plen = ls_get32(p + 120), llen = ls_get32(p + 124), ulen = ls_get32(p + 128),
-             glen = ls_get32(p + 132), x = ls_get32(p + 136);
-    if (len < LS_RECORD_FIXED || len > left)
-        return ls_fail(e, LS_E_CORRUPT, "checkout plan: bad record length");
-    r->type = p[4];
-    r->mode = ls_get32(p + 8);
-    r->uid = ls_get32(p + 12);
-    r->gid = ls_get32(p + 16);
-    r->devmajor = ls_get32(p + 20);
-    r->devminor = ls_get32(p + 24);
-    r->mtime_nsec = ls_get32(p + 28);
-    r->mtime = (int64_t)ls_get64(p + 32);
-    r->size = ls_get64(p + 40);
-    r->object_id = p + 56;
-    if ((uint64_t)plen + llen + ulen + glen + x != len - LS_RECORD_FIXED || plen == 0 ||
-        plen > LS_MAX_PATH || llen > LS_MAX_PATH)
-        return ls_fail(e, LS_E_CORRUPT, "checkout plan: bad record lengths");
-    r->path = (const char *)p + LS_RECORD_FIXED;
-    r->path_len = plen;
-    r->link = r->path + plen;
-    r->link_len = llen;
-    r->xattrs = (const uint8_t *)r->link + llen + ulen + glen;
-    r->xattrs_len = x;
-    if (memchr(r->path, 0, plen) || memchr(r->link, 0, llen))
-        return ls_fail(e, LS_E_CORRUPT, "checkout plan: NUL in a path");
-    *used = len;
-    return 0;
+    return ls_record_parse(p, left, r, used, "checkout plan", e);
 }
 
 static int os_fail(co *c, int err, const char *what, const char *path, size_t len)

@@ -28,6 +28,26 @@ typedef struct ls_err {
 /* Formats msg into e and returns code, so call sites read `return ls_fail(e, code, ...)`. */
 LS_HIDDEN int ls_fail(ls_err *e, int code, const char *fmt, ...) LS_PRINTF(3, 4);
 
+/* ---- Entry records (layout in layerstore.h), read back by checkout and export ---------- */
+
+typedef struct ls_record {
+    int type, flags;
+    uint32_t mode, uid, gid, devmajor, devminor, mtime_nsec;
+    int64_t mtime;
+    uint64_t size;
+    uint64_t raw_before;        /* raw bytes that precede this entry's content */
+    const uint8_t *object_id, *content_hash;
+    const char *path, *link;
+    uint32_t path_len, link_len;
+    const uint8_t *xattrs;
+    uint32_t xattrs_len;
+} ls_record;
+
+/* Reads the record at p (left bytes remain), checking every length against the record and
+ * the paths for NULs; *used is its length.  what names the batch in error messages. */
+LS_HIDDEN int ls_record_parse(const uint8_t *p, size_t left, ls_record *r, size_t *used,
+                              const char *what, ls_err *e);
+
 /* ---- A growable byte buffer -------------------------------------------------------------- */
 
 typedef struct ls_buf {
