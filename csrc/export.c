@@ -24,26 +24,25 @@
 #include "ls_internal.h"
 
 #define OUT_BUF (1u << 20)
-#define JOBS 256
+#define NBUF 4
 
 /*
- * Objects are checked on a second thread while this one goes on writing: their content is
- * read into one of two output buffers, and when a buffer is written the thread checks the
- * objects in it.  A buffer is reused only when its objects are checked.  A mismatch still
- * fails the call (the caller discards what was written), reported once the thread stopped.
+ * Two threads share the work as evenly as two cores allow: this one opens and reads objects
+ * (the system calls per file are most of what an exporter does beyond cat) and raw metadata
+ * into output buffers; the other writes each full buffer and then checks the objects in it
+ * against their BLAKE3.  Buffers go round in order, and one is refilled only once written and
+ * checked.  A mismatch or a failed write still fails the call (the caller discards what was
+ * written), reported once the thread stopped.
  */
 /* A piece of an object's content in an output buffer.  An object larger than what is left
  * of a buffer continues in the next one; the pieces are checked in order. */
 typedef struct seg {
     const uint8_t *data;
     size_t len;
-    const uint8_t *rec;
+    const uint8_t *rec;         /* the record, for the message if it does not match */
+    const uint8_t *hash;        /* the BLAKE3 it must have */
     int first, last;
 } seg;
-
-typedef struct job {
-    int buf;                    /* check every piece in that buffer */
-} job;
 
 /* The objects read into one output buffer, checked together when the buffer is written (one
  * wakeup of the thread per buffer, not per small file). */
@@ -54,30 +53,53 @@ typedef struct segs {
 
 typedef struct wr {
     int fd;
-    uint8_t *bufs[2];
-    int cur;
+    uint8_t *bufs[NBUF];
+    size_t lens[NBUF];
+    int cur;                    /* the buffer being filled, with len bytes so far */
     size_t len;
-    uint64_t written;
     ls_err *e;
 
     pthread_t thread;
     int running;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    job jobs[JOBS];
+    int queue[NBUF];            /* buffers to write and check, in order */
     int head, queued, stop;
-    segs segs[2];
-    int pending[2];             /* the buffer's check is queued or running */
+    segs segs[NBUF];
+    int pending[NBUF];          /* the buffer is queued or being written */
+    /* Set by whichever thread writes (the other one, or this one without it). */
+    uint64_t written;
+    int write_rc;               /* the first failed write; later buffers are not written */
+    ls_err write_err;
     const uint8_t *bad;         /* the record of the first object that did not match */
     ls_blake3 *hasher;          /* an object in pieces (used by one thread at a time) */
 } wr;
 
-/* Checks the pieces of one buffer, in order; returns the record of an object that did not
- * match, or NULL.  h carries an object across buffers. */
-static const uint8_t *run_job(wr *w, const job *j, ls_blake3 *h)
+static int put(wr *w, const uint8_t *p, size_t n)
 {
+    while (n > 0) {
+        ssize_t k = write(w->fd, p, n);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return ls_fail(&w->write_err, -errno, "cannot write the layer: %s",
+                           strerror(errno));
+        }
+        p += k;
+        n -= (size_t)k;
+        w->written += (uint64_t)k;
+    }
+    return 0;
+}
+
+/* Writes one buffer, then checks its pieces in order; returns the record of an object that
+ * did not match, or NULL.  The hasher carries an object across buffers. */
+static const uint8_t *write_and_check(wr *w, int buf)
+{
+    if (!w->write_rc)
+        w->write_rc = put(w, w->bufs[buf], w->lens[buf]);
     const uint8_t *bad = NULL;
-    const struct segs *sg = &w->segs[j->buf];
+    const struct segs *sg = &w->segs[buf];
     for (size_t i = 0; i < sg->n; i++) {
         const seg *p = &sg->v[i];
         uint8_t hash[32];
@@ -85,19 +107,19 @@ static const uint8_t *run_job(wr *w, const job *j, ls_blake3 *h)
             ls_blake3_hash(p->data, p->len, hash);      /* most objects: one piece */
         } else {
             if (p->first)
-                ls_blake3_reset(h);
-            ls_blake3_update(h, p->data, p->len);
+                ls_blake3_reset(w->hasher);
+            ls_blake3_update(w->hasher, p->data, p->len);
             if (!p->last)
                 continue;
-            ls_blake3_finalize(h, hash, 32);
+            ls_blake3_finalize(w->hasher, hash, 32);
         }
-        if (!bad && memcmp(hash, p->rec + 88, 32))
+        if (!bad && memcmp(hash, p->hash, 32))
             bad = p->rec;
     }
     return bad;
 }
 
-static void *verify_main(void *arg)
+static void *writer_main(void *arg)
 {
     wr *w = arg;
     pthread_mutex_lock(&w->mu);
@@ -106,14 +128,14 @@ static void *verify_main(void *arg)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->queued == 0)
             break;
-        job j = w->jobs[w->head];
+        int buf = w->queue[w->head];
         pthread_mutex_unlock(&w->mu);
-        const uint8_t *bad = run_job(w, &j, w->hasher);
+        const uint8_t *bad = write_and_check(w, buf);
         pthread_mutex_lock(&w->mu);
         if (bad && !w->bad)
             w->bad = bad;
-        w->pending[j.buf] = 0;
-        w->head = (w->head + 1) % JOBS;
+        w->pending[buf] = 0;
+        w->head = (w->head + 1) % NBUF;
         w->queued--;
         pthread_cond_broadcast(&w->cv);
     }
@@ -121,26 +143,7 @@ static void *verify_main(void *arg)
     return NULL;
 }
 
-/* Queues a job (or runs it here, without a thread). */
-static void submit(wr *w, job j)
-{
-    if (!w->running) {
-        const uint8_t *bad = run_job(w, &j, w->hasher);
-        if (bad && !w->bad)
-            w->bad = bad;
-        return;
-    }
-    pthread_mutex_lock(&w->mu);
-    while (w->queued == JOBS)
-        pthread_cond_wait(&w->cv, &w->mu);
-    w->jobs[(w->head + w->queued) % JOBS] = j;
-    w->queued++;
-    w->pending[j.buf] = 1;
-    pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
-static void verify_stop(wr *w)
+static void writer_stop(wr *w)
 {
     if (!w->running)
         return;
@@ -152,82 +155,77 @@ static void verify_stop(wr *w)
     w->running = 0;
 }
 
-static int put(wr *w, const uint8_t *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(w->fd, p, n);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return ls_fail(w->e, -errno, "cannot write the layer: %s", strerror(errno));
-        }
-        p += k;
-        n -= (size_t)k;
-        w->written += (uint64_t)k;
-    }
-    return 0;
-}
-
-/* Writes the current buffer, queues the check of its objects, and moves to the other buffer
- * once that one's check is done. */
+/* Hands the current buffer to the writer and moves to the next one once that one is free.
+ * Returns the writer's error, if a write failed: reading on would be wasted. */
 static int flush(wr *w)
 {
-    int rc = put(w, w->bufs[w->cur], w->len);
-    if (w->segs[w->cur].n)
-        submit(w, (job){w->cur});
-    w->len = 0;
-    w->cur ^= 1;
-    if (w->running) {
+    int buf = w->cur, failed;
+    w->lens[buf] = w->len;
+    w->cur = (buf + 1) % NBUF;
+    if (!w->running) {
+        const uint8_t *bad = write_and_check(w, buf);
+        if (bad && !w->bad)
+            w->bad = bad;
+        failed = w->write_rc;
+    } else {
         pthread_mutex_lock(&w->mu);
+        w->queue[(w->head + w->queued) % NBUF] = buf;
+        w->queued++;
+        w->pending[buf] = 1;
+        pthread_cond_broadcast(&w->cv);
         while (w->pending[w->cur])
             pthread_cond_wait(&w->cv, &w->mu);
+        failed = w->write_rc;
         pthread_mutex_unlock(&w->mu);
     }
+    w->len = 0;
     w->segs[w->cur].n = 0;
-    return rc;
+    return failed;
 }
 
-/* Buffers small pieces; writes large ones straight from where they are. */
+/* Copies raw metadata into the buffers. */
 static int emit(wr *w, const uint8_t *p, size_t n)
 {
-    if (n >= OUT_BUF / 2) {
-        int rc = flush(w);
-        return rc ? rc : put(w, p, n);
+    while (n > 0) {
+        if (w->len == OUT_BUF) {
+            int rc = flush(w);
+            if (rc)
+                return rc;
+        }
+        size_t k = OUT_BUF - w->len < n ? OUT_BUF - w->len : n;
+        memcpy(w->bufs[w->cur] + w->len, p, k);
+        w->len += k;
+        p += k;
+        n -= k;
     }
-    if (w->len + n > OUT_BUF) {
-        int rc = flush(w);
-        if (rc)
-            return rc;
-    }
-    memcpy(w->bufs[w->cur] + w->len, p, n);
-    w->len += n;
     return 0;
 }
 
-static int modified(ls_err *e, const char *obj, const uint8_t *rec)
+static int modified(ls_err *e, const ls_record *r)
 {
-    uint32_t plen = ls_get32(rec + 120);
+    char obj[66];
+    ls_object_path(r->object_id, obj);
     return ls_fail(e, LS_E_CORRUPT, "object %s of %.*s does not match its content hash "
                    "(modified through a hardlinked checkout?): run layerstore fsck", obj,
-                   (int)(plen > 300 ? 300 : plen), (const char *)rec + LS_RECORD_FIXED);
+                   (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
 }
 
 /* An object's content, checked against the record.  A file longer than the record (appended
  * to) would still give the original bytes, so only what is read is checked. */
-static int write_object(wr *w, int objects_fd, const uint8_t *rec, uint64_t size)
+static int write_object(wr *w, int objects_fd, const uint8_t *recp, const ls_record *r)
 {
     char obj[66];
-    ls_object_path(rec + 56, obj);
+    ls_object_path(r->object_id, obj);
     int fd = openat(objects_fd, obj, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT
             ? ls_fail(w->e, -ENOENT, "object %s is missing from the store (run layerstore fsck)",
                       obj)
             : ls_fail(w->e, -errno, "cannot open object %s: %s", obj, strerror(errno));
-    /* Read into the output buffers, which are written whole and checked on the other thread:
-     * two copies per byte, as cat makes, and few calls. */
+    /* Read into the output buffers, which the other thread writes whole and checks: two
+     * copies per byte, as cat makes, and few calls. */
     int rc = 0;
-    uint64_t done = 0;
+    uint64_t done = 0, size = r->size;
     while (done < size) {
         if (w->len == OUT_BUF && (rc = flush(w)))
             break;
@@ -239,7 +237,7 @@ static int write_object(wr *w, int objects_fd, const uint8_t *rec, uint64_t size
             continue;
         if (k <= 0) {
             rc = k < 0 ? ls_fail(w->e, -errno, "cannot read object %s: %s", obj, strerror(errno))
-                       : modified(w->e, obj, rec);      /* shorter than recorded */
+                       : modified(w->e, r);      /* shorter than recorded */
             break;
         }
         segs *sg = &w->segs[w->cur];
@@ -253,7 +251,8 @@ static int write_object(wr *w, int objects_fd, const uint8_t *rec, uint64_t size
             sg->v = v;
             sg->cap = cap;
         }
-        sg->v[sg->n++] = (seg){dst, (size_t)k, rec, done == 0, done + (uint64_t)k == size};
+        sg->v[sg->n++] = (seg){dst, (size_t)k, recp, r->content_hash, done == 0,
+                               done + (uint64_t)k == size};
         w->len += (size_t)k;
         done += (uint64_t)k;
     }
@@ -269,68 +268,68 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
     wr w = {.fd = out_fd, .e = &e};
     int rc = 0, objects_fd = -1;
     *written = 0;
-    /* Sparse entries go to the Python writer: decide before writing anything. */
-    for (size_t off = 0; off + LS_RECORD_FIXED <= records_len;) {
-        uint32_t len = ls_get32(records + off);
-        if (len < LS_RECORD_FIXED || len > records_len - off) {
-            rc = ls_fail(&e, LS_E_CORRUPT, "the layer's records are damaged");
+    /* Damaged records, and sparse entries (the Python writer's), before writing anything. */
+    ls_record r;
+    size_t used;
+    for (size_t off = 0; off < records_len; off += used) {
+        if ((rc = ls_record_parse(records + off, records_len - off, &r, &used,
+                                  "the layer's records", &e)))
             goto out;
-        }
-        if (records[off + 5] & LS_RECORD_SPARSE) {
+        if (r.flags & LS_RECORD_SPARSE) {
             rc = ls_fail(&e, LS_E_UNSUPPORTED, "the layer has sparse files");
             goto out;
         }
-        off += len;
     }
     objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (objects_fd < 0) {
         rc = ls_fail(&e, -errno, "cannot open %s: %s", objects_dir, strerror(errno));
         goto out;
     }
-    w.bufs[0] = malloc(OUT_BUF);
-    w.bufs[1] = malloc(OUT_BUF);
-    w.hasher = ls_blake3_new();
-    if (!w.bufs[0] || !w.bufs[1] || !w.hasher) {
+    int allocated = (w.hasher = ls_blake3_new()) != NULL;
+    for (int i = 0; i < NBUF; i++)
+        allocated &= (w.bufs[i] = malloc(OUT_BUF)) != NULL;
+    if (!allocated) {
         rc = ls_fail(&e, LS_E_NOMEM, "out of memory");
         goto out;
     }
     pthread_mutex_init(&w.mu, NULL);
     pthread_cond_init(&w.cv, NULL);
-    w.running = pthread_create(&w.thread, NULL, verify_main, &w) == 0;
+    w.running = pthread_create(&w.thread, NULL, writer_main, &w) == 0;
     size_t rpos = 0;
-    for (size_t off = 0; off < records_len;) {
-        const uint8_t *rec = records + off;
-        uint64_t before = ls_get64(rec + 48), size = ls_get64(rec + 40);
-        if (before > raw_len - rpos) {
+    for (size_t off = 0; off < records_len; off += used) {
+        (void)ls_record_parse(records + off, records_len - off, &r, &used, "", &e); /* checked */
+        if (r.raw_before > raw_len - rpos) {
             rc = ls_fail(&e, LS_E_CORRUPT, "the layer's raw metadata is shorter than its "
                          "records say");
             break;
         }
-        if ((rc = emit(&w, raw + rpos, (size_t)before)))
+        if ((rc = emit(&w, raw + rpos, (size_t)r.raw_before)))
             break;
-        rpos += (size_t)before;
-        if (rec[4] == LS_ENTRY_FILE && size > 0 && (rc = write_object(&w, objects_fd, rec, size)))
+        rpos += (size_t)r.raw_before;
+        if (r.type == LS_ENTRY_FILE && r.size > 0 &&
+            (rc = write_object(&w, objects_fd, records + off, &r)))
             break;
-        off += ls_get32(rec);
     }
     if (!rc)
         rc = emit(&w, raw + rpos, raw_len - rpos);
     if (!rc)
         rc = flush(&w);
-    verify_stop(&w);
+    writer_stop(&w);
     pthread_mutex_destroy(&w.mu);
     pthread_cond_destroy(&w.cv);
-    if (w.bad && (!rc || rc == LS_E_CORRUPT)) {
-        char obj[66];
-        ls_object_path(w.bad + 56, obj);
-        rc = modified(&e, obj, w.bad);
+    if (w.write_rc) {
+        rc = w.write_rc;
+        e = w.write_err;
+    } else if (w.bad && (!rc || rc == LS_E_CORRUPT)) {
+        (void)ls_record_parse(w.bad, records_len - (size_t)(w.bad - records), &r, &used, "", &e);
+        rc = modified(&e, &r);
     }
 out:
     *written = w.written;
-    free(w.bufs[0]);
-    free(w.bufs[1]);
-    free(w.segs[0].v);
-    free(w.segs[1].v);
+    for (int i = 0; i < NBUF; i++) {
+        free(w.bufs[i]);
+        free(w.segs[i].v);
+    }
     ls_blake3_free(w.hasher);
     if (objects_fd >= 0)
         close(objects_fd);

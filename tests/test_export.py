@@ -2,6 +2,7 @@
 tars are byte-identical to the imported ones (every tar flavour, GNU sparse included), and as
 flattened root filesystem tars equal to the image's merged tree."""
 
+import errno
 import hashlib
 import io
 import json
@@ -319,6 +320,30 @@ def test_tampered_object_fails_save_clearly(size, tmp_path):
             store.save(["test/img:1"], out)
     rc = cli.main(["--root", str(tmp_path / "store"), "save", "test/img:1", "-o", str(out)])
     assert rc == 1 and not out.exists()
+
+
+def test_layer_writer_reports_a_failed_write(tmp_path):
+    """A write that fails (ENOSPC from /dev/full) stops the layer writer with that error, from
+    its writing thread, with the layer's objects read ahead in several buffers."""
+    from layerstore import _native
+    layer = A.layer(*[("f", f"f{i}", os.urandom(300_000)) for i in range(20)])
+    image = _import(A.docker_archive([([layer], ["test/img:1"])]), tmp_path / "store")
+    with Store(tmp_path / "store") as store:
+        index = store._index
+        with index.read() as txn:
+            records = index.layer_data(txn, image.diff_ids[0], "records")
+            raw = index.layer_data(txn, image.diff_ids[0], "raw")
+        objects = os.path.join(store.root, "objects")
+        with open(tmp_path / "ok", "wb") as f:
+            assert _native.write_layer(objects, records, raw, f.fileno()) == len(layer)
+        assert (tmp_path / "ok").read_bytes() == layer
+        fd = os.open("/dev/full", os.O_WRONLY)
+        try:
+            with pytest.raises(errors.StoreIOError, match="cannot write the layer") as exc:
+                _native.write_layer(objects, records, raw, fd)
+            assert exc.value.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
 
 
 # ---- export ---------------------------------------------------------------------------------
