@@ -31,8 +31,11 @@
  * (the system calls per file are most of what an exporter does beyond cat) and raw metadata
  * into output buffers; the other writes each full buffer and then checks the objects in it
  * against their BLAKE3.  Buffers go round in order, and one is refilled only once written and
- * checked.  A mismatch or a failed write still fails the call (the caller discards what was
- * written), reported once the thread stopped.
+ * checked.  Checking costs as much as reading and writing together (most objects are small,
+ * where BLAKE3 is slowest), so when the writer falls behind, this thread checks an object
+ * itself right after reading it (while it is in cache), and leaves it to the writer otherwise.
+ * A mismatch or a failed write still fails the call (the caller discards what was written),
+ * reported once the thread stopped.
  */
 /* A piece of an object's content in an output buffer.  An object larger than what is left
  * of a buffer continues in the next one; the pieces are checked in order. */
@@ -72,6 +75,8 @@ typedef struct wr {
     int write_rc;               /* the first failed write; later buffers are not written */
     ls_err write_err;
     const uint8_t *bad;         /* the record of the first object that did not match */
+    const uint8_t *read_bad;    /* the same, among those this thread checked */
+    unsigned backlog;           /* buffers handed to the writer and not yet done (atomic) */
     ls_blake3 *hasher;          /* an object in pieces (used by one thread at a time) */
 } wr;
 
@@ -131,6 +136,7 @@ static void *writer_main(void *arg)
         int buf = w->queue[w->head];
         pthread_mutex_unlock(&w->mu);
         const uint8_t *bad = write_and_check(w, buf);
+        __atomic_sub_fetch(&w->backlog, 1, __ATOMIC_RELAXED);
         pthread_mutex_lock(&w->mu);
         if (bad && !w->bad)
             w->bad = bad;
@@ -171,6 +177,7 @@ static int flush(wr *w)
         pthread_mutex_lock(&w->mu);
         w->queue[(w->head + w->queued) % NBUF] = buf;
         w->queued++;
+        __atomic_add_fetch(&w->backlog, 1, __ATOMIC_RELAXED);
         w->pending[buf] = 1;
         pthread_cond_broadcast(&w->cv);
         while (w->pending[w->cur])
@@ -251,8 +258,16 @@ static int write_object(wr *w, int objects_fd, const uint8_t *recp, const ls_rec
             sg->v = v;
             sg->cap = cap;
         }
-        sg->v[sg->n++] = (seg){dst, (size_t)k, recp, r->content_hash, done == 0,
-                               done + (uint64_t)k == size};
+        if (done == 0 && (uint64_t)k == size && w->running &&
+            __atomic_load_n(&w->backlog, __ATOMIC_RELAXED) >= 2) {
+            uint8_t hash[32];
+            ls_blake3_hash(dst, (size_t)k, hash);
+            if (!w->read_bad && memcmp(hash, r->content_hash, 32))
+                w->read_bad = recp;
+        } else {
+            sg->v[sg->n++] = (seg){dst, (size_t)k, recp, r->content_hash, done == 0,
+                                   done + (uint64_t)k == size};
+        }
         w->len += (size_t)k;
         done += (uint64_t)k;
     }
@@ -320,8 +335,9 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
     if (w.write_rc) {
         rc = w.write_rc;
         e = w.write_err;
-    } else if (w.bad && (!rc || rc == LS_E_CORRUPT)) {
-        (void)ls_record_parse(w.bad, records_len - (size_t)(w.bad - records), &r, &used, "", &e);
+    } else if ((w.bad || w.read_bad) && (!rc || rc == LS_E_CORRUPT)) {
+        const uint8_t *bad = w.bad ? w.bad : w.read_bad;
+        (void)ls_record_parse(bad, records_len - (size_t)(bad - records), &r, &used, "", &e);
         rc = modified(&e, &r);
     }
 out:
