@@ -9,6 +9,8 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
+import time
 
 import blake3
 import pytest
@@ -344,6 +346,54 @@ def test_layer_writer_reports_a_failed_write(tmp_path):
             assert exc.value.errno == errno.ENOSPC
         finally:
             os.close(fd)
+
+
+def _slow_pipe_write(objects, records, raw):
+    """write_layer into a pipe whose reader starts late: the writing thread blocks, buffers
+    pile up, and the reading thread checks the objects itself.  Returns (bytes, error)."""
+    from layerstore import _native
+    r, w = os.pipe()
+    got, error = [], []
+
+    def drain():
+        time.sleep(0.3)
+        with os.fdopen(r, "rb") as f:
+            got.append(f.read())
+
+    t = threading.Thread(target=drain)
+    t.start()
+    try:
+        _native.write_layer(objects, records, raw, w)
+    except errors.LayerstoreError as exc:
+        error.append(exc)
+    finally:
+        os.close(w)
+        t.join()
+    return got[0], (error[0] if error else None)
+
+
+def test_objects_checked_by_either_thread(tmp_path):
+    """Whichever thread checks an object (the reader does when the writer falls behind), a
+    whole layer comes out exact, and an object changed on disk fails it, named."""
+    files = [("f", f"d/f{i:04d}", os.urandom(9000 + i)) for i in range(900)]
+    layer = A.layer(*files)
+    image = _import(A.docker_archive([([layer], ["test/img:1"])]), tmp_path / "store")
+    with Store(tmp_path / "store") as store:
+        index = store._index
+        with index.read() as txn:
+            records = index.layer_data(txn, image.diff_ids[0], "records")
+            raw = index.layer_data(txn, image.diff_ids[0], "raw")
+        objects = os.path.join(store.root, "objects")
+        out, error = _slow_pipe_write(objects, records, raw)
+        assert error is None and out == layer
+        victim = _object_of(store, image, "d/f0850")
+        path = store.object_path(victim.object_id)
+        os.chmod(path, 0o644)
+        with open(path, "r+b") as f:
+            f.write(b"X")
+        _, error = _slow_pipe_write(objects, records, raw)
+        assert isinstance(error, errors.CorruptArchive)
+        assert "d/f0850" in str(error) and victim.object_id[2:] in str(error)
 
 
 # ---- export ---------------------------------------------------------------------------------
