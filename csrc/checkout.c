@@ -155,7 +155,9 @@ static int enter(co *c, const char *parent, size_t len)
         while (end < len && parent[end] != '/')
             end++;
         char name[256];
-        if (end - pos >= sizeof name || bad_component(parent + pos, end - pos))
+        if (end - pos >= sizeof name)
+            return os_fail(c, ENAMETOOLONG, "cannot make", parent, len);
+        if (bad_component(parent + pos, end - pos))
             return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad path %.*s",
                            (int)(len > 300 ? 300 : len), parent);
         memcpy(name, parent + pos, end - pos);
@@ -178,7 +180,10 @@ static int locate(co *c, const char *path, size_t len, char name[256])
     while (slash > 0 && path[slash - 1] != '/')
         slash--;
     size_t nlen = len - slash;
-    if (nlen >= 256 || bad_component(path + slash, nlen))
+    /* The image may hold a name longer than NAME_MAX; no Linux filesystem can make it. */
+    if (nlen >= 256)
+        return os_fail(c, ENAMETOOLONG, "cannot make", path, len);
+    if (bad_component(path + slash, nlen))
         return ls_fail(c->e, LS_E_UNSAFE_PATH, "checkout plan: bad path %.*s",
                        (int)(len > 300 ? 300 : len), path);
     memcpy(name, path + slash, nlen);

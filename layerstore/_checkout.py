@@ -41,6 +41,11 @@ def _prepare(dest: str) -> bool:
     try:
         os.mkdir(dest, 0o700)
         return True
+    except FileNotFoundError:
+        raise errors.LayerstoreError(f"checkout destination {dest}: its parent directory "
+                                     "does not exist") from None
+    except PermissionError:
+        raise errors.LayerstoreError(f"checkout destination {dest}: permission denied") from None
     except FileExistsError:
         if not os.path.isdir(dest) or os.path.islink(dest):
             raise errors.LayerstoreError(f"checkout destination {dest} exists and is not a "

@@ -115,6 +115,19 @@ def test_failed_checkout_removes_what_it_made(store, tmp_path):
     assert empty.exists() and os.listdir(empty) == []
 
 
+def test_bad_destinations_are_clear_errors(store, tmp_path):
+    img = image(store, tmp_path, A.layer(("f", "f", b"x")))
+    with pytest.raises(errors.LayerstoreError, match="parent directory does not exist"):
+        store.checkout(img.id, tmp_path / "no" / "such" / "dest")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_bytes(b"")
+    with pytest.raises(errors.LayerstoreError, match="is not empty"):
+        store.checkout(img.id, tmp_path / "full")
+    (tmp_path / "file").write_bytes(b"")
+    with pytest.raises(errors.LayerstoreError, match="is not a directory"):
+        store.checkout(img.id, tmp_path / "file")
+
+
 def _many(n: int, content: bytes) -> bytes:
     """A layer of n files with the same bytes (one object), plus a hardlink to the last."""
     buf = io.BytesIO()
