@@ -72,7 +72,7 @@ typedef struct wr {
     int pending[NBUF];          /* the buffer is queued or being written */
     /* Set by whichever thread writes (the other one, or this one without it). */
     uint64_t written;
-    int write_rc;               /* the first failed write; later buffers are not written */
+    int write_rc;               /* the first failed write, later ones not tried (atomic) */
     ls_err write_err;
     const uint8_t *bad;         /* the record of the first object that did not match */
     const uint8_t *read_bad;    /* the same, among those this thread checked */
@@ -101,8 +101,8 @@ static int put(wr *w, const uint8_t *p, size_t n)
  * did not match, or NULL.  The hasher carries an object across buffers. */
 static const uint8_t *write_and_check(wr *w, int buf)
 {
-    if (!w->write_rc)
-        w->write_rc = put(w, w->bufs[buf], w->lens[buf]);
+    if (!__atomic_load_n(&w->write_rc, __ATOMIC_RELAXED))
+        __atomic_store_n(&w->write_rc, put(w, w->bufs[buf], w->lens[buf]), __ATOMIC_RELAXED);
     const uint8_t *bad = NULL;
     const struct segs *sg = &w->segs[buf];
     for (size_t i = 0; i < sg->n; i++) {
@@ -182,7 +182,7 @@ static int flush(wr *w)
         pthread_cond_broadcast(&w->cv);
         while (w->pending[w->cur])
             pthread_cond_wait(&w->cv, &w->mu);
-        failed = w->write_rc;
+        failed = __atomic_load_n(&w->write_rc, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&w->mu);
     }
     w->len = 0;
