@@ -72,11 +72,19 @@ HOSTILE = {
 }
 
 
+# Filler that makes a plan big enough for checkout's second thread (csrc/checkout.c), with
+# entries sorting before and after the hostile ones, so the cut falls among them.
+FILLER = A.layer(*[("f", f"{p}/f{i:03d}", b"%d" % i) for p in ("0fill", "zfill")
+                   for i in range(400)])
+
+
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 @pytest.mark.parametrize("copy", [False, True], ids=["hardlink", "copy"])
-def test_hostile_layers_stay_inside(case, copy, store, tmp_path, sentinels):
+@pytest.mark.parametrize("size", ["small", "threaded"])
+def test_hostile_layers_stay_inside(case, copy, size, store, tmp_path, sentinels):
     outside, unchanged = sentinels
-    img = image(store, tmp_path, *HOSTILE[case])
+    layers = HOSTILE[case] if size == "small" else [FILLER, *HOSTILE[case]]
+    img = image(store, tmp_path, *layers)
     dest = tmp_path / "dest"
     store.checkout(img.id, dest, copy=copy)
     unchanged()
