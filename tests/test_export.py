@@ -324,6 +324,15 @@ def test_tampered_object_fails_save_clearly(size, tmp_path):
     assert rc == 1 and not out.exists()
 
 
+def _layer_writer_input(store, diff_id):
+    """What the C layer writer takes for a stored layer: objects dir, records, raw bytes."""
+    index = store._index
+    with index.read() as txn:
+        records = index.layer_data(txn, diff_id, "records")
+        raw = index.layer_data(txn, diff_id, "raw")
+    return os.path.join(store.root, "objects"), records, raw
+
+
 def test_layer_writer_reports_a_failed_write(tmp_path):
     """A write that fails (ENOSPC from /dev/full) stops the layer writer with that error, from
     its writing thread, with the layer's objects read ahead in several buffers."""
@@ -331,11 +340,7 @@ def test_layer_writer_reports_a_failed_write(tmp_path):
     layer = A.layer(*[("f", f"f{i}", os.urandom(300_000)) for i in range(20)])
     image = _import(A.docker_archive([([layer], ["test/img:1"])]), tmp_path / "store")
     with Store(tmp_path / "store") as store:
-        index = store._index
-        with index.read() as txn:
-            records = index.layer_data(txn, image.diff_ids[0], "records")
-            raw = index.layer_data(txn, image.diff_ids[0], "raw")
-        objects = os.path.join(store.root, "objects")
+        objects, records, raw = _layer_writer_input(store, image.diff_ids[0])
         with open(tmp_path / "ok", "wb") as f:
             assert _native.write_layer(objects, records, raw, f.fileno()) == len(layer)
         assert (tmp_path / "ok").read_bytes() == layer
@@ -379,11 +384,7 @@ def test_objects_checked_by_either_thread(tmp_path):
     layer = A.layer(*files)
     image = _import(A.docker_archive([([layer], ["test/img:1"])]), tmp_path / "store")
     with Store(tmp_path / "store") as store:
-        index = store._index
-        with index.read() as txn:
-            records = index.layer_data(txn, image.diff_ids[0], "records")
-            raw = index.layer_data(txn, image.diff_ids[0], "raw")
-        objects = os.path.join(store.root, "objects")
+        objects, records, raw = _layer_writer_input(store, image.diff_ids[0])
         out, error = _slow_pipe_write(objects, records, raw)
         assert error is None and out == layer
         victim = _object_of(store, image, "d/f0850")
