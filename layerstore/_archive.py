@@ -305,11 +305,7 @@ class TarSource:
         self.links = _Links()
         try:
             with tarfile.open(fileobj=f, mode="r:") as tf:
-                for m in tf:
-                    try:
-                        name = clean_member(m.name, "member name")
-                    except errors.CorruptArchive:
-                        continue        # never named by safe metadata, so never used
+                for name, m in _named_members(tf):
                     if m.issym() or m.islnk():
                         self.links.add(name, m.linkname, m.issym())
                     elif m.isfile():
@@ -471,11 +467,7 @@ class StreamSource:
         outer = decompressed(raw, self.kind) if self.kind in ("gzip", "zstd") else raw
         try:
             with tarfile.open(fileobj=outer, mode="r|") as tf:
-                for m in tf:
-                    try:
-                        name = clean_member(m.name, "member name")
-                    except errors.CorruptArchive:
-                        continue
+                for name, m in _named_members(tf):
                     if m.issym() or m.islnk():
                         emit(("link", name, m.linkname, m.issym()))
                         continue
@@ -495,6 +487,17 @@ class StreamSource:
 
     def files_view(self) -> MemoryFiles:
         return MemoryFiles(self.files, self.links)
+
+
+def _named_members(tf: tarfile.TarFile):
+    """(cleaned name, member) for each member of an archive tar.  A member whose name is not
+    safe is skipped: safe metadata never names it, so it is never used."""
+    for m in tf:
+        try:
+            name = clean_member(m.name, "member name")
+        except errors.CorruptArchive:
+            continue
+        yield name, m
 
 
 def open_source(source) -> tuple[object, Callable[[], None]]:
