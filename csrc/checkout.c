@@ -65,6 +65,7 @@ typedef struct co {
     int no_cfr;             /* copy_file_range refused: read and write */
     int defer_meta;         /* leaving a directory does not finish it (the first pass) */
     const int *stop;        /* set when another thread failed: give up early */
+    ls_progress *progress;  /* items: entries made; bytes: their file content */
 } co;
 
 static int parse(const uint8_t *p, size_t left, rec *r, size_t *used, ls_err *e)
@@ -646,10 +647,13 @@ static int run_pass(co *c, int pass, size_t from, size_t to)
             continue;
         if (c->stop && __atomic_load_n(c->stop, __ATOMIC_RELAXED))
             return 0;
+        if (ls_progress_cancelled(c->progress))
+            return ls_fail(c->e, LS_E_CANCELLED, "checkout cancelled");
         if (pass == PASS_DIRS && (rc = remember_dir(c, off)))
             return rc;
         if ((rc = one(c, &r)))
             return rc;
+        ls_progress_add(c->progress, r.type == LS_ENTRY_FILE ? r.size : 0, 1);
     }
     return leave_all(c);
 }
@@ -764,7 +768,8 @@ static size_t middle(const co *c, size_t entries)
 #define PARALLEL_MIN 512
 
 int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
-                int flags, ls_checkout_stats *stats, char *err, size_t errlen)
+                int flags, ls_checkout_stats *stats, ls_progress *progress, char *err,
+                size_t errlen)
 {
     ls_err e;
     co c = {0};
@@ -777,6 +782,7 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
     c.egid = getegid();
     c.umask = ls_umask();
     c.stop = &stop;
+    c.progress = progress;
     memset(stats, 0, sizeof *stats);
     int rc = 0;
     c.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

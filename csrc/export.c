@@ -277,7 +277,7 @@ static int write_object(wr *w, int objects_fd, const uint8_t *recp, const ls_rec
 
 int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t records_len,
                    const uint8_t *raw, size_t raw_len, int out_fd, uint64_t *written,
-                   char *err, size_t errlen)
+                   ls_progress *progress, char *err, size_t errlen)
 {
     ls_err e;
     wr w = {.fd = out_fd, .e = &e};
@@ -313,6 +313,10 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
     size_t rpos = 0;
     for (size_t off = 0; off < records_len; off += used) {
         (void)ls_record_parse(records + off, records_len - off, &r, &used, "", &e); /* checked */
+        if (ls_progress_cancelled(progress)) {
+            rc = ls_fail(&e, LS_E_CANCELLED, "layer write cancelled");
+            break;
+        }
         if (r.raw_before > raw_len - rpos) {
             rc = ls_fail(&e, LS_E_CORRUPT, "the layer's raw metadata is shorter than its "
                          "records say");
@@ -324,6 +328,7 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
         if (r.type == LS_ENTRY_FILE && r.size > 0 &&
             (rc = write_object(&w, objects_fd, records + off, &r)))
             break;
+        ls_progress_add(progress, r.raw_before + (r.type == LS_ENTRY_FILE ? r.size : 0), 1);
     }
     if (!rc)
         rc = emit(&w, raw + rpos, raw_len - rpos);

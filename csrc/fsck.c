@@ -28,6 +28,7 @@ typedef struct {
     size_t n;
     size_t next;                /* the next object to take; taken atomically */
     int failed;                 /* a thread could not allocate its buffers */
+    ls_progress *progress;
 } batch;
 
 /* Hashes the rest of fd's st_size bytes, stopping there: reading up to EOF would cost one more
@@ -89,11 +90,12 @@ static void *work(void *arg)
     if (!h || !buf) {
         __atomic_store_n(&b->failed, 1, __ATOMIC_RELAXED);
     } else {
-        for (;;) {
+        while (!ls_progress_cancelled(b->progress)) {
             size_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
             if (i >= b->n)
                 break;
             check_one(b, &b->objs[i], h, buf);
+            ls_progress_add(b->progress, b->objs[i].size, 1);
         }
     }
     ls_blake3_free(h);
@@ -102,9 +104,9 @@ static void *work(void *arg)
 }
 
 int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
-                     int flags, char *err, size_t errlen)
+                     int flags, ls_progress *progress, char *err, size_t errlen)
 {
-    batch b = {.objs = objs, .n = n, .flags = flags};
+    batch b = {.objs = objs, .n = n, .flags = flags, .progress = progress};
     pthread_t tids[16];
     int started = 0;
     b.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -124,6 +126,10 @@ int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, i
     if (b.failed) {
         snprintf(err, errlen, "out of memory");
         return LS_E_NOMEM;
+    }
+    if (ls_progress_cancelled(progress)) {
+        snprintf(err, errlen, "object checks cancelled");
+        return LS_E_CANCELLED;
     }
     return 0;
 }

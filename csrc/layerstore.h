@@ -27,8 +27,20 @@ enum {
     LS_E_UNSAFE_PATH = -5004, /* a path or hardlink target that leaves the root */
     LS_E_UNSUPPORTED = -5005, /* valid tar the store cannot represent (multi-volume, ...) */
     LS_E_NOMEM = -5006,
-    LS_E_STATE = -5007        /* a call out of order: feed after finish, unknown backend, ... */
+    LS_E_STATE = -5007,       /* a call out of order: feed after finish, unknown backend, ... */
+    LS_E_CANCELLED = -5008    /* another thread set ls_progress.cancel */
 };
+
+/* Progress and cancellation of a long call (checkout, layer write, object checks).  The call
+ * adds to bytes and items as it works, so that another thread can show how far it got, and
+ * stops with LS_E_CANCELLED soon after another thread sets cancel (an interrupted command must
+ * not wait for the whole job).  Both sides use relaxed atomic loads and stores.  Calls take a
+ * pointer that may be NULL: no reporting, no cancelling. */
+typedef struct {
+    uint64_t bytes;
+    uint64_t items;
+    int32_t cancel;
+} ls_progress;
 
 /* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
 const char *ls_version(void);
@@ -190,7 +202,8 @@ typedef struct {
 } ls_checkout_stats;
 
 int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
-                int flags, ls_checkout_stats *stats, char *err, size_t errlen);
+                int flags, ls_checkout_stats *stats, ls_progress *progress, char *err,
+                size_t errlen);
 
 /* ---- Layer export (export.c) ---------------------------------------------------------------
  *
@@ -200,7 +213,7 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
  * counts the bytes written, also on error. */
 int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t records_len,
                    const uint8_t *raw, size_t raw_len, int out_fd, uint64_t *written,
-                   char *err, size_t errlen);
+                   ls_progress *progress, char *err, size_t errlen);
 
 /* ---- Object checks for fsck (fsck.c) ------------------------------------------------------
  *
@@ -224,6 +237,6 @@ typedef struct {
 } ls_object_check;
 
 int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
-                     int flags, char *err, size_t errlen);
+                     int flags, ls_progress *progress, char *err, size_t errlen);
 
 #endif

@@ -84,6 +84,21 @@ static inline uint64_t ls_get64(const uint8_t *p)
     return (uint64_t)ls_get32(p) | (uint64_t)ls_get32(p + 4) << 32;
 }
 
+/* ---- Progress (layerstore.h): a NULL ls_progress counts nothing and is never cancelled --- */
+
+static inline void ls_progress_add(ls_progress *p, uint64_t bytes, uint64_t items)
+{
+    if (p) {
+        __atomic_fetch_add(&p->bytes, bytes, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&p->items, items, __ATOMIC_RELAXED);
+    }
+}
+
+static inline int ls_progress_cancelled(const ls_progress *p)
+{
+    return p && __atomic_load_n(&p->cancel, __ATOMIC_RELAXED);
+}
+
 /* ---- Streaming tar reader (tar.c) ---------------------------------------------------------
  *
  * A push parser: ls_tar_feed takes the stream in pieces of any size and calls back, in order,

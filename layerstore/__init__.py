@@ -9,7 +9,7 @@ Every distinct file is stored once, whatever layer or image it comes from:
 """
 
 from . import errors
-from ._model import CheckoutResult, Entry, EntryType, Image, ImportProgress, IngestStats, Layer
+from ._model import CheckoutResult, Entry, EntryType, Image, IngestStats, Layer, Progress
 from ._store import Store, default_root
 from ._version import __version__
 
@@ -18,9 +18,9 @@ __all__ = [
     "Entry",
     "EntryType",
     "Image",
-    "ImportProgress",
     "IngestStats",
     "Layer",
+    "Progress",
     "Store",
     "default_root",
     "errors",

@@ -89,14 +89,15 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
-class ImportProgress:
-    """Reported while importing: bytes read from the source (of total, when known), layers
-    and files ingested so far."""
+class Progress:
+    """How far a long operation has got, handed to its progress callback: bytes and items
+    done (files, entries or objects: each operation's docstring says which) and their totals
+    when known beforehand (None otherwise, as for an archive read from a pipe)."""
 
     bytes_done: int
     bytes_total: int | None
-    layers_done: int
-    files_done: int
+    items_done: int
+    items_total: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

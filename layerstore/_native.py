@@ -47,6 +47,7 @@ _ERRORS = {
     lib.LS_E_UNSAFE_PATH: errors.UnsafePath,
     lib.LS_E_UNSUPPORTED: errors.UnsupportedFormat,
     lib.LS_E_STATE: errors.LayerstoreError,
+    lib.LS_E_CANCELLED: errors.LayerstoreError,     # seen only when observed() cancelled it
 }
 
 
@@ -356,27 +357,67 @@ def encode_record(e: Entry, link: str | None = None) -> bytes:
         path, target, uname, gname, xattrs))
 
 
-def checkout(objects_dir: str, dest: str, plan: bytes, copy: bool, owners: bool) -> dict:
+def observed(call, report=None):
+    """Runs call(progress), a C call given an ls_progress, and returns what it returns.  The
+    call runs on a worker thread while this one hands report(bytes, items) the counters ten
+    times a second (and once at the end); an interrupt of this thread (Ctrl-C) cancels the
+    call, waits the moment it takes to stop, and is re-raised, so that the caller cleans up
+    instead of waiting for the whole job."""
+    progress = ffi.new("ls_progress *")
+    outcome: dict = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = call(progress)
+        except BaseException as exc:    # noqa: BLE001 - re-raised in the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="layerstore-call", daemon=True)
+    worker.start()
+    try:
+        while True:
+            worker.join(0.1)
+            if not worker.is_alive():
+                break
+            if report is not None:
+                report(progress.bytes, progress.items)
+    except BaseException:
+        progress.cancel = 1
+        worker.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    if report is not None:
+        report(progress.bytes, progress.items)
+    return outcome["value"]
+
+
+def checkout(objects_dir: str, dest: str, plan: bytes, copy: bool, owners: bool,
+             report=None) -> dict:
     """Makes the existing, empty dest the tree plan describes (see ls_checkout); returns the
-    counts of what was made and skipped."""
+    counts of what was made and skipped.  report: see observed (items: entries made)."""
     stats = ffi.new("ls_checkout_stats *")
     err = ffi.new("char[]", 1024)
     flags = (lib.LS_CHECKOUT_COPY if copy else 0) | (lib.LS_CHECKOUT_OWNERS if owners else 0)
-    rc = lib.ls_checkout(os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags,
-                         stats, err, 1024)
+    rc = observed(lambda progress: lib.ls_checkout(
+        os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags, stats, progress,
+        err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     return {name: getattr(stats, name) for name in (
         "files", "dirs", "symlinks", "hardlinked", "copied", "specials", "skipped_specials",
         "skipped_owners", "skipped_xattrs")}
 
 
-def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int) -> int:
+def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
+                report=None) -> int:
     """Writes a stored layer's exact tar to out_fd (see ls_layer_write); returns the bytes
-    written.  UnsupportedFormat, with nothing written, for a layer with sparse files."""
+    written.  UnsupportedFormat, with nothing written, for a layer with sparse files.
+    report: see observed (items: entries written)."""
     written = ffi.new("uint64_t *")
     err = ffi.new("char[]", 1024)
-    rc = lib.ls_layer_write(os.fsencode(objects_dir), records, len(records), raw, len(raw),
-                            out_fd, written, err, 1024)
+    rc = observed(lambda progress: lib.ls_layer_write(
+        os.fsencode(objects_dir), records, len(records), raw, len(raw), out_fd, written,
+        progress, err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     return written[0]
 
@@ -397,17 +438,20 @@ class ObjectCheck:
 NOT_REGULAR = lib.LS_CHECK_NOT_REGULAR
 
 
-def check_objects(objects_dir: str, ids: list[bytes], xattrs: bool) -> list[ObjectCheck]:
+def check_objects(objects_dir: str, ids: list[bytes], xattrs: bool,
+                  report=None) -> list[ObjectCheck]:
     """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_check_objects),
-    in the order given (biggest first spreads the work best)."""
+    in the order given (biggest first spreads the work best).  report: see observed (items:
+    objects checked)."""
     if not ids:
         return []
     objs = ffi.new("ls_object_check[]", len(ids))
     for o, oid in zip(objs, ids):
         o.id = oid
     err = ffi.new("char[]", 1024)
-    rc = lib.ls_check_objects(os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
-                              lib.LS_CHECK_XATTRS if xattrs else 0, err, 1024)
+    rc = observed(lambda progress: lib.ls_check_objects(
+        os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
+        lib.LS_CHECK_XATTRS if xattrs else 0, progress, err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     buf = ffi.buffer(objs)
     size = ffi.sizeof("ls_object_check")

@@ -32,7 +32,7 @@ from . import _native, errors
 from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
 from ._formats import ImagePlan, plan_images, sha256_digest
 from ._index import ImageRecord, Index, LayerRecord
-from ._model import CheckoutResult, Entry, Image, ImportProgress, Layer
+from ._model import CheckoutResult, Entry, Image, Layer, Progress
 from ._model import Problem
 from ._reference import DIGEST_RE, HEX_PREFIX_RE, normalize_tag
 from .errors import (DigestMismatch, ImageNotFound, LayerNotFound,
@@ -169,7 +169,7 @@ class Store:
 
     def import_archive(self, source: str | os.PathLike | BinaryIO, tags=(),
                        platform: str | None = None, all_platforms: bool = False,
-                       progress: Callable[[ImportProgress], None] | None = None) -> list[Image]:
+                       progress: Callable[[Progress], None] | None = None) -> list[Image]:
         """Imports every image of a docker-archive or OCI layout (a directory, a tar, or a
         gzip/zstd-compressed tar; a path or a binary file object).  tags are added to the
         image (the archive must then hold exactly one).  An image index yields the image for
@@ -257,7 +257,7 @@ class Store:
                     except errors.LayerstoreError as exc:
                         raise _in_layer(exc, key) from None
                     if progress is not None:
-                        progress(ImportProgress(src.bytes_read, src.size, layers, files))
+                        progress(Progress(src.bytes_read, src.size, files))
                 elif kind == "layer":
                     key = event[1]
                     ingest = _native.LayerIngest(self._objects)
@@ -277,7 +277,7 @@ class Store:
                 elif kind == "link":
                     src.links.add(event[1], event[2], event[3])
             if progress is not None:
-                progress(ImportProgress(src.bytes_read, src.size, layers, files))
+                progress(Progress(src.bytes_read, src.size, files))
         finally:
             pipe.close()
             if ingest is not None:

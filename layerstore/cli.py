@@ -17,7 +17,7 @@ import time
 import click
 
 from . import errors
-from ._model import ImportProgress
+from ._model import Progress
 from ._store import Store, default_root
 
 
@@ -47,29 +47,37 @@ def _ago(created: str | None) -> str:
 
 
 class _Progress:
-    """A one-line progress display on a terminal's stderr; nothing when stderr is not one."""
+    """A one-line progress display on a terminal's stderr: bytes, items, rate and, when the
+    totals are known, a bar and the time left.  Nothing at all when stderr is not a terminal
+    or when the output is JSON for a script."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, label: str, unit: str, enabled: bool = True) -> None:
+        self.label, self.unit = label, unit
+        self.enabled = enabled and sys.stderr.isatty()
         self.last = 0.0
         self.start = time.monotonic()
 
-    def __call__(self, p: ImportProgress) -> None:
+    def __call__(self, p: Progress) -> None:
         now = time.monotonic()
         if not self.enabled or now - self.last < 0.1:
             return
         self.last = now
-        done = p.bytes_done / 1e6
-        if p.bytes_total:
-            frac = min(1.0, p.bytes_done / p.bytes_total)
-            bar = "#" * int(frac * 30)
-            head = f"[{bar:<30}] {done:7.1f}/{p.bytes_total / 1e6:.1f} MB"
-        else:
-            head = f"{done:7.1f} MB"
-        rate = done / max(now - self.start, 1e-6)
-        sys.stderr.write(f"\r{self.label} {head}  {p.layers_done} layers  {p.files_done} "
-                         f"files  {rate:.0f} MB/s\x1b[K")
+        elapsed = max(now - self.start, 1e-6)
+        frac = (p.bytes_done / p.bytes_total if p.bytes_total else
+                p.items_done / p.items_total if p.items_total else None)
+        parts = [self.label]
+        if frac is not None:
+            frac = min(frac, 1.0)
+            parts.append(f"[{'#' * int(frac * 30):<30}]")
+        done = _human_size(p.bytes_done)
+        parts.append(f"{done}/{_human_size(p.bytes_total)}" if p.bytes_total else done)
+        total = f"/{p.items_total}" if p.items_total else ""
+        parts.append(f"{p.items_done}{total} {self.unit}")
+        parts.append(f"{_human_size(p.bytes_done / elapsed)}/s")
+        if frac:
+            left = int(elapsed * (1 - frac) / frac)
+            parts.append(f"ETA {left // 60}:{left % 60:02d}")
+        sys.stderr.write("\r" + "  ".join(parts) + "\x1b[K")
         sys.stderr.flush()
 
     def done(self) -> None:
@@ -113,7 +121,7 @@ def import_(open_store, path, tags, platform, all_platforms, as_json):
     """Import a docker-archive or OCI image layout (directory, tar, .tar.gz or .tar.zst;
     - reads standard input)."""
     store = open_store()
-    progress = _Progress("importing")
+    progress = _Progress("importing", "files", enabled=not as_json)
     source = sys.stdin.buffer if path == "-" else path
     try:
         images = store.import_archive(source, tags=tags, platform=platform,
