@@ -461,6 +461,19 @@ def check_objects(objects_dir: str, ids: list[bytes], xattrs: bool,
             for i, o in enumerate(objs)]
 
 
+def new_objects(blob) -> list[bytes]:
+    """The objects that the ingest which produced a record batch wrote (LS_RECORD_NEW_OBJECT)."""
+    view = memoryview(blob)
+    out = []
+    pos, end = 0, len(view)
+    while pos < end:
+        total, typ, flags = struct.unpack_from("<IBB", view, pos)
+        if typ == lib.LS_ENTRY_FILE and flags & lib.LS_RECORD_NEW_OBJECT:
+            out.append(bytes(view[pos + 56:pos + 88]))
+        pos += total
+    return out
+
+
 def record_objects(blob) -> dict[bytes, int]:
     """The non-empty objects a record batch references: {object id: content size}."""
     view = memoryview(blob)
@@ -521,9 +534,19 @@ class LayerIngest:
     def feed(self, data) -> None:
         with self._lock:
             rc = lib.ls_ingest_feed(self._h, ffi.from_buffer(data), len(data))
+            # Taken even on failure: the records of objects written before it say what a
+            # failed import must remove.
+            self._collect()
             if rc:
                 self._fail(rc)
-            self._collect()
+
+    def records_so_far(self) -> bytes:
+        """Every record produced so far, also after finish: what a failed or interrupted
+        layer got to (an interrupt may come between a call and the take that follows it)."""
+        with self._lock:
+            if self._h is not None:
+                self._collect()
+            return bytes(self._records)
 
     def finish(self) -> IngestResult:
         with self._lock:
@@ -539,7 +562,6 @@ class LayerIngest:
                     files=stats.files, file_bytes=stats.file_bytes, new_objects=stats.new_objects,
                     new_bytes=stats.new_bytes),
                 bytes(self._records), bytes(self._raw))
-            self._records = bytearray()
             self._raw = bytearray()
             return result
 

@@ -11,7 +11,8 @@ Locking.  Every method is thread-safe, and several processes may use one root at
   - maintenance that deletes objects (gc) takes the store lock exclusively, so it never
     deletes an object an import in progress is about to reference.
 Atomicity: an import either commits all of its images in one transaction or leaves the index
-untouched; objects it wrote before failing are unreferenced, and gc removes them.
+untouched; a failed one removes the objects it wrote (see _discard), and what a killed one
+leaves is unreferenced, which gc removes.
 """
 
 from __future__ import annotations
@@ -180,27 +181,70 @@ class Store:
         user_tags = [normalize_tag(t) for t in tags]
         src, close = open_source(source)
         try:
-            with self._locked(exclusive=False):
-                from . import _lifecycle
-                marker = _lifecycle.import_started(self)    # kept if we fail: gc looks
+            with self._importing() as written:
                 if src.random_access:
                     plans = plan_images(src, platform, all_platforms)
                     self._check_tags(plans, user_tags)
-                    ingested = self._ingest_needed(src, plans, progress)
+                    ingested = self._ingest_needed(src, plans, progress, written)
                 else:
-                    ingested = self._run(src.produce, src, progress)
+                    ingested = self._run(src.produce, src, progress, written)
                     plans = plan_images(src.files_view(), platform, all_platforms)
                     self._check_tags(plans, user_tags)
-                    self._ingest_small_blobs(src, plans, ingested)
+                    self._ingest_small_blobs(src, plans, ingested, written)
                 trees = self._verify(plans, ingested)
                 try:
-                    images = self._commit(plans, ingested, user_tags, trees)
+                    return self._commit(plans, ingested, user_tags, trees)
                 except lmdb.Error as exc:
                     raise _index_write_error(exc, self.root) from None
-                _lifecycle.import_finished(marker)
-                return images
         finally:
             close()
+
+    @contextmanager
+    def _importing(self):
+        """The store lock, shared, for the length of an import, and a marker in pending/ that
+        tells gc to look for what the import leaves if it is killed.  Yields a list to which
+        the import adds the ids of the objects it writes; if the import fails, _discard
+        removes those that no image came to reference."""
+        from . import _lifecycle
+        written: list[bytes] = []
+        marker = None
+        try:
+            with self._locked(exclusive=False):
+                marker = _lifecycle.import_started(self)
+                yield written
+                _lifecycle.import_finished(marker)
+        except BaseException:
+            if marker is not None:
+                self._discard(marker, written)
+            raise
+
+    def _discard(self, marker: str, written: list[bytes]) -> None:
+        """After a failed import (with the store lock released): removes the objects it wrote
+        that the index does not know, then its marker.  Another import may have found one of
+        them already stored and be about to reference it, so this is done only when the lock
+        can be had exclusively at once, which no other import, checkout or reader then holds;
+        otherwise the objects and the marker stay for gc.  Nothing when this thread still holds
+        the lock for a caller (an import inside commit): that caller's work goes on."""
+        from . import _lifecycle
+        if getattr(self._tls, "lock", None) is not None:
+            return
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return
+            objects = os.path.join(self.root, "objects")
+            with self._index.read() as txn:
+                for oid in written:
+                    if self._index.object(txn, oid) is None:
+                        try:
+                            os.unlink(os.path.join(objects, _native.object_path(oid.hex())))
+                        except FileNotFoundError:
+                            pass
+            _lifecycle.import_finished(marker)
+        finally:
+            os.close(fd)
 
     @staticmethod
     def _check_tags(plans: list[ImagePlan], tags: list[str]) -> None:
@@ -215,7 +259,7 @@ class Store:
             return not self._index.needs_reimport(txn, diff_id)
         return digest is not None and self._index.blob_layer(txn, digest) == diff_id
 
-    def _ingest_needed(self, src, plans, progress) -> dict[str, _Ingested | None]:
+    def _ingest_needed(self, src, plans, progress, written) -> dict[str, _Ingested | None]:
         """Random access: ingests only the layers the store lacks (None marks a known one)."""
         out: dict[str, _Ingested | None] = {}
         needed: list[str] = []
@@ -228,10 +272,10 @@ class Store:
                         out[ref.member] = None
                     else:
                         needed.append(ref.member)
-        out.update(self._run(src.produce_layers(needed), src, progress))
+        out.update(self._run(src.produce_layers(needed), src, progress, written))
         return out
 
-    def _ingest_small_blobs(self, src: StreamSource, plans, ingested) -> None:
+    def _ingest_small_blobs(self, src: StreamSource, plans, ingested, written) -> None:
         """Layers the stream kept as metadata (tiny or empty blobs) are ingested from memory."""
         for plan in plans:
             for ref in plan.layers:
@@ -239,10 +283,11 @@ class Store:
                     data = src.files[ref.member]
                     ingested.update(self._run(
                         lambda emit, d=data, k=ref.member: emit_layer(emit, k, _Bytes(d)),
-                        src, None))
+                        src, None, written))
 
-    def _run(self, produce, src, progress) -> dict[str, _Ingested]:
-        """Consumes a reader pipeline: layers go to the C ingest, metadata into src."""
+    def _run(self, produce, src, progress, written: list[bytes]) -> dict[str, _Ingested]:
+        """Consumes a reader pipeline: layers go to the C ingest, metadata into src; the ids
+        of the objects written go into written, also those of a layer that failed."""
         out: dict[str, _Ingested] = {}
         pipe = Pipeline(produce)
         ingest = None
@@ -266,6 +311,7 @@ class Store:
                         result = ingest.finish()
                     except errors.LayerstoreError as exc:
                         raise _in_layer(exc, key) from None
+                    written += _native.new_objects(result.records)
                     ingest.close()
                     ingest = None
                     self._objects.start_writeback()
@@ -281,6 +327,7 @@ class Store:
         finally:
             pipe.close()
             if ingest is not None:
+                written += _native.new_objects(ingest.records_so_far())
                 ingest.close()
         return out
 
@@ -369,10 +416,8 @@ class Store:
         manifests (see add_image).  A layer no image names is removed by gc.
         Locking: holds the store lock shared."""
         src = _LayerSource(stream)
-        with self._locked(exclusive=False):
-            from . import _lifecycle
-            marker = _lifecycle.import_started(self)    # kept if we fail: gc looks
-            got = self._run(src.produce, src, None)["layer"]
+        with self._importing() as written:
+            got = self._run(src.produce, src, None, written)["layer"]
             self._objects.sync()
             r = got.result
             blobs = [] if got.blob.compression == "tar" else [
@@ -383,9 +428,7 @@ class Store:
             with self._index.write() as txn:
                 self._index.add_layer(txn, rec, r.records, r.raw,
                                       _native.record_objects(r.records))
-                layer = _layer(self._index.layer(txn, r.stats.diff_id))
-            _lifecycle.import_finished(marker)
-            return layer
+                return _layer(self._index.layer(txn, r.stats.diff_id))
 
     def add_image(self, config: bytes, tags=(), manifest: bytes | None = None,
                   manifest_media_type: str | None = None) -> Image:

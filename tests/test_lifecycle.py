@@ -190,26 +190,52 @@ def test_gc_full_finds_garbage_without_a_marker(both):
     assert not os.path.exists(junk)
 
 
-def test_failed_import_leaves_a_marker_and_gc_removes_its_objects(tmp_path, both, monkeypatch):
+def test_failed_import_removes_its_objects_and_marker(tmp_path, both, monkeypatch):
     before, files = state(both.root), object_files(both.root)
 
     def boom(*a, **k):
         raise errors.LayerstoreError("injected failure before the commit")
     monkeypatch.setattr(Store, "_commit", boom)
     with pytest.raises(errors.LayerstoreError):
-        both.import_archive(archive(tmp_path, ([L4], ["z:1"]), name="z.tar"))
+        both.import_archive(archive(tmp_path, ([L1, L4], ["z:1"]), name="z.tar"))
     monkeypatch.undo()
-    assert len(object_files(both.root)) == len(files) + 1    # z/data, never committed
-    assert os.listdir(os.path.join(both.root, "tmp")) == []       # as test_store asks
-    assert [n for n in os.listdir(os.path.join(both.root, "pending"))
-            if n.startswith("import-")]
-    r = both.gc()
-    assert r.scanned_objects and r.garbage_objects == 1 and r.garbage_bytes == 7000
+    # z/data was written and never committed: gone again; L1's objects were stored before
+    # and stay.
     assert object_files(both.root) == files and state(both.root) == before
-    # A successful import leaves no marker: the next gc does not walk objects/.
+    assert os.listdir(os.path.join(both.root, "tmp")) == []
+    assert os.listdir(os.path.join(both.root, "pending")) == []
+    assert not both.gc().scanned_objects and both.fsck() == []
     both.import_archive(archive(tmp_path, ([L4], ["z:1"]), name="z.tar"))
     assert os.listdir(os.path.join(both.root, "pending")) == []
-    assert not both.gc().scanned_objects
+
+
+def test_failed_import_beside_another_lock_holder_leaves_its_objects_to_gc(tmp_path, both,
+                                                                          monkeypatch):
+    """While another process holds the store lock (an import that may have found one of the
+    failed import's objects already there), the failed import cannot tell whether its objects
+    are about to be referenced: they stay, with its marker, and gc removes them."""
+    import fcntl
+    files = object_files(both.root)
+
+    def boom(*a, **k):
+        raise errors.LayerstoreError("injected failure before the commit")
+    monkeypatch.setattr(Store, "_commit", boom)
+    other = os.open(os.path.join(both.root, "lock"), os.O_RDWR)
+    try:
+        fcntl.flock(other, fcntl.LOCK_SH)
+        with pytest.raises(errors.LayerstoreError):
+            both.import_archive(archive(tmp_path, ([L4], ["z:1"]), name="z.tar"))
+    finally:
+        os.close(other)
+    monkeypatch.undo()
+    assert len(object_files(both.root)) == len(files) + 1    # z/data, never committed
+    assert [n for n in os.listdir(os.path.join(both.root, "pending"))
+            if n.startswith("import-")]
+    assert [p.kind for p in both.fsck()] == ["garbage"]
+    r = both.gc()
+    assert r.scanned_objects and r.garbage_objects == 1 and r.garbage_bytes == 7000
+    assert object_files(both.root) == files
+    assert os.listdir(os.path.join(both.root, "pending")) == []
 
 
 _PAUSED_IMPORT = textwrap.dedent("""
