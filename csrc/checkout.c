@@ -219,27 +219,36 @@ static int want_owner(co *c, const rec *r)
     return 0;
 }
 
+/* The xattrs of the namespaces ls_xattr_applies names (the others live in the records only);
+ * one that needs root when we are not, or that the filesystem refuses, is counted. */
 static int set_xattrs(co *c, int fd, const rec *r)
 {
     const uint8_t *p = r->xattrs, *end = r->xattrs + r->xattrs_len;
+    int owners = c->flags & LS_CHECKOUT_OWNERS;
     char name[256];
     while (p + 8 <= end) {
         uint32_t nlen = ls_get32(p), vlen = ls_get32(p + 4);
         if ((uint64_t)nlen + vlen > (uint64_t)(end - p - 8))
             return ls_fail(c->e, LS_E_CORRUPT, "checkout plan: bad xattrs");
+        const char *xname = (const char *)p + 8;
         const uint8_t *val = p + 8 + nlen;
-        if (nlen < sizeof name) {
-            memcpy(name, p + 8, nlen);
+        p = val + vlen;
+        if (!ls_xattr_applies(xname, nlen, owners)) {
+            if (ls_xattr_applies(xname, nlen, 1))
+                c->st->skipped_xattrs++;
+            continue;
+        }
+        if (nlen < sizeof name && !memchr(xname, 0, nlen)) {
+            memcpy(name, xname, nlen);
             name[nlen] = 0;
             if (fsetxattr(fd, name, val, vlen, 0)) {
-                if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
+                if (!ls_xattr_refused(fd, errno))
                     return os_fail(c, errno, "cannot set xattr on", r->path, r->path_len);
                 c->st->skipped_xattrs++;
             }
         } else {
             c->st->skipped_xattrs++;
         }
-        p = val + vlen;
     }
     return 0;
 }

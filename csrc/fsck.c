@@ -53,6 +53,28 @@ static int hash_content(int fd, uint64_t size, ls_blake3 *h, uint8_t *buf, uint8
     return 0;
 }
 
+/* How many of fd's xattrs ls_xattr_applies names; 1 when they cannot be listed, so that the
+ * caller looks for itself. */
+static uint32_t applied_xattrs(int fd, int owners)
+{
+    char small[1024], *list = small;
+    ssize_t len = flistxattr(fd, small, sizeof small);
+    if (len < 0 && errno == ERANGE) {
+        len = flistxattr(fd, NULL, 0);
+        list = len > 0 ? malloc((size_t)len) : NULL;
+        len = list ? flistxattr(fd, list, (size_t)len) : -1;
+    }
+    uint32_t n = len < 0 && errno != ENOTSUP;
+    for (ssize_t i = 0; i < len;) {
+        size_t l = strnlen(list + i, (size_t)(len - i));
+        n += (uint32_t)ls_xattr_applies(list + i, l, owners);
+        i += (ssize_t)l + 1;
+    }
+    if (list != small)
+        free(list);
+    return n;
+}
+
 static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t *buf)
 {
     char path[66];
@@ -73,10 +95,8 @@ static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t 
         o->gid = st.st_gid;
         o->size = (uint64_t)st.st_size;
         o->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-        if (b->flags & LS_CHECK_XATTRS) {
-            ssize_t len = flistxattr(fd, NULL, 0);
-            o->xattr_list_len = len > 0 ? (uint32_t)len : 0;
-        }
+        if (b->flags & LS_CHECK_XATTRS)
+            o->xattrs = applied_xattrs(fd, b->flags & LS_CHECK_OWNERS);
         o->err = hash_content(fd, o->size, h, buf, o->content_hash);
     }
     close(fd);

@@ -118,6 +118,10 @@ void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint
                   const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
 /* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */
 void ls_object_path(const uint8_t *id, char *out);
+/* Whether an xattr (name of len bytes, not NUL-terminated) is applied to files made from the
+ * records - objects, checkouts, directories - when owners (root) is set or not; the others are
+ * kept in the records only (util.c says which and why).  fsck compares exactly these. */
+int ls_xattr_applies(const char *name, size_t len, int owners);
 
 /* ---- Layer ingest (ingest.c) ---------------------------------------------------------------
  *
@@ -220,17 +224,18 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
  * Opens every object named by ids (never following a symlink), and fills its stat fields and
  * the BLAKE3 of its bytes: the whole batch on `threads` threads (the caller's among them), so a
  * store of small objects is hashed on every core without a call per file.  err is 0, an errno
- * (ENOENT: missing), or LS_CHECK_NOT_REGULAR.  xattr_list_len is flistxattr's length when
- * LS_CHECK_XATTRS is given (0: the object has none), else 0. */
+ * (ENOENT: missing), or LS_CHECK_NOT_REGULAR.  With LS_CHECK_XATTRS, xattrs counts the
+ * object's xattrs that ls_xattr_applies names (owners: LS_CHECK_OWNERS), so that a label the
+ * host puts on every file costs fsck nothing; else 0. */
 
 enum { LS_CHECK_NOT_REGULAR = -1 };
-enum { LS_CHECK_XATTRS = 1 };
+enum { LS_CHECK_XATTRS = 1, LS_CHECK_OWNERS = 2 };
 
 typedef struct {
     uint8_t id[32];             /* in */
     int32_t err;
     uint32_t mode, uid, gid;
-    uint32_t xattr_list_len;
+    uint32_t xattrs;
     uint64_t size;
     int64_t mtime_ns;
     uint8_t content_hash[32];

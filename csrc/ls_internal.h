@@ -59,6 +59,11 @@ LS_HIDDEN int ls_buf_reserve(ls_buf *b, size_t extra);
 LS_HIDDEN int ls_buf_append(ls_buf *b, const void *p, size_t n);
 LS_HIDDEN void ls_buf_free(ls_buf *b);
 
+/* Whether fsetxattr's failure err on fd means that this file cannot hold the xattr, which is
+ * then skipped (recorded or counted), rather than a failing disk, which is an error.  Which
+ * xattrs are applied at all is ls_xattr_applies (layerstore.h). */
+LS_HIDDEN int ls_xattr_refused(int fd, int err);
+
 /* The process umask, read from /proc without changing it (07777 when unknown). */
 LS_HIDDEN uint32_t ls_umask(void);
 

@@ -290,26 +290,48 @@ void ls_store_spill_abort(ls_store *s, ls_spill *sp)
     sp->tmpname[0] = 0;
 }
 
-/* Applies xattrs; a refusal the filesystem or our privileges explain is recorded, not fatal. */
-static int set_xattrs(ls_spill *sp, const ls_obj_meta *m, int *skipped, ls_err *e)
+/* Whether the file holds xattr name with exactly this value. */
+static int holds_xattr(int fd, const char *name, const uint8_t *val, uint32_t vlen)
+{
+    uint8_t small[256], *buf = vlen <= sizeof small ? small : malloc(vlen);
+    if (!buf)
+        return 0;
+    ssize_t n = fgetxattr(fd, name, buf, vlen);
+    int same = n == (ssize_t)vlen && memcmp(buf, val, vlen) == 0;
+    if (buf != small)
+        free(buf);
+    return same;
+}
+
+/* Applies the xattrs of the namespaces ls_xattr_applies names; the others live in the records
+ * only.  An applicable one the filesystem refused, or stored otherwise than recorded (the
+ * kernel rewrites a v3 security.capability whose root is 0 as v2), is recorded as skipped,
+ * so fsck does not take the object's xattrs for damage; a read-back costs little, since few
+ * files carry applicable xattrs.  Only a failing disk is fatal (ls_xattr_refused). */
+static int set_xattrs(ls_spill *sp, const ls_obj_meta *m, int owners, int *skipped, ls_err *e)
 {
     const uint8_t *p = m->xattrs, *end = m->xattrs + m->xattrs_len;
     char name[256];
     while (p < end) {
         uint32_t nlen = ls_get32(p), vlen = ls_get32(p + 4);
+        const char *xname = (const char *)p + 8;
         const uint8_t *val = p + 8 + nlen;
-        if (nlen >= sizeof name) {
-            *skipped = 1;       /* longer than XATTR_NAME_MAX: no filesystem takes it */
-        } else {
-            memcpy(name, p + 8, nlen);
-            name[nlen] = 0;
-            if (fsetxattr(sp->fd, name, val, vlen, 0)) {
-                if (errno == ENOSPC || errno == EDQUOT || errno == EIO)
-                    return os_fail(e, errno, "cannot set xattr", name);
-                *skipped = 1;   /* EPERM, ENOTSUP, EINVAL, ERANGE, E2BIG */
-            }
-        }
         p = val + vlen;
+        if (!ls_xattr_applies(xname, nlen, owners))
+            continue;
+        if (nlen >= sizeof name || memchr(xname, 0, nlen)) {
+            *skipped = 1;       /* longer than XATTR_NAME_MAX, or a NUL: no file takes it */
+            continue;
+        }
+        memcpy(name, xname, nlen);
+        name[nlen] = 0;
+        if (fsetxattr(sp->fd, name, val, vlen, 0)) {
+            if (!ls_xattr_refused(sp->fd, errno))
+                return os_fail(e, errno, "cannot set xattr", name);
+            *skipped = 1;
+        } else if (!holds_xattr(sp->fd, name, val, vlen)) {
+            *skipped = 1;
+        }
     }
     return 0;
 }
@@ -358,7 +380,7 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
         rc = os_fail(e, errno, "cannot set the mode of object", path);
         goto out;
     }
-    if (m->xattrs_len && (rc = set_xattrs(sp, m, xattrs_skipped, e)))
+    if (m->xattrs_len && (rc = set_xattrs(sp, m, owners, xattrs_skipped, e)))
         goto out;
 
     /* One canonical mtime: a hardlinked checkout shows it whichever image it came from. */

@@ -1,10 +1,13 @@
 /*
- * util.c - error messages and the growable byte buffer shared by the core's components.
+ * util.c - error messages, the growable byte buffer and the xattr rule shared by the core's
+ * components.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "ls_internal.h"
@@ -52,6 +55,38 @@ void ls_buf_free(ls_buf *b)
     free(b->data);
     b->data = NULL;
     b->len = b->cap = 0;
+}
+
+/* Which recorded xattrs are made real on files, the one rule for objects (objstore.c),
+ * checkouts (checkout.c) and fsck (through _native.py).  A layer records every xattr, and all
+ * of them are part of an object's identity, so save re-creates the layer byte for byte; but
+ * only these namespaces say something about the file itself:
+ *   user.*               the file's own data, settable by its owner;
+ *   trusted.*            the same for root only;
+ *   security.capability  file capabilities, which a binary needs to work (root only).
+ * The rest stay in the records: security.selinux and the other LSM labels belong to the
+ * host that built the image (this host's policy labels its files itself, and its kernel may
+ * refuse or rewrite a foreign label), and system.* (ACLs) only restates the mode by other
+ * means.  GNU tar's --xattrs restores user.* alone; Docker applies whatever the kernel takes. */
+int ls_xattr_applies(const char *name, size_t len, int owners)
+{
+    static const char user[] = "user.", trusted[] = "trusted.", caps[] = "security.capability";
+    if (len >= sizeof user - 1 && memcmp(name, user, sizeof user - 1) == 0)
+        return 1;
+    if (!owners)
+        return 0;
+    return (len >= sizeof trusted - 1 && memcmp(name, trusted, sizeof trusted - 1) == 0) ||
+           (len == sizeof caps - 1 && memcmp(name, caps, len) == 0);
+}
+
+int ls_xattr_refused(int fd, int err)
+{
+    if (err != ENOSPC)
+        return err != EIO && err != EDQUOT;
+    /* ext4 without ea_inode answers ENOSPC for a value larger than a block, with space to
+     * spare; a disk that is really full has none left. */
+    struct statvfs sv;
+    return fstatvfs(fd, &sv) == 0 && (uint64_t)sv.f_bfree * sv.f_frsize >= (1u << 20);
 }
 
 /* The process umask, read without changing it (umask(2) would, for every thread). */

@@ -2,7 +2,11 @@
 
 What is checked, all of it in one pass (every problem is reported, not the first):
   - every object a layer contains: present, a regular file of the recorded size whose bytes
-    and metadata hash to its name (mode, and as root owner and xattrs; mtime 0);
+    and metadata hash to its name (mode, owner as root; mtime 0), holding the recorded xattrs
+    of the namespaces applied to files (_native.xattr_applies: user.*, and as root trusted.*
+    and security.capability) and no others of those namespaces.  The rest of the recorded
+    xattrs (security.selinux, ...) are in the object's name but never on the file, and what
+    the host puts on files in those namespaces is none of fsck's business;
   - the index against itself: images -> layers, tags <-> images, layer and object reference
     counts recomputed from the records, rows that point at nothing;
   - objects/ and tmp/: every file that is not an indexed object.
@@ -31,7 +35,6 @@ from ._index import ImageRecord, LayerRecord
 from ._model import Problem
 
 _HEX = frozenset("0123456789abcdef")
-_IGNORED_XATTRS = ("security.selinux",)
 _FIXED = _native._RECORD     # set by the system on every file it labels
 
 
@@ -43,8 +46,9 @@ class _Obj:
     mode: int
     uid: int
     gid: int
-    xattrs: tuple
-    check_xattrs: bool
+    xattrs: tuple               # every recorded xattr: part of the name
+    applied: dict               # those the file should carry
+    check_xattrs: bool          # no ingest found the filesystem refusing them
     layers: list
 
 
@@ -55,11 +59,12 @@ def _images_of(layers, images_by_layer) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
-def _file_xattrs(path: str) -> dict:
+def _file_xattrs(path: str, owners: bool) -> dict:
+    """The file's xattrs of the applied namespaces."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
         return {n: os.getxattr(path, n, follow_symlinks=False)
-                for n in names if n not in _IGNORED_XATTRS}
+                for n in names if _native.xattr_applies(n, owners)}
     except OSError:
         return {}
 
@@ -69,11 +74,10 @@ def _restore_metadata(path: str, o: _Obj, owners: bool, want_mode: int, xattrs: 
         os.chown(path, o.uid, o.gid, follow_symlinks=False)   # before chmod: chown drops setuid
     os.chmod(path, want_mode)
     if xattrs:
-        want = dict(o.xattrs)
-        for name in os.listxattr(path):
-            if name not in want and name not in _IGNORED_XATTRS:
+        for name in _file_xattrs(path, owners):
+            if name not in o.applied:
                 os.removexattr(path, name)
-        for name, value in want.items():
+        for name, value in o.applied.items():
             os.setxattr(path, name, value)
     os.utime(path, ns=(0, 0), follow_symlinks=False)
 
@@ -101,13 +105,12 @@ def _judge(oid: str, path: str, o: _Obj, got: _native.ObjectCheck | None, owners
         wrong.append(f"mode {got_mode:o}, not {want_mode:o}")
     if owners and (got.uid, got.gid) != (o.uid, o.gid):
         wrong.append(f"owner {got.uid}:{got.gid}, not {o.uid}:{o.gid}")
-    check_xattrs = owners and o.check_xattrs
-    if check_xattrs and (_file_xattrs(path) if got.has_xattrs else {}) != dict(o.xattrs):
+    if o.check_xattrs and (_file_xattrs(path, owners) if got.xattrs else {}) != o.applied:
         wrong.append("xattrs differ from its records")
     if got.mtime_ns != 0:
         wrong.append("mtime is not 0")
     if wrong:
-        return ("object-metadata", "; ".join(wrong), (want_mode, check_xattrs))
+        return ("object-metadata", "; ".join(wrong), (want_mode, o.check_xattrs))
     return None
 
 
@@ -144,7 +147,7 @@ class _Hasher:
             raise self._errors[0]
 
 
-def _layer_objects(records, diff_id: str, expected: dict) -> None:
+def _layer_objects(records, diff_id: str, expected: dict, owners: bool) -> None:
     """Adds the non-empty objects of a layer's record batch to expected.  Reads only the fixed
     part and the xattrs of regular files: decode_records would build every entry."""
     view = memoryview(records)
@@ -152,6 +155,7 @@ def _layer_objects(records, diff_id: str, expected: dict) -> None:
     unpack = _FIXED.unpack_from
     file_type = _native.lib.LS_ENTRY_FILE
     skipped = _native.XATTRS_SKIPPED
+    applies = _native.xattr_applies
     while pos < end:
         (total, typ, flags, _, mode, uid, gid, _, _, _, _, size, _, oid, chash,
          plen, llen, ulen, glen, xlen) = unpack(view, pos)
@@ -163,10 +167,14 @@ def _layer_objects(records, diff_id: str, expected: dict) -> None:
                 if xlen:
                     p = pos + _FIXED.size + plen + llen + ulen + glen
                     xattrs = _native._decode_xattrs(view[p:p + xlen])
-                expected[key] = _Obj(size, chash.hex(), mode, uid, gid, xattrs,
-                                     not flags & skipped, [diff_id])
+                o = expected[key] = _Obj(size, chash.hex(), mode, uid, gid, xattrs,
+                                         {n: v for n, v in xattrs if applies(n, owners)},
+                                         True, [diff_id])
             elif o.layers[-1] != diff_id:
                 o.layers.append(diff_id)
+            # Only the ingest that wrote the object knows what the filesystem refused.
+            if flags & skipped:
+                o.check_xattrs = False
         pos += total
 
 
@@ -321,7 +329,7 @@ def run(store, txn, repair: bool) -> list[Problem]:
         expected: dict[str, _Obj] = {}
         for d in layers:
             if d not in layers_without_records:
-                _layer_objects(index.layer_data(txn, d, "records"), d, expected)
+                _layer_objects(index.layer_data(txn, d, "records"), d, expected, owners)
         hasher.finish([bytes.fromhex(oid) for oid in expected
                        if bytes.fromhex(oid) not in object_rows])
     except BaseException:

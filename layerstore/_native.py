@@ -208,6 +208,13 @@ def object_path(object_id_hex: str) -> str:
     return f"{object_id_hex[:2]}/{object_id_hex[2:]}"
 
 
+def xattr_applies(name: str, owners: bool) -> bool:
+    """Whether an xattr is applied to objects and checkouts (root: owners) or kept in the
+    records only; the rule is ls_xattr_applies."""
+    raw = os.fsencode(name)
+    return bool(lib.ls_xattr_applies(raw, len(raw), owners))
+
+
 def encode_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> bytes:
     parts = []
     for name, value in sorted((os.fsencode(n), v) for n, v in xattrs):
@@ -432,17 +439,17 @@ class ObjectCheck:
     size: int
     mtime_ns: int
     content_hash: bytes
-    has_xattrs: bool        # known only when asked for
+    xattrs: int             # of the namespaces xattr_applies names; counted only when asked
 
 
 NOT_REGULAR = lib.LS_CHECK_NOT_REGULAR
 
 
-def check_objects(objects_dir: str, ids: list[bytes], xattrs: bool,
+def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
                   report=None) -> list[ObjectCheck]:
     """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_check_objects),
-    in the order given (biggest first spreads the work best).  report: see observed (items:
-    objects checked)."""
+    in the order given (biggest first spreads the work best), and counts their xattrs that
+    xattr_applies(name, owners) names.  report: see observed (items: objects checked)."""
     if not ids:
         return []
     objs = ffi.new("ls_object_check[]", len(ids))
@@ -451,13 +458,14 @@ def check_objects(objects_dir: str, ids: list[bytes], xattrs: bool,
     err = ffi.new("char[]", 1024)
     rc = observed(lambda progress: lib.ls_check_objects(
         os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
-        lib.LS_CHECK_XATTRS if xattrs else 0, progress, err, 1024), report)
+        lib.LS_CHECK_XATTRS | (lib.LS_CHECK_OWNERS if owners else 0), progress, err, 1024),
+        report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     buf = ffi.buffer(objs)
     size = ffi.sizeof("ls_object_check")
     hash_at = ffi.offsetof("ls_object_check", "content_hash")
     return [ObjectCheck(o.err, o.mode, o.uid, o.gid, o.size, o.mtime_ns,
-                        buf[i * size + hash_at:i * size + hash_at + 32], o.xattr_list_len > 0)
+                        buf[i * size + hash_at:i * size + hash_at + 32], o.xattrs)
             for i, o in enumerate(objs)]
 
 
