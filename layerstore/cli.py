@@ -338,9 +338,12 @@ def export(open_store, image, out):
 @cli.command()
 @click.option("--repair", is_flag=True,
               help="Fix what can be fixed; list the images to re-import for the rest.")
-@click.option("--json", "as_json", is_flag=True, help="Print the problems as a JSON list.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="List each file that interrupted work left, not only how many.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print every problem, garbage included, as a JSON list.")
 @click.pass_obj
-def fsck(open_store, repair, as_json):
+def fsck(open_store, repair, verbose, as_json):
     """Check every object and the index; exit status 0 when the store is whole (garbage that
     interrupted work left aside: gc removes it), 1 when problems were found (even if --repair
     fixed them all)."""
@@ -351,9 +354,18 @@ def fsck(open_store, repair, as_json):
     if as_json:
         click.echo(_fsck.to_json(problems))
         return status
+    garbage = [p for p in problems if p.garbage]
     for p in problems:
-        mark = "fixed: " if p.fixed else ""
-        click.echo(f"{mark}{p.kind} {p.subject}: {p.detail}")
+        if verbose or not p.garbage:
+            mark = "fixed: " if p.fixed else ""
+            click.echo(f"{mark}{p.kind} {p.subject}: {p.detail}")
+    if garbage:
+        n = len(garbage)
+        files = f"{n} file{'s' if n != 1 else ''} left by interrupted work"
+        if all(p.fixed for p in garbage):
+            click.echo(f"fixed: {files}, removed")
+        else:
+            click.echo(f"{files}; `layerstore gc` removes {'them' if n != 1 else 'it'}")
     if repair and problems:
         fixed = sum(p.fixed for p in problems)
         left = [p for p in problems if not p.fixed]
@@ -367,9 +379,6 @@ def fsck(open_store, repair, as_json):
             click.echo(f"re-import: {image_id} {tags}".rstrip())
         if left and not reimport:
             click.echo(f"{len(left)} problem(s) need attention by hand")
-    elif problems and status == 0:
-        click.echo(f"whole; {len(problems)} file(s) of garbage from interrupted work: "
-                   "`layerstore gc` removes them")
     return status
 
 

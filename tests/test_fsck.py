@@ -170,14 +170,16 @@ def test_cli_json_and_exit_codes(store, capsys):
     open(os.path.join(root, "tmp", "x"), "w").close()
     assert main(["--root", root, "fsck"]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert sorted(line.split()[0] for line in out) == ["garbage", "object-missing"]
+    assert [line.split()[0] for line in out] == ["object-missing", "1"]
+    assert out[1] == "1 file left by interrupted work; `layerstore gc` removes it"
     assert main(["--root", root, "fsck", "--json"]) == 1
     got = json.loads(capsys.readouterr().out)
     assert sorted((p["kind"], p["garbage"]) for p in got) == [
         ("garbage", True), ("object-missing", False)]
     assert main(["--root", root, "fsck", "--repair"]) == 1
     out = capsys.readouterr().out
-    assert "fixed: garbage" in out and "re-import: sha256:" in out and "test/app:1" in out
+    assert "fixed: 1 file left by interrupted work, removed" in out
+    assert "re-import: sha256:" in out and "test/app:1" in out
 
 
 def test_garbage_of_interrupted_work_leaves_the_store_whole(store, archive, capsys):
@@ -192,9 +194,17 @@ def test_garbage_of_interrupted_work_leaves_the_store_whole(store, archive, caps
     problems = store.fsck()
     assert [p.garbage for p in problems] == [True, True]
     assert main(["--root", store.root, "fsck"]) == 0
-    assert "2 file(s) of garbage" in capsys.readouterr().out
+    assert capsys.readouterr().out == ("2 files left by interrupted work; `layerstore gc` "
+                                       "removes them\n")
+    assert main(["--root", store.root, "fsck", "--verbose"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sorted(line.split()[1].rstrip(":") for line in listed[:2]) == [
+        os.path.relpath(orphan, store.root), "tmp/obj-1-2"]
+    assert all(line.startswith("garbage ") for line in listed[:2])
+    assert listed[2:] == ["2 files left by interrupted work; `layerstore gc` removes them"]
     assert main(["--root", store.root, "fsck", "--json"]) == 0
-    assert all(p["garbage"] for p in json.loads(capsys.readouterr().out))
+    got = json.loads(capsys.readouterr().out)
+    assert len(got) == 2 and all(p["garbage"] for p in got)
     store.gc()
     assert store.fsck() == [] and not os.path.exists(orphan)
 
