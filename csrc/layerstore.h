@@ -118,6 +118,15 @@ void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint
                   const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
 /* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */
 void ls_object_path(const uint8_t *id, char *out);
+/* Re-creates object id, whose name must be free (fsck --repair removed the damaged file),
+ * from object src_id, which holds the same content under other metadata: a reflink where the
+ * filesystem has them, else a copy that keeps holes; checked against content_hash on the way
+ * (LS_E_CORRUPT if src no longer holds it); given the metadata as ingest gives it, and linked
+ * into place.  Not made durable: ls_store_sync does that.  *xattrs_skipped as for ingest. */
+int ls_store_restore(ls_store *s, const uint8_t *id, const uint8_t *src_id,
+                     const uint8_t *content_hash, uint64_t size, uint32_t mode, uint32_t uid,
+                     uint32_t gid, const uint8_t *xattrs, size_t xattrs_len, int *xattrs_skipped,
+                     char *err, size_t errlen);
 /* Whether an xattr (name of len bytes, not NUL-terminated) is applied to files made from the
  * records - objects, checkouts, directories - when owners (root) is set or not; the others are
  * kept in the records only (util.c says which and why).  fsck compares exactly these. */

@@ -23,6 +23,9 @@
  * gains the owner-read bit so the store can always read its own objects; the intended metadata
  * lives in the index.  chown clears setuid bits, so owner goes before mode.
  *
+ * fsck --repair re-makes a damaged object the same way, from another object with the same
+ * content (ls_store_restore): its bytes are a reflink or a copy of that one's, hashed again.
+ *
  * Objects are never opened for writing once linked.  The store handle may be shared by
  * several ingests on different threads: its only mutable fields are updated atomically.
  */
@@ -192,7 +195,8 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_o
     sp->tmpname[0] = 0;
     sp->pos = sp->written_end = 0;
     /* Created with its final permission bits where the umask allows, so that commit can
-     * skip fchmod (writing through this descriptor works whatever the bits). */
+     * skip fchmod (writing through this descriptor works whatever the bits).  Readable too:
+     * a restore hashes what a reflink put in it. */
     uint32_t want = m ? object_mode(s, m) & 0777 : 0600;
     sp->mode = want & ~s->umask;
     if (!__atomic_load_n(&s->no_tmpfile, __ATOMIC_RELAXED)) {
@@ -206,7 +210,7 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_o
             fan[1] = hexdigits[id[0] & 15];
         }
         sp->fd = openat(id ? s->objects_fd : s->tmp_fd, id ? fan : ".",
-                        O_TMPFILE | O_WRONLY | O_CLOEXEC, want);
+                        O_TMPFILE | O_RDWR | O_CLOEXEC, want);
         if (sp->fd >= 0)
             return 0;
         if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL)
@@ -217,7 +221,7 @@ int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_o
     snprintf(sp->tmpname, sizeof sp->tmpname, "obj-%ld-%llu", (long)getpid(),
              (unsigned long long)n);
     sp->mode = 0600 & ~s->umask;
-    sp->fd = openat(s->tmp_fd, sp->tmpname, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    sp->fd = openat(s->tmp_fd, sp->tmpname, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
     if (sp->fd < 0)
         return os_fail(e, errno, "cannot create tmp/", sp->tmpname);
     return 0;
@@ -414,4 +418,77 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
 out:
     ls_store_spill_abort(s, sp);
     return rc;
+}
+
+/* Copies size bytes of src into the spill, as a reflink where the filesystem has them (the
+ * two objects then share their blocks) or else by reading and writing, which keeps holes as
+ * ingest makes them.  What the new file holds is hashed on the way, so a source that changed
+ * since fsck read it gives LS_E_CORRUPT instead of a wrong object. */
+static int copy_content(int src, ls_spill *sp, uint64_t size, const uint8_t *content_hash,
+                        ls_err *e)
+{
+    struct stat st;
+    int cloned = ioctl(sp->fd, FICLONE, src) == 0;
+    if (cloned && (fstat(sp->fd, &st) || (uint64_t)st.st_size != size))
+        return ls_fail(e, LS_E_CORRUPT, "the object copied from changed size");
+    int from = cloned ? sp->fd : src;
+    ls_blake3 *h = ls_blake3_new();
+    uint8_t *buf = malloc(1u << 20);
+    uint64_t off = 0;
+    int rc = 0;
+    if (!h || !buf)
+        rc = ls_fail(e, LS_E_NOMEM, "out of memory");
+    while (!rc && off < size) {
+        ssize_t n = pread(from, buf, size - off < (1u << 20) ? (size_t)(size - off) : 1u << 20,
+                          (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = os_fail(e, errno, "cannot read", "the object copied from");
+        else if (n == 0)
+            break;
+        else if (!cloned)
+            rc = ls_store_spill_write(sp, buf, (size_t)n, e);
+        if (!rc)
+            ls_blake3_update(h, buf, (size_t)n);
+        off += n > 0 ? (uint64_t)n : 0;
+    }
+    uint8_t got[32];
+    if (!rc) {
+        ls_blake3_finalize(h, got, 32);
+        if (off != size || memcmp(got, content_hash, 32))
+            rc = ls_fail(e, LS_E_CORRUPT, "the object copied from no longer holds the content");
+    }
+    if (cloned)
+        sp->pos = sp->written_end = size;
+    ls_blake3_free(h);
+    free(buf);
+    return rc;
+}
+
+int ls_store_restore(ls_store *s, const uint8_t *id, const uint8_t *src_id,
+                     const uint8_t *content_hash, uint64_t size, uint32_t mode, uint32_t uid,
+                     uint32_t gid, const uint8_t *xattrs, size_t xattrs_len, int *xattrs_skipped,
+                     char *err, size_t errlen)
+{
+    ls_obj_meta m = {mode & 07777, uid, gid, xattrs, xattrs_len};
+    ls_spill sp;
+    ls_err e;
+    char src_path[66];
+    int rc;
+    ls_object_path(src_id, src_path);
+    int src = openat(s->objects_fd, src_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (src < 0) {
+        rc = os_fail(&e, errno, "cannot open object", src_path);
+    } else {
+        rc = ls_store_spill_open(s, &sp, id, &m, &e);
+        if (!rc && (rc = copy_content(src, &sp, size, content_hash, &e)))
+            ls_store_spill_abort(s, &sp);
+        else if (!rc)
+            rc = ls_store_spill_commit(s, &sp, id, &m, size, xattrs_skipped, &e);
+        close(src);
+    }
+    if (rc < 0)
+        snprintf(err, errlen, "%s", e.msg);
+    return rc < 0 ? rc : 0;
 }

@@ -12,10 +12,14 @@ What is checked, all of it in one pass (every problem is reported, not the first
   - objects/ and tmp/: every file that is not an indexed object.
 
 Repair.  Index rows are recomputed or dropped, stray files deleted, object metadata restored
-in place.  An object whose bytes are gone or wrong cannot be re-made from the store: repair
-deletes the bad file and marks every layer holding it for re-import (Index.mark_reimport), and
-reports the images naming those layers; importing any of their archives again re-ingests the
-marked layers, which re-creates the objects.  An image that names a layer the index lacks is
+in place.  An object whose bytes are gone or wrong (written through a hardlinked checkout) is
+re-made from another object with the same content and other metadata when one is whole - a
+reflink or a copy, checked against the content hash, given its metadata and linked into place
+(ls_store_restore); the store syncs before the index commits.  Overlay layer dirs are no such
+source: their files are hardlinks of the objects, damaged with them.  Without a whole twin,
+repair deletes the bad file and marks every layer holding it for re-import
+(Index.mark_reimport), and reports the images naming those layers; importing any of their
+archives again re-ingests the marked layers, which re-creates the objects.  An image that names a layer the index lacks is
 removed (its tags listed) so that a re-import creates it afresh with correct counts.
 
 Speed: objects are read and hashed in C on every core, in one call per batch (fsck.c).
@@ -30,7 +34,7 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from . import _native
+from . import _native, errors
 from ._index import ImageRecord, LayerRecord
 from ._model import Problem
 
@@ -382,7 +386,14 @@ def run(store, txn, repair: bool) -> list[Problem]:
                    hasher.results.get(bytes.fromhex(oid)), owners)
         if r is not None:
             bad[oid] = r
+    # Equal bytes under other metadata are another object (another name): one whose bytes
+    # are whole can re-make a damaged or missing one.
+    whole = {}
+    for oid, o in expected.items():
+        if oid not in bad or bad[oid][0] == "object-metadata":
+            whole.setdefault(o.content_hash, oid)
     healed_marks = set(marks) & set(layers)
+    restored: list[str] = []
     for oid in sorted(bad):
         kind, detail, meta = bad[oid]
         o = expected[oid]
@@ -391,6 +402,12 @@ def run(store, txn, repair: bool) -> list[Problem]:
         if kind == "object-metadata":
             add(kind, oid, detail, True,
                 fix=lambda p=path, o=o, m=meta: _restore_metadata(p, o, owners, *m))
+            continue
+        twin = whole.get(o.content_hash)
+        if twin is not None:
+            add(kind, oid, f"{detail}; repair copies its content from object {twin}", True,
+                affected, fix=lambda p=path, i=oid, t=twin, o=o, k=kind: _restore_object(
+                    store, txn, p, i, t, o, k, healed_marks, restored))
             continue
         healed_marks -= set(o.layers)
         note = "; re-import an image holding it" if affected else ""
@@ -401,15 +418,33 @@ def run(store, txn, repair: bool) -> list[Problem]:
         return problems
     done = set()
     for i, fix in fixes:
-        fix()
-        if problems[i].repairable:
+        if fix() is not False and problems[i].repairable:
             done.add(i)
+    if restored:
+        store._objects.sync()       # before the index commit, as an import does
     # A marked layer whose objects are all whole again (another image's re-import made them)
     # needs no re-ingest.
     for d in healed_marks:
         index.clear_reimport(txn, d)
     return [Problem(p.kind, p.subject, p.detail, p.repairable, p.images, i in done)
             for i, p in enumerate(problems)]
+
+
+def _restore_object(store, txn, path: str, oid: str, twin: str, o: _Obj, kind: str,
+                    healed_marks: set, restored: list) -> bool:
+    """Re-makes a damaged or missing object from twin (whole bytes, other metadata); when
+    that fails (the twin changed since it was read), marks its layers for re-import instead.
+    Returns whether it healed the object."""
+    _remove(path)
+    try:
+        store._objects.restore(oid, twin, bytes.fromhex(o.content_hash), o.size, o.mode, o.uid,
+                               o.gid, o.xattrs)
+    except errors.LayerstoreError:
+        _forget_object(store._index, txn, path, o, kind)
+        healed_marks.difference_update(o.layers)
+        return False
+    restored.append(oid)
+    return True
 
 
 def _forget_object(index, txn, path: str, o: _Obj, kind: str) -> None:

@@ -272,6 +272,20 @@ class ObjectStore:
                                                name="layerstore-writeback", daemon=True)
             self._writeback.start()
 
+    def restore(self, object_id_hex: str, source_hex: str, content_hash: bytes, size: int,
+                mode: int, uid: int, gid: int, xattrs: tuple = ()) -> bool:
+        """Re-creates an object whose name is free from another object with the same content
+        (see ls_store_restore); CorruptArchive when the source no longer holds it.  Returns
+        whether the filesystem refused some of its xattrs."""
+        blob = encode_xattrs(xattrs)
+        skipped = ffi.new("int *")
+        err = ffi.new("char[]", 1024)
+        rc = lib.ls_store_restore(self._h, bytes.fromhex(object_id_hex),
+                                  bytes.fromhex(source_hex), content_hash, size, mode, uid, gid,
+                                  blob, len(blob), skipped, err, 1024)
+        _check(rc, ffi.string(err).decode(errors="replace"))
+        return bool(skipped[0])
+
     def close(self) -> None:
         with self._writeback_lock:
             pending = self._writeback

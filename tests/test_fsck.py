@@ -3,6 +3,8 @@ it can, and a re-import of the original archive heals the rest."""
 
 import json
 import os
+import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -10,7 +12,7 @@ import textwrap
 import pytest
 
 import archives as A
-from conftest import python_env
+from conftest import need_root, need_tool, python_env
 from layerstore import Store
 from layerstore.cli import main
 from test_store import state
@@ -215,3 +217,151 @@ def test_corpus_store_is_clean(corpus_images, tmp_path):
             with open(image.archive, "rb") as f:
                 s.import_archive(f)
         assert s.fsck() == []
+
+
+# ---- damaged objects re-made from an object with the same content ---------------------------
+
+HOLEY = bytes(1 << 16) + b"data" + bytes(1 << 16)
+# Another image holds bin/sh's and a holey file's bytes under other modes: other objects.
+L3 = A.layer(("f", "opt/sh", b"\x7fELF" * 300, 0o700), ("f", "opt/holey", HOLEY, 0o600))
+L4 = A.layer(("f", "var/holey", HOLEY, 0o644))
+CONTENT = {"test/app:1": {"etc/os-release": b"NAME=test\n", "bin/sh": b"\x7fELF" * 300,
+                          "app/main.py": b"print('hi')\n", "app/sh-link": b"\x7fELF" * 300},
+           "test/other:1": {"opt/sh": b"\x7fELF" * 300, "opt/holey": HOLEY,
+                            "var/holey": HOLEY}}
+
+
+@pytest.fixture
+def twins(tmp_path):
+    path = tmp_path / "twins.tar"
+    path.write_bytes(A.docker_archive([([L1, L2], ["test/app:1"]),
+                                       ([L3, L4], ["test/other:1"])]))
+    with Store(tmp_path / "store") as s:
+        s.import_archive(path)
+        yield s, path
+
+
+def _tamper(path, data=b"EVIL"):
+    os.chmod(path, 0o644)
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def _assert_every_image_reads_right(store, capsysbinary):
+    for ref, files in CONTENT.items():
+        for path, content in files.items():
+            with store.open(ref, path) as f:
+                assert f.read() == content, (ref, path)
+    capsysbinary.readouterr()
+    assert main(["--root", store.root, "cat", "test/app:1", "/bin/sh"]) == 0
+    assert capsysbinary.readouterr().out == CONTENT["test/app:1"]["bin/sh"]
+
+
+def _marks(store):
+    with store._index.read() as txn:
+        return store._index.reimport_marks(txn)
+
+
+def test_tampered_object_is_remade_from_its_twin(twins, tmp_path, capsysbinary):
+    """As through a hardlinked checkout: the user's file keeps what they wrote, the store gets
+    a new file with the object's bytes and metadata."""
+    store, _ = twins
+    sh, twin = (store.stat(ref, p).object_id for ref, p in (("test/app:1", "bin/sh"),
+                                                             ("test/other:1", "opt/sh")))
+    assert sh != twin
+    holey = [store.stat("test/other:1", p).object_id for p in ("var/holey", "opt/holey")]
+    users = tmp_path / "checked-out-sh"
+    os.link(store.object_path(sh), users)
+    for oid in (sh, holey[0]):
+        _tamper(store.object_path(oid))
+    inode = os.stat(users).st_ino
+    problems = {p.subject: p for p in store.fsck()}
+    assert sorted(problems) == sorted([sh, holey[0]])
+    assert problems[sh].kind == "object-corrupt" and problems[sh].repairable
+    assert problems[sh].detail.endswith(f"repair copies its content from object {twin}")
+    assert all(p.fixed for p in store.fsck(repair=True))
+    assert store.fsck() == [] and _marks(store) == set()
+    st = os.stat(store.object_path(sh))
+    assert st.st_ino != inode and st.st_mtime_ns == 0
+    assert users.read_bytes().startswith(b"EVIL")
+    assert stat.S_IMODE(st.st_mode) == (0o755 if os.geteuid() == 0 else 0o755 | 0o400)
+    st = os.stat(store.object_path(holey[0]))
+    assert st.st_blocks * 512 < len(HOLEY) // 2      # the copy kept the holes
+    _assert_every_image_reads_right(store, capsysbinary)
+
+
+def test_missing_object_is_remade_from_its_twin(twins, capsysbinary):
+    store, _ = twins
+    twin = store.stat("test/other:1", "opt/sh").object_id
+    os.unlink(store.object_path(twin))
+    (p,) = store.fsck()
+    assert p.kind == "object-missing" and p.repairable
+    assert store.fsck(repair=True)[0].fixed
+    assert store.fsck() == [] and _marks(store) == set()
+    assert stat.S_IMODE(os.stat(store.object_path(twin)).st_mode) == 0o700
+    _assert_every_image_reads_right(store, capsysbinary)
+
+
+def test_without_a_whole_twin_the_layers_are_marked(twins):
+    """Both objects of one content damaged: nothing in the store holds it; re-import heals."""
+    store, archive = twins
+    ids = [store.stat(ref, p).object_id for ref, p in (("test/app:1", "bin/sh"),
+                                                        ("test/other:1", "opt/sh"))]
+    for oid in ids:
+        _tamper(store.object_path(oid))
+    problems = store.fsck()
+    assert sorted(p.subject for p in problems) == sorted(ids)
+    assert not any(p.repairable for p in problems)
+    store.fsck(repair=True)
+    assert _kinds(store.fsck()) == ["object-missing", "object-missing"]
+    assert _marks(store) == set(store.image("test/app:1").diff_ids[:1] +
+                                store.image("test/other:1").diff_ids[:1])
+    store.import_archive(archive)
+    assert store.fsck() == []
+
+
+def test_a_twin_that_changes_before_the_copy_falls_back_to_marking(twins, monkeypatch):
+    store, _ = twins
+    sh = store.stat("test/app:1", "bin/sh").object_id
+    twin = store.stat("test/other:1", "opt/sh").object_id
+    _tamper(store.object_path(sh))
+    real = store._objects.restore
+
+    def changed_meanwhile(oid, source, content_hash, *rest):
+        _tamper(store.object_path(source), b"LATE")
+        return real(oid, source, content_hash, *rest)
+
+    monkeypatch.setattr(store._objects, "restore", changed_meanwhile)
+    (p,) = store.fsck(repair=True)
+    assert p.subject == sh and not p.fixed
+    assert _marks(store) == {store.image("test/app:1").diff_ids[0]}
+    assert sorted((p.kind, p.subject) for p in store.fsck()) == [
+        ("object-corrupt", twin), ("object-missing", sh)]
+    assert os.listdir(os.path.join(store.root, "tmp")) == []
+
+
+@need_root("mounts a loop xfs, whose reflinks the repair uses")
+@need_tool("mkfs.xfs")
+def test_repair_on_a_filesystem_with_reflinks(tmp_path, capsysbinary):
+    image, mnt = tmp_path / "xfs.img", tmp_path / "xfs"
+    with open(image, "wb") as f:
+        f.truncate(320 << 20)
+    subprocess.run(["mkfs.xfs", "-q", "-m", "reflink=1", str(image)], check=True)
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        (mnt / "twins.tar").write_bytes(A.docker_archive([([L1, L2], ["test/app:1"]),
+                                                          ([L3, L4], ["test/other:1"])]))
+        with Store(mnt / "store") as store:
+            store.import_archive(mnt / "twins.tar")
+            sh = store.object_path(store.stat("test/app:1", "bin/sh").object_id)
+            for path in (sh, store.object_path(store.stat("test/other:1", "var/holey").object_id)):
+                _tamper(path)
+            assert all(p.fixed for p in store.fsck(repair=True))
+            assert store.fsck() == []
+            _assert_every_image_reads_right(store, capsysbinary)
+            if shutil.which("filefrag"):    # the twins share their blocks
+                assert "shared" in subprocess.run(["filefrag", "-v", sh], check=True,
+                                                  capture_output=True, text=True).stdout
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
