@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 from . import _native, errors
 from ._index import ImageRecord, LayerRecord
-from ._model import Problem
+from ._model import Problem, Progress
 
 _HEX = frozenset("0123456789abcdef")
 _FIXED = _native._RECORD     # set by the system on every file it labels
@@ -118,37 +118,68 @@ def _judge(oid: str, path: str, o: _Obj, got: _native.ObjectCheck | None, owners
     return None
 
 
+class _Stopped(Exception):
+    """Raised into the hashing thread's progress report: observed() then cancels the C call."""
+
+
 class _Hasher:
     """Hashes objects in C on every core (fsck.c), from a thread of its own so that this one
-    decodes the layer records meanwhile (the C call releases the GIL)."""
+    decodes the layer records meanwhile (the C call releases the GIL).  This thread reports
+    progress while it waits, and when it is interrupted (Ctrl-C) the hashing stops within a
+    tenth of a second instead of running to the end."""
 
-    def __init__(self, objects_dir: str, owners: bool) -> None:
-        self.objects_dir, self.owners = objects_dir, owners
+    def __init__(self, objects_dir: str, owners: bool, progress) -> None:
+        self.objects_dir, self.owners, self.progress = objects_dir, owners, progress
         self.results: dict[bytes, _native.ObjectCheck] = {}
         self._errors: list[BaseException] = []
         self._thread = None
+        self._stop = False
+        self._done = (0, 0)         # bytes and objects hashed by the thread so far
+        self._total = [0, 0]
+
+    def _report(self, done_bytes: int, items: int) -> None:
+        self._done = (done_bytes, items)
+        if self._stop:
+            raise _Stopped
 
     def _work(self, ids) -> None:
         try:
-            self.results.update(zip(ids, _native.check_objects(self.objects_dir, ids,
-                                                               self.owners)))
+            self.results.update(zip(ids, _native.check_objects(
+                self.objects_dir, ids, self.owners, report=self._report)))
         except BaseException as exc:    # noqa: BLE001 - re-raised by finish
             self._errors.append(exc)
 
-    def start(self, ids) -> None:
-        """ids biggest first."""
+    def _show(self, done_bytes: int, items: int) -> None:
+        if self.progress is not None:
+            self.progress(Progress(done_bytes, self._total[0], items, self._total[1]))
+
+    def start(self, ids, size: int) -> None:
+        """ids biggest first, size their bytes."""
+        self._total = [size, len(ids)]
         self._thread = threading.Thread(target=self._work, args=(ids,), daemon=True,
                                         name="layerstore-fsck")
         self._thread.start()
 
-    def finish(self, more) -> None:
-        """Waits for the first batch, then hashes more (ids not known at start); more=None
-        abandons the work."""
-        self._thread.join()
-        if more:
-            self._work(more)
-        if more is not None and self._errors:
+    def finish(self, more, size: int = 0) -> None:
+        """Waits for the first batch, then hashes more (ids not known at start, of size
+        bytes) on this thread; more=None abandons the work."""
+        if more is None:
+            self._stop = True
+            self._thread.join()
+            return
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            self._show(*self._done)
+        if self._errors:
             raise self._errors[0]
+        self._show(*self._done)
+        if more:
+            self._total[0] += size
+            self._total[1] += len(more)
+            b, n = self._done
+            self.results.update(zip(more, _native.check_objects(
+                self.objects_dir, more, self.owners,
+                report=lambda mb, mn: self._show(b + mb, n + mn))))
 
 
 def _layer_objects(records, diff_id: str, expected: dict, owners: bool) -> None:
@@ -228,9 +259,9 @@ def _remove(path: str) -> None:
         pass
 
 
-def run(store, txn, repair: bool) -> list[Problem]:
+def run(store, txn, repair: bool, progress=None) -> list[Problem]:
     """Checks the store as txn sees the index (with repair, txn is the write transaction the
-    fixes go into); the caller holds the store lock."""
+    fixes go into); the caller holds the store lock.  progress: see Store.fsck."""
     index = store._index
     owners = store._objects.owners
     root = store.root
@@ -327,15 +358,17 @@ def run(store, txn, repair: bool) -> list[Problem]:
     # Hashing needs nothing from the records (only the verdict does), so it starts on the
     # objects the objects table names while this thread decodes the records.
     objects_dir = os.path.join(root, "objects")
-    hasher = _Hasher(objects_dir, owners)
-    hasher.start(sorted(object_rows, key=lambda k: -object_rows[k][0]))
+    hasher = _Hasher(objects_dir, owners, progress)
+    hasher.start(sorted(object_rows, key=lambda k: -object_rows[k][0]),
+                 sum(size for size, _ in object_rows.values()))
     try:
         expected: dict[str, _Obj] = {}
         for d in layers:
             if d not in layers_without_records:
                 _layer_objects(index.layer_data(txn, d, "records"), d, expected, owners)
-        hasher.finish([bytes.fromhex(oid) for oid in expected
-                       if bytes.fromhex(oid) not in object_rows])
+        more = [oid for oid in expected if bytes.fromhex(oid) not in object_rows]
+        hasher.finish([bytes.fromhex(oid) for oid in more],
+                      sum(expected[oid].size for oid in more))
     except BaseException:
         hasher.finish(None)
         raise

@@ -38,7 +38,7 @@ import secrets
 import stat
 
 from . import _native, errors
-from ._model import DuResult, GcResult, ImageUsage
+from ._model import DuResult, GcResult, ImageUsage, Progress
 from ._reference import DIGEST_RE, normalize_tag
 
 _OBJECT_NAME = re.compile(r"[0-9a-f]{62}\Z")
@@ -237,7 +237,21 @@ def _walk_garbage(objects_dir: str, index, txn, freed: dict) -> list[str]:
     return out
 
 
-def gc(store, dry_run: bool = False, full: bool = False) -> GcResult:
+class _Removed:
+    """Counts what gc removed for its progress callback (files and bytes of the GcResult)."""
+
+    def __init__(self, progress, files: int, size: int) -> None:
+        self.progress, self.files, self.size = progress, files, size
+        self.done_files = self.done_bytes = 0
+
+    def __call__(self, files: int, size: int) -> None:
+        self.done_files += files
+        self.done_bytes += size
+        if self.progress is not None:
+            self.progress(Progress(self.done_bytes, self.size, self.done_files, self.files))
+
+
+def gc(store, dry_run: bool = False, full: bool = False, progress=None) -> GcResult:
     """See Store.gc."""
     index = store._index
     objects_dir = os.path.join(store.root, "objects")
@@ -272,26 +286,30 @@ def gc(store, dry_run: bool = False, full: bool = False) -> GcResult:
             txn.abort()
             raise
         object_bytes = sum(freed.values())
-        garbage_bytes = sum(_file_bytes(p) for p in garbage)
-        tmp_files = tmp_bytes = 0
-        for name in tmp_entries:
-            n, b = _tree_bytes(os.path.join(tmp, name))
-            tmp_files += n
-            tmp_bytes += b
+        garbage_sizes = [_file_bytes(p) for p in garbage]
+        tmp_sizes = [_tree_bytes(os.path.join(tmp, name)) for name in tmp_entries]
+        tmp_files = sum(n for n, _ in tmp_sizes)
+        tmp_bytes = sum(b for _, b in tmp_sizes)
+        garbage_bytes = sum(garbage_sizes)
         if not dry_run:
-            for oid in freed:
+            removed = _Removed(progress, len(freed) + len(garbage) + tmp_files,
+                               object_bytes + garbage_bytes + tmp_bytes)
+            for oid, size in freed.items():
                 _unlink(os.path.join(objects_dir, _native.object_path(oid.hex())))
-            for path in garbage:
+                removed(1, size)
+            for path, size in zip(garbage, garbage_sizes):
                 if os.path.isdir(path) and not os.path.islink(path):
                     _remove_tree(path)
                 else:
                     _unlink(path)
+                removed(1, size)
+            for name, (n, size) in zip(tmp_entries, tmp_sizes):
+                _remove_tree(os.path.join(tmp, name))
+                removed(n, size)
             for path in layer_dirs:
                 _remove_tree(path)
             for path in _dangling_short_links(store):
                 _unlink(path)
-            for name in tmp_entries:
-                _remove_tree(os.path.join(tmp, name))
             # Last: a marker must outlive the work it asks a later gc to redo.
             for name in pending:
                 _unlink(os.path.join(_pending(store), name))

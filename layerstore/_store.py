@@ -682,7 +682,8 @@ class Store:
 
     # ---- integrity (logic in _fsck.py) ------------------------------------------------------
 
-    def fsck(self, repair: bool = False) -> list[Problem]:
+    def fsck(self, repair: bool = False,
+             progress: Callable[[Progress], None] | None = None) -> list[Problem]:
         """Checks every object the layers hold (bytes and metadata against its name, in C on
         every core), the index against itself (dangling rows, reference counts) and objects/ and
         tmp/ for stray files; returns every problem found, [] for a whole store.
@@ -695,6 +696,10 @@ class Store:
         Files that interrupted work left (a killed import or gc) are Problem.garbage: the
         store is whole with them, and gc removes them.
 
+        progress, when given, is called on this thread about ten times a second while the
+        objects are read and hashed, which is nearly all of fsck's time: bytes and objects
+        hashed, of the totals the index names.
+
         Locking: without repair, the store lock shared (gc waits; imports may run, and objects
         they have written but not yet committed show as garbage) and one LMDB read snapshot.
         With repair, the store lock exclusively and one LMDB write transaction, which both
@@ -703,9 +708,9 @@ class Store:
         with self._locked(exclusive=repair):
             if not repair:
                 with self._index.read() as txn:
-                    return _fsck.run(self, txn, False)
+                    return _fsck.run(self, txn, False, progress)
             with self._index.write() as txn:
-                return _fsck.run(self, txn, True)
+                return _fsck.run(self, txn, True, progress)
 
     # ---- lifecycle: rm, gc, du (logic in _lifecycle.py) -------------------------------------
 
@@ -721,17 +726,19 @@ class Store:
         from . import _lifecycle
         return _lifecycle.remove(self, refs, force)
 
-    def gc(self, dry_run: bool = False, full: bool = False):
+    def gc(self, dry_run: bool = False, full: bool = False,
+           progress: Callable[[Progress], None] | None = None):
         """Frees what nothing references: layers no image names, objects no layer holds
         (index rows and files), object files the index does not know (left by an interrupted
         import), stale tmp/ entries, cached overlay layer dirs that no stored layer and no
         container needs.  objects/ is walked for unknown files only when root/pending/ or
         tmp/ shows an interrupted import or gc, or with full=True.  dry_run reports and changes nothing.
-        Returns a GcResult.
+        Returns a GcResult.  progress, when given, is called as files are removed: bytes and
+        files removed so far, of the result's bytes and files (layer dirs are not counted).
         Locking: the store lock exclusively (waits for imports, checkouts and other readers of
         object files to finish, and they wait for it), plus one index write transaction."""
         from . import _lifecycle
-        return _lifecycle.gc(self, dry_run, full)
+        return _lifecycle.gc(self, dry_run, full, progress)
 
     def du(self):
         """Disk use per image and for the store (a DuResult): logical bytes, bytes on disk of

@@ -349,7 +349,11 @@ def fsck(open_store, repair, verbose, as_json):
     fixed them all)."""
     from . import _fsck
     store = open_store()
-    problems = store.fsck(repair=repair)
+    progress = _Progress("checking", "objects", enabled=not as_json)
+    try:
+        problems = store.fsck(repair=repair, progress=progress)
+    finally:
+        progress.done()
     status = 1 if any(not p.garbage for p in problems) else 0
     if as_json:
         click.echo(_fsck.to_json(problems))
@@ -402,7 +406,11 @@ def rm(open_store, images, force):
 @click.pass_obj
 def gc(open_store, dry_run, full, as_json):
     """Free layers no image uses, objects no layer uses, and leftovers of interrupted work."""
-    r = open_store().gc(dry_run=dry_run, full=full)
+    progress = _Progress("freeing", "files", enabled=not as_json)
+    try:
+        r = open_store().gc(dry_run=dry_run, full=full, progress=progress)
+    finally:
+        progress.done()
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(r), indent=2))
         return

@@ -13,7 +13,8 @@ import pytest
 
 import archives as A
 from conftest import need_root, need_tool, python_env
-from layerstore import Store
+from layerstore import Store, _native
+from layerstore._model import Progress
 from layerstore.cli import main
 from test_store import state
 
@@ -365,3 +366,83 @@ def test_repair_on_a_filesystem_with_reflinks(tmp_path, capsysbinary):
                                                   capture_output=True, text=True).stdout
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# ---- progress -------------------------------------------------------------------------------
+
+def run_on_terminal(root, *args) -> tuple[int, str]:
+    """Runs the CLI with stderr on a pseudo-terminal (stdout a pipe); returns its exit status
+    and what reached the terminal."""
+    import pty
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(root), *args],
+                            stdout=subprocess.PIPE, stderr=slave, env=python_env())
+    os.close(slave)
+    proc.stdout.read()
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:     # EIO: the child is gone and everything was read
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    return proc.wait(), out.decode(errors="replace")
+
+
+def test_progress_reports_every_object_checked(store):
+    sizes = [os.path.getsize(os.path.join(d, n))
+             for d, _, names in os.walk(os.path.join(store.root, "objects")) for n in names]
+    seen = []
+    assert store.fsck(progress=seen.append) == []
+    assert seen and seen[-1] == Progress(sum(sizes), sum(sizes), len(sizes), len(sizes))
+    assert all((p.bytes_total, p.items_total) == (sum(sizes), len(sizes)) for p in seen)
+    assert [p.items_done for p in seen] == sorted(p.items_done for p in seen)
+    seen.clear()
+    os.chmod(_object_of(store, "etc/os-release"), 0o600)
+    store.fsck(repair=True, progress=seen.append)
+    assert seen[-1].items_done == len(sizes)
+
+
+def test_interrupt_stops_the_hashing_part_way(store, monkeypatch):
+    """Ctrl-C while fsck waits for the hashing thread: the C call is cancelled between
+    objects, rather than run to the end.  128 sparse 32 MiB objects take seconds to hash."""
+    size = 32 << 20
+    ids = [os.urandom(32) for _ in range(128)]
+    for oid in ids:
+        with open(os.path.join(store.root, "objects", _native.object_path(oid.hex())), "wb") as f:
+            f.truncate(size)
+    with store._index.write() as txn:
+        for oid in ids:
+            store._index.put_row(txn, "objects", oid, store._index.pack_object(size, 1))
+    outcome = []
+    real = _native.check_objects
+
+    def spy(*args, **kw):
+        try:
+            found = real(*args, **kw)
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+            raise
+        outcome.append("finished")
+        return found
+
+    def interrupt(p):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_native, "check_objects", spy)
+    with pytest.raises(KeyboardInterrupt):
+        store.fsck(progress=interrupt)
+    assert outcome == ["_Stopped"]
+
+
+def test_progress_shows_on_a_terminal_only(store):
+    status, shown = run_on_terminal(store.root, "fsck")
+    assert status == 0 and "checking" in shown and "objects" in shown
+    assert shown.endswith("\r\x1b[K")       # and is cleared when done
+    assert run_on_terminal(store.root, "fsck", "--json")[1] == ""
+    proc = subprocess.run([sys.executable, "-m", "layerstore", "--root", store.root, "fsck"],
+                          capture_output=True, env=python_env())
+    assert proc.returncode == 0 and proc.stderr == b""

@@ -459,3 +459,39 @@ def test_corpus_rm_one_gc_others_intact(tmp_path, corpus_dir):
             now = snapshot(str(dest))
             assert differences(snaps[i][0], now[0]) == []
             assert snaps[i][1] == now[1]
+
+
+# ---- gc progress ---------------------------------------------------------------------------
+
+def _leave_garbage(store):
+    """A dead image, an object file and a tmp/ directory a killed import left."""
+    from layerstore import _lifecycle
+    store.remove("y:1")
+    with open(os.path.join(store.root, "objects", "ab", "cd" * 31), "wb") as f:
+        f.write(b"j" * 1234)
+    os.makedirs(os.path.join(store.root, "tmp", "half", "sub"))
+    for name, size in (("half/a", 10), ("half/sub/b", 20)):
+        with open(os.path.join(store.root, "tmp", name), "wb") as f:
+            f.write(b"t" * size)
+    _lifecycle.import_started(store)
+
+
+def test_gc_progress_counts_the_files_and_bytes_it_removes(both):
+    from layerstore._model import Progress
+    _leave_garbage(both)
+    seen = []
+    assert both.gc(dry_run=True, progress=seen.append).files == 4 and seen == []
+    r = both.gc(progress=seen.append)
+    assert (r.objects, r.garbage_objects, r.tmp_files, r.files) == (1, 1, 2, 4)
+    assert seen[-1] == Progress(r.bytes, r.bytes, r.files, r.files)
+    assert all((p.bytes_total, p.items_total) == (r.bytes, r.files) for p in seen)
+    assert [p.items_done for p in seen] == sorted(p.items_done for p in seen)
+
+
+def test_gc_progress_shows_on_a_terminal_only(both):
+    from test_fsck import run_on_terminal
+    _leave_garbage(both)
+    assert run_on_terminal(both.root, "gc", "--dry-run", "--json")[1] == ""
+    status, shown = run_on_terminal(both.root, "gc")
+    assert status == 0 and "freeing" in shown and "/4 files" in shown
+    assert shown.endswith("\r\x1b[K")
