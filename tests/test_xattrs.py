@@ -23,6 +23,7 @@ from conftest import need_root
 from layerstore import Store, _native
 from layerstore.cli import main
 from test_export import _saved_layers, _tar, _ti
+from test_fsck import store  # noqa: F401 - the fixture, here over this module's archive
 from test_objects import in_child_as
 
 ROOT = os.geteuid() == 0
@@ -81,13 +82,6 @@ def archive(tmp_path):
     path = tmp_path / "img.tar"
     path.write_bytes(A.docker_archive([([LAYER], ["test/labels:1"])]))
     return path
-
-
-@pytest.fixture
-def store(tmp_path, archive):
-    with Store(tmp_path / "store") as s:
-        s.import_archive(archive)
-        yield s
 
 
 def test_the_rule():
