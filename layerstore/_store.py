@@ -690,8 +690,14 @@ class Store:
 
         With repair, fixes what it can (Problem.fixed): counts recomputed, dangling rows and
         stray files removed, object metadata restored.  An object whose bytes are wrong or
-        gone is deleted and the layers holding it are marked, so that re-importing any image
-        listed in Problem.images (from its original archive) re-creates it.
+        gone is re-made from another object with the same content (other metadata) whose
+        bytes are whole; without one, it is deleted and the layers holding it are marked, so
+        that re-importing any image listed in Problem.images (from its original archive)
+        re-creates it.
+
+        xattrs: only those of the namespaces applied to files (user.*; as root also trusted.*
+        and security.capability) are compared; the others, such as security.selinux, live in
+        the records only, and a label the host gives the objects is not damage.
 
         Files that interrupted work left (a killed import or gc) are Problem.garbage: the
         store is whole with them, and gc removes them.
