@@ -39,7 +39,7 @@ from ._index import ImageRecord, LayerRecord
 from ._model import Problem, Progress
 
 _HEX = frozenset("0123456789abcdef")
-_FIXED = _native._RECORD     # set by the system on every file it labels
+_FIXED = _native._RECORD     # the fixed part of an entry record
 
 
 @dataclass

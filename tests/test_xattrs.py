@@ -23,6 +23,7 @@ from conftest import need_root
 from layerstore import Store, _native
 from layerstore.cli import main
 from test_export import _saved_layers, _tar, _ti
+from test_fsck import mount_or_skip
 from test_fsck import store  # noqa: F401 - the fixture, here over this module's archive
 from test_objects import in_child_as
 
@@ -159,8 +160,7 @@ def test_labels_the_host_puts_on_objects_are_not_damage(store):
 @need_root("mounts a ramfs, which refuses user and trusted xattrs")
 def test_a_filesystem_that_refuses_xattrs_keeps_the_store_clean(archive, tmp_path, capsys):
     mnt = tmp_path / "ramfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mnt)], check=True)
+    mount_or_skip(mnt, "-t", "ramfs", "ramfs")
     try:
         with Store(mnt / "store") as s:
             s.import_archive(archive)
