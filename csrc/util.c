@@ -63,20 +63,32 @@ void ls_buf_free(ls_buf *b)
  * only these namespaces say something about the file itself:
  *   user.*               the file's own data, settable by its owner;
  *   trusted.*            the same for root only;
- *   security.capability  file capabilities, which a binary needs to work (root only).
+ *   security.capability  file capabilities, which a binary needs to work (root only);
+ * but never overlayfs's own (trusted.overlay.*, user.overlay.*, user.fuseoverlayfs.*).
  * The rest stay in the records: security.selinux and the other LSM labels belong to the
  * host that built the image (this host's policy labels its files itself, and its kernel may
  * refuse or rewrite a foreign label), and system.* (ACLs) only restates the mode by other
  * means.  GNU tar's --xattrs restores user.* alone; Docker applies whatever the kernel takes. */
+static int has_prefix(const char *name, size_t len, const char *prefix)
+{
+    size_t n = strlen(prefix);
+    return len >= n && memcmp(name, prefix, n) == 0;
+}
+
 int ls_xattr_applies(const char *name, size_t len, int owners)
 {
-    static const char user[] = "user.", trusted[] = "trusted.", caps[] = "security.capability";
-    if (len >= sizeof user - 1 && memcmp(name, user, sizeof user - 1) == 0)
+    /* overlayfs reads its own xattrs (opaque, redirect, origin) in the layer dirs that mounts
+     * stack: an image must not steer a mount through them.  Opaque dirs come from the layer's
+     * .wh..wh..opq entries, set by _overlay.py, never from records. */
+    if (has_prefix(name, len, "trusted.overlay.") || has_prefix(name, len, "user.overlay.") ||
+        has_prefix(name, len, "user.fuseoverlayfs."))
+        return 0;
+    if (has_prefix(name, len, "user."))
         return 1;
     if (!owners)
         return 0;
-    return (len >= sizeof trusted - 1 && memcmp(name, trusted, sizeof trusted - 1) == 0) ||
-           (len == sizeof caps - 1 && memcmp(name, caps, len) == 0);
+    return has_prefix(name, len, "trusted.") ||
+           (len == sizeof "security.capability" - 1 && has_prefix(name, len, "security.capability"));
 }
 
 int ls_xattr_refused(int fd, int err)

@@ -9,6 +9,7 @@ import os
 import shutil
 import stat
 import subprocess
+import tarfile
 
 import pytest
 
@@ -332,3 +333,26 @@ def test_busy_umount_says_so(store, tmp_path):
         os.close(fd)
     store.umount(m.mountpoint)
     assert not os.path.ismount(m.mountpoint)
+
+
+@need_overlay
+def test_an_image_cannot_steer_the_mount_through_overlay_xattrs(tmp_path):
+    """A directory whose tar entry carries overlayfs's own opaque xattr does not hide the
+    lower layers' files when mounted: the mount shows what the checkout shows."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("etc")
+        ti.type, ti.mode, ti.mtime = tarfile.DIRTYPE, 0o755, 1700000000
+        ti.pax_headers = {f"SCHILY.xattr.{name}": "y"
+                          for name in ("trusted.overlay.opaque", "user.overlay.opaque")}
+        tf.addfile(ti)
+    top = buf.getvalue()
+    with Store(tmp_path / "store") as s:
+        s.import_archive(io.BytesIO(A.docker_archive([([BASE, top], ["steer:1"])])))
+        m = s.mount("steer:1", tmp_path / "c")
+        try:
+            assert (tmp_path / "c" / "etc/passwd").read_bytes() == b"root:x:0:0::/root:/bin/sh\n"
+        finally:
+            s.umount(m.mountpoint)
+        s.checkout("steer:1", tmp_path / "co")
+        assert (tmp_path / "co" / "etc/passwd").exists()

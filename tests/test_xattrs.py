@@ -91,7 +91,10 @@ def test_the_rule():
     assert not applies("trusted.x", False) and applies("trusted.x", True)
     assert not applies("security.capability", False) and applies("security.capability", True)
     for name in ("security.selinux", "security.ima", "security.capabilityX",
-                 "system.posix_acl_access", "userx", "other.x"):
+                 "system.posix_acl_access", "userx", "other.x",
+                 # overlayfs's own: a layer must not make a mount see opaque dirs or redirects
+                 "trusted.overlay.opaque", "trusted.overlay.redirect", "user.overlay.opaque",
+                 "user.fuseoverlayfs.opaque"):
         assert not applies(name, True) and not applies(name, False), name
 
 
