@@ -53,14 +53,13 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 
-from . import errors
+from . import _native, errors
 from .errors import MountError
 from ._model import EntryType
 from ._tree import OPAQUE, WHITEOUT, Tree
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # Overlay's own bookkeeping (and fuse-overlayfs's): never part of a committed layer.
-_PRIVATE_XATTRS = ("trusted.overlay.", "user.overlay.", "user.fuseoverlayfs.")
 _OPAQUE_XATTRS = (OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 _SHORT = 20     # hex digits of a layer's short link name
 
@@ -525,13 +524,16 @@ def _is_whiteout(st: os.stat_result) -> bool:
 
 
 def _xattrs(path: str) -> list[tuple[str, bytes]]:
+    """What commit records of a file's xattrs: those a checkout would set again (the rule of
+    ls_xattr_applies), so neither overlayfs's own nor this host's security labels."""
     try:
         names = os.listxattr(path, follow_symlinks=False)
     except OSError:
         return []
     out = []
+    owners = os.geteuid() == 0
     for name in sorted(names):
-        if name.startswith(_PRIVATE_XATTRS):
+        if not _native.xattr_applies(name, owners):
             continue
         try:
             out.append((name, os.getxattr(path, name, follow_symlinks=False)))

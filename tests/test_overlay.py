@@ -140,6 +140,7 @@ def _change(root):
     os.mkfifo(root / "home/user/fifo")
     os.mknod(root / "home/user/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
     os.setxattr(root / "home/user/notes", "user.comment", b"\xffbinary\x00value")
+    os.setxattr(root / "home/user/notes", "security.test-label", b"host_t")   # a host's LSM
     subprocess.run(["rm", "-rf", str(root / "var/lib/data")], check=True)
     (root / "var/lib/data").mkdir()
     (root / "var/lib/data/fresh").write_bytes(b"fresh\n")
@@ -164,6 +165,10 @@ def test_commit_of_a_mount_checks_out_as_the_mount_shows(store, tmp_path):
     assert config["history"][-1]["created"] == config["created"]
     names = {e.path for e in store.layer_entries(image.diff_ids[-1])}
     assert {"var/lib/data/.wh..wh..opq", "etc/.wh.empty", "bin/.wh.bash", ".wh.app"} <= names
+    # This host's label is not the image's: only what a checkout sets again is recorded.
+    (notes,) = [e for e in store.layer_entries(image.diff_ids[-1])
+                if e.path == "home/user/notes"]
+    assert notes.xattrs == (("user.comment", b"\xffbinary\x00value"),)
 
     store.checkout("app:2", tmp_path / "co")
     a, groups_a = snapshot(str(root))
