@@ -15,7 +15,10 @@
 
 /* Limits that keep memory bounded on hostile input.  Real layers stay far below them. */
 #define LS_MAX_PATH      32768u          /* a path or link target, in bytes */
-#define LS_MAX_PAX       (1u << 20)      /* one extended header ('x', 'g', 'L', 'K') */
+#define LS_MAX_PAX       (1u << 20)      /* one extended header ('x', 'X', 'L', 'K') */
+#define LS_MAX_GLOBAL    4096u           /* one global header ('g'): its records are copied
+                                            into every later entry's record, so a small
+                                            archive could otherwise multiply its size */
 #define LS_MAX_SPARSE    (1u << 18)      /* segments in one sparse map */
 #define LS_MAX_TRAILER   (1u << 20)      /* bytes after the end-of-archive marker */
 
