@@ -8,7 +8,8 @@
  *
  * Every archive is untrusted.  The reader owns one 512-byte block, the extended headers of the
  * entry being read (at most LS_MAX_PAX bytes each, LS_MAX_GLOBAL for 'g') and one sparse map
- * (LS_MAX_SPARSE segments); file content only passes through.
+ * (LS_MAX_SPARSE segments); file content only passes through, and the holes of sparse files,
+ * delivered as zeros, are bounded per layer (LS_MAX_HOLES).
  *
  * What GNU tar and Go's archive/tar (which wrote or read most real layers) both read, this
  * reads as they do; what both refuse, this refuses (tests/test_tar_compat.py holds a case for
@@ -150,6 +151,7 @@ struct ls_tar {
     uint64_t map_numbers;           /* numbers read, the count included */
     uint64_t map_bytes;             /* bytes of the content area the map used so far */
 
+    uint64_t holes;                 /* bytes of holes in the sparse files so far */
     uint64_t trailer;
 };
 
@@ -574,6 +576,12 @@ static int begin_content(ls_tar *t)
             return fail(t, LS_E_CORRUPT, "sparse map of the entry at offset %llu covers %llu "
                         "bytes but %llu are stored", (unsigned long long)t->entry_offset,
                         (unsigned long long)sum, (unsigned long long)t->stored);
+        if (t->realsize - sum > LS_MAX_HOLES - t->holes)
+            return fail(t, LS_E_LIMIT, "sparse file of %llu bytes at offset %llu: the layer's "
+                        "sparse files would hold more than %llu bytes of holes",
+                        (unsigned long long)t->realsize, (unsigned long long)t->entry_offset,
+                        (unsigned long long)LS_MAX_HOLES);
+        t->holes += t->realsize - sum;
         e->size = t->realsize;
     } else {
         e->size = e->type == LS_ENTRY_FILE ? t->stored : 0;

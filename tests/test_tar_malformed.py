@@ -171,6 +171,17 @@ CASES = {
     "pax_sparse_without_realsize": (
         pax(rec(b"GNU.sparse.map", b"0,5"), content=b"12345"),
         errors.CorruptArchive, "without a real size"),
+    "sparse_holes_beyond_limit": (
+        pax(rec(b"GNU.sparse.map", b"0,5") + rec(b"GNU.sparse.size", b"80000000000005"),
+            content=b"12345"),
+        errors.LimitExceeded, "more than 68719476736 bytes of holes"),
+    "sparse_holes_of_a_layer_add_up": (     # 256 MiB of holes, then 64 GiB less 128 MiB
+        pax(rec(b"GNU.sparse.map", b"0,5") + rec(b"GNU.sparse.size", b"%d" % (5 + (256 << 20))),
+            content=b"12345")[:-1024]
+        + pax(rec(b"GNU.sparse.map", b"0,5") + rec(b"GNU.sparse.size",
+                                                    b"%d" % (5 + (64 << 30) - (128 << 20))),
+              content=b"12345"),
+        errors.LimitExceeded, "sparse file of 68585259013 bytes at offset 2048"),
     "pax_sparse_bad_map": (
         pax(rec(b"GNU.sparse.map", b"0,5,") + rec(b"GNU.sparse.size", b"10"),
             content=b"12345"),
