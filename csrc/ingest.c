@@ -13,6 +13,7 @@
  * the tar reader's limits, whatever the layer holds.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,27 @@ static int clean_path(ls_ingest *g, const char *p, size_t n, const char *what, l
     return 0;
 }
 
+/* No Linux filesystem holds a name of more than NAME_MAX bytes, so an image with one could be
+ * stored but never checked out: refused here, as a valid tar the store cannot represent.  A
+ * whiteout ".wh.NAME" is never made itself, only NAME counts (the layer deletes NAME below). */
+static int check_names(ls_ingest *g, const uint8_t *p, size_t n, int whiteout, const char *what)
+{
+    if (n <= NAME_MAX)
+        return 0;
+    for (size_t i = 0; i < n;) {
+        const uint8_t *slash = memchr(p + i, '/', n - i);
+        size_t j = slash ? (size_t)(slash - p) : n;
+        size_t len = j - i;
+        if (len > NAME_MAX && !(whiteout && j == n && len - 4 <= NAME_MAX &&
+                                memcmp(p + i, ".wh.", 4) == 0))
+            return ls_fail(&g->err, LS_E_UNSUPPORTED, "%s '%.*s%s' has a name of %zu bytes: "
+                           "Linux allows at most %d (NAME_MAX)", what, (int)(n > 300 ? 300 : n),
+                           (const char *)p, n > 300 ? "..." : "", len, NAME_MAX);
+        i = j + 1;
+    }
+    return 0;
+}
+
 /* ---- Tar callbacks ------------------------------------------------------------------------ */
 
 static int on_raw(void *ctx, const uint8_t *p, size_t n)
@@ -208,9 +230,14 @@ static int on_entry(void *ctx, const ls_tar_entry *e)
     if (rc)
         return rc;
     size_t path_len = r->len - LS_RECORD_FIXED;
+    if ((rc = check_names(g, r->data + LS_RECORD_FIXED, path_len, 1, "path")))
+        return rc;
     if (e->type == LS_ENTRY_HARDLINK) {
         rc = clean_path(g, e->link, e->link_len, "hardlink target", r);
         if (rc)
+            return rc;
+        if ((rc = check_names(g, r->data + LS_RECORD_FIXED + path_len,
+                              r->len - LS_RECORD_FIXED - path_len, 0, "hardlink target")))
             return rc;
     } else {
         if (e->type == LS_ENTRY_SYMLINK && e->link_len == 0)

@@ -1,16 +1,32 @@
 /*
  * tar.c - a streaming tar reader fed by push.
  *
- * Formats: v7, POSIX ustar, GNU (long names 'L' and long links 'K', old sparse 'S') and PAX
- * ('x' local and 'g' global extended headers: path, linkpath, size, uid, gid, uname, gname,
- * mtime, SCHILY.xattr.*, SCHILY.devmajor/devminor, and GNU sparse 0.0, 0.1 and 1.0).
+ * Formats: v7, POSIX ustar, GNU (long names 'L' and long links 'K', old sparse 'S', dump
+ * directories 'D', volume labels 'V') and PAX ('x' local, Solaris 'X', and 'g' global extended
+ * headers: path, linkpath, size, uid, gid, uname, gname, mtime, SCHILY.xattr.*,
+ * SCHILY.devmajor/devminor, and GNU sparse 0.0, 0.1 and 1.0).
  *
  * Every archive is untrusted.  The reader owns one 512-byte block, the extended headers of the
- * entry being read (at most LS_MAX_PAX bytes each) and one sparse map (LS_MAX_SPARSE segments);
- * file content only passes through.  Where formats disagree on a corner case this follows Go's
- * archive/tar, which wrote or read most real layers: size is ignored for header-only types,
- * a lone zero block followed by data is an error, and a stream that stops right after its last
- * entry's content (padding and end-of-archive blocks missing) is accepted.
+ * entry being read (at most LS_MAX_PAX bytes each, LS_MAX_GLOBAL for 'g') and one sparse map
+ * (LS_MAX_SPARSE segments); file content only passes through, and the holes of sparse files,
+ * delivered as zeros, are bounded per layer (LS_MAX_HOLES).
+ *
+ * What GNU tar and Go's archive/tar (which wrote or read most real layers) both read, this
+ * reads as they do; what both refuse, this refuses (tests/test_tar_compat.py holds a case for
+ * each).  Where the two disagree, this follows Go, except where Go only hands a header over
+ * for the caller to judge:
+ *   - 'X' is 'x', 'g' applies to every later entry until the next 'g' replaces it, 'D' is a
+ *     directory whose listing is skipped, 'V' makes nothing, and a type POSIX does not define
+ *     is a regular file (GNU tar; Go returns such headers as entries of their own type);
+ *   - PAX records override GNU long names whichever comes first (GNU tar; Go lets 'L' win),
+ *     as this reader always did, so layers stored before read the same;
+ *   - a GNU header's prefix area is a name prefix when it cannot be atime and ctime (Go,
+ *     for the archives Go 1.7 and older wrote; GNU tar ignores it);
+ *   - an empty PAX value or GNU long name leaves the header's field (Go; GNU tar extracts
+ *     "." instead);
+ *   - size is ignored for header-only types, a lone zero block followed by data is an error,
+ *     and a stream that stops right after its last entry's content (padding and end-of-archive
+ *     blocks missing) is accepted (Go).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -69,6 +85,7 @@ enum tar_state {
     S_GNU_SPARSE,   /* old GNU sparse extension blocks */
     S_SPARSE_MAP,   /* the PAX 1.0 sparse map at the start of the content area */
     S_CONTENT,      /* file content */
+    S_SKIP,         /* data that is not content: a dump directory's listing, a label's data */
     S_PADDING,      /* up to the next block boundary */
     S_END,          /* after one zero block; a second one must follow */
     S_TRAILER,      /* after the end-of-archive marker */
@@ -115,6 +132,7 @@ struct ls_tar {
     struct xattr_ref *xrefs;
     size_t nxrefs, xrefs_cap;
     uint64_t stored;                /* content bytes in the archive (sparse: segments only) */
+    uint64_t skip;                  /* data bytes after the header that are not content */
 
     /* Sparse state. */
     int sparse_major, sparse_minor, sparse_realsize_set;
@@ -128,11 +146,12 @@ struct ls_tar {
     int sparse_00_have_offset;
     /* PAX 1.0 map text parser. */
     uint64_t map_number;
-    unsigned map_digits;
+    unsigned map_digits;            /* a digit was seen on this line */
     uint64_t map_count;             /* segments announced */
     uint64_t map_numbers;           /* numbers read, the count included */
     uint64_t map_bytes;             /* bytes of the content area the map used so far */
 
+    uint64_t holes;                 /* bytes of holes in the sparse files so far */
     uint64_t trailer;
 };
 
@@ -171,9 +190,11 @@ static size_t field_len(const char *f, size_t width)
     return nul ? (size_t)(nul - f) : width;
 }
 
-/* Parses a numeric header field: octal digits between optional spaces and NULs (empty means 0),
- * or GNU base-256 when the first byte has its high bit set (0x80 positive, 0xff negative).
- * Returns 0 and sets *out, or -1 when the field is not a number or does not fit in 63 bits. */
+/* Parses a numeric header field as Go's archive/tar does: octal digits between optional spaces
+ * and NULs (empty means 0), ending at the first NUL after them ("644\0junk" is 0644, as GNU
+ * tar reads it too), or GNU base-256 when the first byte has its high bit set (0x80 positive,
+ * 0xff negative).  Returns 0 and sets *out, or -1 when the field is not a number or does not
+ * fit in 63 bits. */
 static int parse_number(const char *f, size_t width, int64_t *out)
 {
     const uint8_t *b = (const uint8_t *)f;
@@ -198,6 +219,9 @@ static int parse_number(const char *f, size_t width, int64_t *out)
         i++;
     while (end > i && (f[end - 1] == ' ' || f[end - 1] == 0))
         end--;
+    const char *nul = memchr(f + i, 0, end - i);
+    if (nul)
+        end = (size_t)(nul - f);
     uint64_t x = 0;
     for (; i < end; i++) {
         if (f[i] < '0' || f[i] > '7' || (x >> 60))
@@ -208,10 +232,11 @@ static int parse_number(const char *f, size_t width, int64_t *out)
     return 0;
 }
 
-/* Parses an unsigned decimal PAX value that must fit in max. */
+/* Parses an unsigned decimal PAX value that must fit in max.  Leading zeros are allowed, as
+ * many as the writer liked (Go's strconv.ParseInt and GNU tar's strtoumax take them). */
 static int parse_decimal(const char *s, size_t n, uint64_t max, uint64_t *out)
 {
-    if (n == 0 || n > 20)
+    if (n == 0)
         return -1;
     uint64_t x = 0;
     for (size_t i = 0; i < n; i++) {
@@ -228,7 +253,8 @@ static int parse_decimal(const char *s, size_t n, uint64_t max, uint64_t *out)
     return 0;
 }
 
-/* PAX mtime: [-]seconds[.fraction]; the fraction is kept to nanoseconds. */
+/* PAX mtime: [-]seconds[.fraction]; the fraction is kept to nanoseconds and may be empty
+ * ("1700000000." is whole seconds to Go and GNU tar). */
 static int parse_pax_time(const char *s, size_t n, int64_t *sec, uint32_t *nsec)
 {
     int neg = n > 0 && s[0] == '-';
@@ -242,8 +268,6 @@ static int parse_pax_time(const char *s, size_t n, int64_t *sec, uint32_t *nsec)
     uint32_t frac = 0;
     if (dot < n) {
         size_t digits = n - dot - 1;
-        if (digits == 0)
-            return -1;
         for (size_t k = 0; k < digits; k++) {
             char c = s[dot + 1 + k];
             if (c < '0' || c > '9')
@@ -269,7 +293,8 @@ static int parse_pax_time(const char *s, size_t n, int64_t *sec, uint32_t *nsec)
 
 typedef int (*pax_fn)(ls_tar *t, const char *key, size_t klen, const char *val, size_t vlen);
 
-/* Walks "LEN KEY=VALUE\n" records; LEN counts the whole record, itself included. */
+/* Walks "LEN KEY=VALUE\n" records; LEN counts the whole record, itself included, and may have
+ * leading zeros.  A key may not hold a NUL (Go and GNU tar refuse the header). */
 static int pax_walk(ls_tar *t, const uint8_t *buf, size_t n, pax_fn fn)
 {
     size_t pos = 0;
@@ -277,8 +302,10 @@ static int pax_walk(ls_tar *t, const uint8_t *buf, size_t n, pax_fn fn)
         const char *r = (const char *)buf + pos;
         size_t left = n - pos, i = 0;
         uint64_t len = 0;
-        while (i < left && i < 20 && r[i] >= '0' && r[i] <= '9')
-            len = len * 10 + (uint64_t)(r[i++] - '0');
+        /* Once len passes left it can only fail, so it stops growing (no overflow). */
+        for (; i < left && r[i] >= '0' && r[i] <= '9'; i++)
+            if (len <= left)
+                len = len * 10 + (uint64_t)(r[i] - '0');
         if (i == 0 || i >= left || r[i] != ' ' || len <= i + 1 || len > left ||
             r[len - 1] != '\n') {
             /* Writers pad the body with NULs after the last record; tolerate only that. */
@@ -293,6 +320,9 @@ static int pax_walk(ls_tar *t, const uint8_t *buf, size_t n, pax_fn fn)
         if (!eq || eq == key)
             return fail(t, LS_E_CORRUPT, "PAX record without a key in the extended header of "
                         "the entry at offset %llu", (unsigned long long)t->entry_offset);
+        if (memchr(key, 0, (size_t)(eq - key)))
+            return fail(t, LS_E_CORRUPT, "NUL inside a PAX key in the extended header of the "
+                        "entry at offset %llu", (unsigned long long)t->entry_offset);
         if (fn) {
             int rc = fn(t, key, (size_t)(eq - key), eq + 1, (size_t)(end - eq - 1));
             if (rc)
@@ -347,11 +377,17 @@ static int bad_pax_value(ls_tar *t, const char *key, size_t klen)
                 (int)(klen > 64 ? 64 : klen), key, (unsigned long long)t->entry_offset);
 }
 
-/* Applies one PAX record to the entry being built. */
+/* Applies one PAX record to the entry being built.  An empty value leaves the field as it was
+ * (the header's, or a global record's), as Go does: GNU tar complains about "uid=" but keeps
+ * the header's uid too, and an empty path would make it extract "." instead.  Extended
+ * attributes are the exception: an empty value is a value, and both set it. */
 static int pax_apply(ls_tar *t, const char *key, size_t klen, const char *v, size_t n)
 {
     ls_tar_entry *e = &t->e;
     uint64_t u;
+    int xattr = klen > 13 && memcmp(key, "SCHILY.xattr.", 13) == 0;
+    if (n == 0 && !xattr)
+        return 0;
     if (keyis(key, klen, "path") || keyis(key, klen, "GNU.sparse.name"))
         return set_name(t, &t->path, "path", v, n);
     if (keyis(key, klen, "linkpath"))
@@ -383,7 +419,7 @@ static int pax_apply(ls_tar *t, const char *key, size_t klen, const char *v, siz
         *(key[11] == 'a' ? &e->devmajor : &e->devminor) = (uint32_t)u;
         return 0;
     }
-    if (klen > 13 && memcmp(key, "SCHILY.xattr.", 13) == 0) {
+    if (xattr) {
         const char *name = key + 13;
         size_t name_len = klen - 13;
         if (memchr(name, 0, name_len))
@@ -519,6 +555,7 @@ static int gnu_sparse_entries(ls_tar *t, const char (*ent)[24], int count)
 }
 
 static int finish_content(ls_tar *t);
+static void next_area(ls_tar *t);
 
 /* Checks the sparse map against the sizes, then hands the entry over and starts its content. */
 static int begin_content(ls_tar *t)
@@ -539,6 +576,12 @@ static int begin_content(ls_tar *t)
             return fail(t, LS_E_CORRUPT, "sparse map of the entry at offset %llu covers %llu "
                         "bytes but %llu are stored", (unsigned long long)t->entry_offset,
                         (unsigned long long)sum, (unsigned long long)t->stored);
+        if (t->realsize - sum > LS_MAX_HOLES - t->holes)
+            return fail(t, LS_E_LIMIT, "sparse file of %llu bytes at offset %llu: the layer's "
+                        "sparse files would hold more than %llu bytes of holes",
+                        (unsigned long long)t->realsize, (unsigned long long)t->entry_offset,
+                        (unsigned long long)LS_MAX_HOLES);
+        t->holes += t->realsize - sum;
         e->size = t->realsize;
     } else {
         e->size = e->type == LS_ENTRY_FILE ? t->stored : 0;
@@ -600,9 +643,38 @@ static int finish_content(ls_tar *t)
         t->code = rc;
         return rc;
     }
-    t->state = t->padding ? S_PADDING : S_HEADER;
-    t->remaining = t->padding;
+    next_area(t);
     return 0;
+}
+
+/* After an entry's content: data to skip, padding, or the next header. */
+static void next_area(ls_tar *t)
+{
+    if (t->skip) {
+        t->state = S_SKIP;
+        t->remaining = t->skip;
+        t->skip = 0;
+    } else {
+        t->state = t->padding ? S_PADDING : S_HEADER;
+        t->remaining = t->padding;
+    }
+}
+
+/* Go before 1.8 wrote the ustar prefix into GNU headers, where atime and ctime belong
+ * (golang.org/issue/12594), and Docker wrote layers with it.  Go reads such a header's prefix
+ * as the start of the name when atime or ctime is not a number and the prefix is ASCII; so
+ * does this reader, and those layers keep their long names (GNU tar reads the short name). */
+static int gnu_prefix_is_name(const struct tar_header *h)
+{
+    int64_t v;
+    if ((h->u.gnu.atime[0] == 0 || parse_number(h->u.gnu.atime, 12, &v) == 0) &&
+        (h->u.gnu.ctime[0] == 0 || parse_number(h->u.gnu.ctime, 12, &v) == 0))
+        return 0;
+    size_t n = field_len(h->u.posix.prefix, 155);
+    for (size_t i = 0; i < n; i++)
+        if ((uint8_t)h->u.posix.prefix[i] >= 0x80)
+            return 0;
+    return 1;
 }
 
 static int start_entry(ls_tar *t, const struct tar_header *h)
@@ -626,7 +698,8 @@ static int start_entry(ls_tar *t, const struct tar_header *h)
         if (ls_buf_append(&t->path, t->longname.data, t->longname.len))
             return fail(t, LS_E_NOMEM, "out of memory");
     } else {
-        size_t plen = posix ? field_len(h->u.posix.prefix, 155) : 0;
+        size_t plen = posix || (gnu && gnu_prefix_is_name(h)) ?
+                      field_len(h->u.posix.prefix, 155) : 0;
         if (plen && (ls_buf_append(&t->path, h->u.posix.prefix, plen) ||
                      ls_buf_append(&t->path, "/", 1)))
             return fail(t, LS_E_NOMEM, "out of memory");
@@ -678,10 +751,8 @@ static int start_entry(ls_tar *t, const struct tar_header *h)
     if ((rc = encode_xattrs(t)))
         return rc;
 
+    t->skip = 0;
     switch (h->typeflag) {
-    case '0': case '7': case 'S':
-        e->type = LS_ENTRY_FILE;
-        break;
     case '\0':
         /* v7 marks a directory by a trailing slash on a regular file. */
         e->type = (t->path.len && t->path.data[t->path.len - 1] == '/') ? LS_ENTRY_DIR
@@ -693,12 +764,26 @@ static int start_entry(ls_tar *t, const struct tar_header *h)
     case '4': e->type = LS_ENTRY_BLOCK; break;
     case '5': e->type = LS_ENTRY_DIR; break;
     case '6': e->type = LS_ENTRY_FIFO; break;
+    case 'D':
+        /* A GNU dump directory: a directory, and its data a listing of the names it held
+         * when dumped, which only an incremental restore reads; GNU tar -x skips it. */
+        e->type = LS_ENTRY_DIR;
+        t->skip = t->stored;
+        break;
+    case 'V':
+        /* A GNU volume label names the archive, not a file: GNU tar makes nothing of it. */
+        t->skip = t->stored;
+        t->stored = 0;
+        t->padding = pad512(t->skip);
+        reset_pending(t);
+        next_area(t);
+        return 0;
     default:
-        if (h->typeflag >= 0x20 && h->typeflag < 0x7f)
-            return fail(t, LS_E_UNSUPPORTED, "unsupported tar entry type '%c' at offset %llu",
-                        h->typeflag, (unsigned long long)t->entry_offset);
-        return fail(t, LS_E_UNSUPPORTED, "unsupported tar entry type 0x%02x at offset %llu",
-                    (unsigned char)h->typeflag, (unsigned long long)t->entry_offset);
+        /* '0', '7' (contiguous), 'S' (old GNU sparse) and every type POSIX does not define:
+         * "a conforming implementation shall treat an unrecognized typeflag as a regular
+         * file", and GNU tar extracts them so (Go hands over the header and its content). */
+        e->type = LS_ENTRY_FILE;
+        break;
     }
     if (t->path.len == 0)
         return fail(t, LS_E_CORRUPT, "entry with an empty name at offset %llu",
@@ -709,7 +794,7 @@ static int start_entry(ls_tar *t, const struct tar_header *h)
     if (e->type != LS_ENTRY_FILE)
         t->stored = 0;      /* header-only types carry no content, whatever their size says */
 
-    t->padding = pad512(t->stored);
+    t->padding = pad512(t->stored + t->skip);
     reset_pending(t);
 
     if (h->typeflag == 'S') {
@@ -789,7 +874,7 @@ static int on_header(ls_tar *t, const uint8_t *b)
     if (!t->pending)
         t->entry_offset = t->offset - 512;
     switch (h->typeflag) {
-    case 'x': case 'g': case 'L': case 'K': {
+    case 'x': case 'X': case 'g': case 'L': case 'K': {
         int64_t size;
         if ((rc = numeric_field(t, h->size, 12, "size", INT64_MAX, &size)))
             return rc;
@@ -797,7 +882,11 @@ static int on_header(ls_tar *t, const uint8_t *b)
             return fail(t, LS_E_LIMIT, "extended header of %lld bytes at offset %llu (limit "
                         "%u)", (long long)size, (unsigned long long)(t->offset - 512),
                         LS_MAX_PAX);
-        t->ext_type = h->typeflag;
+        if (h->typeflag == 'g' && (uint64_t)size > LS_MAX_GLOBAL)
+            return fail(t, LS_E_LIMIT, "global extended header of %lld bytes at offset %llu "
+                        "(limit %u: its records apply to every later entry)", (long long)size,
+                        (unsigned long long)(t->offset - 512), LS_MAX_GLOBAL);
+        t->ext_type = h->typeflag == 'X' ? 'x' : h->typeflag;  /* Solaris' name for 'x' */
         t->ext.len = 0;
         if (h->typeflag != 'g')
             t->pending = 1;
@@ -806,24 +895,26 @@ static int on_header(ls_tar *t, const uint8_t *b)
         t->state = S_EXTENSION;
         return 0;
     }
-    case 'M': case 'V': case 'N': case 'D':
-        return fail(t, LS_E_UNSUPPORTED, "unsupported GNU tar entry type '%c' (multi-volume, "
-                    "label, dump directory) at offset %llu", h->typeflag,
+    case 'M':
+        /* GNU tar refuses to extract it as well: it holds the rest of a file begun on
+         * another volume. */
+        return fail(t, LS_E_UNSUPPORTED, "unsupported GNU tar entry type 'M' (the rest of a "
+                    "file from another volume of a multi-volume archive) at offset %llu",
                     (unsigned long long)(t->offset - 512));
     default:
         return start_entry(t, h);
     }
 }
 
-/* A GNU long name body is the name, a NUL, and maybe more NULs. */
-static int take_long_name(ls_tar *t, ls_buf *dst, const char *what)
+/* A GNU long name body is the name and a NUL; the name ends at the first NUL, whatever
+ * follows it (GNU tar and Go read it as a C string).  An empty name counts as none, as in Go:
+ * the header's own name field applies (GNU tar would extract "." instead). */
+static int take_long_name(ls_tar *t, ls_buf *dst, int *have, const char *what)
 {
     /* An empty body leaves the buffer unallocated: no pointer to scan (the fuzzer's find). */
     const uint8_t *data = t->ext.len ? t->ext.data : (const uint8_t *)"";
     size_t n = field_len((const char *)data, t->ext.len);
-    if (!is_zero(data + n, t->ext.len - n))
-        return fail(t, LS_E_CORRUPT, "NUL inside the GNU long %s at offset %llu", what,
-                    (unsigned long long)t->entry_offset);
+    *have = n > 0;
     if (n > LS_MAX_PATH)
         return fail(t, LS_E_LIMIT, "GNU long %s of %zu bytes at offset %llu (limit %u)", what,
                     n, (unsigned long long)t->entry_offset, LS_MAX_PATH);
@@ -838,30 +929,23 @@ static int on_extension_done(ls_tar *t)
     int rc = 0;
     switch (t->ext_type) {
     case 'L':
-        rc = take_long_name(t, &t->longname, "name");
-        t->have_longname = 1;
+        rc = take_long_name(t, &t->longname, &t->have_longname, "name");
         break;
     case 'K':
-        rc = take_long_name(t, &t->longlink, "link name");
-        t->have_longlink = 1;
+        rc = take_long_name(t, &t->longlink, &t->have_longlink, "link name");
         break;
-    case 'x':
+    case 'x': case 'g': {
+        /* A later header replaces an earlier one of its kind whole, records it lacks
+         * included: GNU tar and Go keep only the last 'x' before an entry, and GNU tar the
+         * last 'g' (Go applies no 'g' at all). */
         if ((rc = pax_walk(t, t->ext.data, t->ext.len, NULL)))
             return rc;
-        if (t->pax.len + t->ext.len > LS_MAX_PAX)
-            return fail(t, LS_E_LIMIT, "extended headers of the entry at offset %llu exceed "
-                        "%u bytes", (unsigned long long)t->entry_offset, LS_MAX_PAX);
-        if (ls_buf_append(&t->pax, t->ext.data, t->ext.len))
-            return fail(t, LS_E_NOMEM, "out of memory");
+        ls_buf *dst = t->ext_type == 'x' ? &t->pax : &t->global;
+        ls_buf old = *dst;
+        *dst = t->ext;
+        t->ext = old;
         break;
-    case 'g':
-        if ((rc = pax_walk(t, t->ext.data, t->ext.len, NULL)))
-            return rc;
-        if (t->global.len + t->ext.len > LS_MAX_PAX)
-            return fail(t, LS_E_LIMIT, "global extended headers exceed %u bytes", LS_MAX_PAX);
-        if (ls_buf_append(&t->global, t->ext.data, t->ext.len))
-            return fail(t, LS_E_NOMEM, "out of memory");
-        break;
+    }
     }
     if (rc)
         return rc;
@@ -909,9 +993,9 @@ static int sparse_map_bytes(ls_tar *t, const uint8_t *p, size_t n, size_t *used)
             t->map_numbers++;
             t->map_number = 0;
             t->map_digits = 0;
-        } else if (c >= '0' && c <= '9' && t->map_digits < 19) {
-            t->map_number = t->map_number * 10 + (c - '0');
-            t->map_digits++;
+        } else if (c >= '0' && c <= '9' && t->map_number <= (INT64_MAX - 9) / 10) {
+            t->map_number = t->map_number * 10 + (c - '0');     /* leading zeros are fine */
+            t->map_digits = 1;
         } else {
             goto bad;
         }
@@ -1022,7 +1106,7 @@ int ls_tar_feed(ls_tar *t, const uint8_t *p, size_t n)
         case S_HEADER: case S_GNU_SPARSE: case S_END:
             used = 512 - t->block_len < n ? 512 - t->block_len : n;
             break;
-        case S_EXTENSION: case S_PADDING:
+        case S_EXTENSION: case S_SKIP: case S_PADDING:
             used = n < t->remaining ? n : (size_t)t->remaining;
             break;
         case S_SPARSE_MAP:
@@ -1089,6 +1173,12 @@ int ls_tar_feed(ls_tar *t, const uint8_t *p, size_t n)
             if (t->remaining == 0)
                 rc = on_extension_done(t);
             break;
+        case S_SKIP:
+            t->offset += used;
+            t->remaining -= used;
+            if (t->remaining == 0)
+                next_area(t);
+            break;
         case S_PADDING:
             t->offset += used;
             t->remaining -= used;
@@ -1138,10 +1228,11 @@ int ls_tar_finish(ls_tar *t)
             return fail(t, LS_E_CORRUPT, "data after a lone zero block at the end of the "
                         "archive");
         return 0;
-    case S_CONTENT:
+    case S_CONTENT: case S_SKIP:
         return fail(t, LS_E_TRUNCATED, "truncated tar archive: the stream ends inside the "
-                    "content of an entry (%llu bytes missing) at offset %llu",
-                    (unsigned long long)t->remaining, (unsigned long long)t->offset);
+                    "%s of an entry (%llu bytes missing) at offset %llu",
+                    t->state == S_CONTENT ? "content" : "data", (unsigned long long)t->remaining,
+                    (unsigned long long)t->offset);
     default:
         return fail(t, LS_E_TRUNCATED, "truncated tar archive: the stream ends inside an "
                     "extended header or sparse map at offset %llu",

@@ -1,10 +1,18 @@
-"""Writes seed inputs for the tar fuzzer: small archives in every format tarfile writes, plus
-the regression fixtures.  Each seed starts with the byte that picks the feed size."""
+"""Writes seed inputs for the tar fuzzer: small archives in every format tarfile writes, and
+every form of tests/test_tar_compat.py (Solaris and global PAX headers, dump directories,
+labels, long names with trailing bytes, numbers with leading zeros, ...), imported from there so
+that each new form the reader learns is fuzzed from its first seed.  That needs the package
+importable, as it is where CI runs this (after its install).  The regression fixtures in
+tests/data/fuzz are a corpus directory of their own (Makefile).  Each seed starts with the byte
+that picks the feed size."""
 
 import io
 import os
 import sys
 import tarfile
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parents[2] / "tests"
 
 
 def archive(fmt) -> bytes:
@@ -31,12 +39,21 @@ def archive(fmt) -> bytes:
     return buf.getvalue()
 
 
+def compat_forms() -> dict[str, bytes]:
+    sys.path[:0] = [str(TESTS), str(TESTS.parent)]
+    from test_tar_compat import ACCEPTED, REJECTED
+    return {**{name: c.data for name, c in ACCEPTED.items()},
+            **{name: r.data for name, r in REJECTED.items()}}
+
+
 def main(out: str) -> None:
     os.makedirs(out, exist_ok=True)
-    for i, fmt in enumerate((tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT)):
-        data = archive(fmt)
+    seeds = {f"seed-{i}": archive(fmt) for i, fmt in
+             enumerate((tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT))}
+    seeds.update({f"compat-{name}": data for name, data in compat_forms().items()})
+    for name, data in seeds.items():
         for lead in (0, 10, 63, 255):
-            with open(os.path.join(out, f"seed-{i}-{lead}"), "wb") as f:
+            with open(os.path.join(out, f"{name}-{lead}"), "wb") as f:
                 f.write(bytes([lead]) + data)
 
 
