@@ -12,13 +12,16 @@
  * each directory about once per pass.  The work is done in passes (see ls_checkout), the
  * largest of them on two threads.
  *
- * Files are hardlinks to their objects, or with LS_CHECKOUT_COPY independent copies (a reflink
- * where the filesystem has them, else copy_file_range) with the recorded mtime.  A hardlinked
- * file takes the object's own metadata: nothing here may chmod, chown or touch it, since that
- * would change the store.  An empty file is always made fresh, never shared.  EMLINK (the
- * object has as many links as the filesystem allows), EXDEV and EPERM turn a link into a copy.
- * Directories get their final mode, owner and times last, deepest first, so a read-only
- * directory does not stop its children from being made.
+ * A file is, by default, an inode of its own with its record's metadata, so that writing to
+ * it cannot change the store: a reflink of its object (FICLONE) where the filesystem has them,
+ * else a copy (copy_file_range, holes kept).  With LS_CHECKOUT_COPY it is a copy whose blocks
+ * are its own even there (sendfile: copy_file_range itself reflinks on xfs and btrfs).  With
+ * LS_CHECKOUT_LINK it is a hardlink to its object and takes the object's own metadata: nothing
+ * here may chmod, chown or touch it, since that would change the store.  An empty file is
+ * always made fresh, never shared.  EMLINK (the object has as many links as the filesystem
+ * allows), EXDEV and EPERM turn a link into a file of its own.  Directories get their final
+ * mode, owner and times last, deepest first, so a read-only directory does not stop its
+ * children from being made.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/sendfile.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <sys/xattr.h>
@@ -309,7 +313,17 @@ static int copy_range(co *c, int src, int dst, uint64_t off, uint64_t len, const
         ssize_t n = -1;
         size_t want = len > (1u << 30) ? 1u << 30 : (size_t)len;
         if (!c->no_cfr) {
-            n = copy_file_range(src, &in, dst, &out, want, 0);
+            if (c->flags & LS_CHECKOUT_COPY) {
+                /* copy_file_range would share the blocks where it can: sendfile writes them. */
+                off_t from = (off_t)in;
+                n = lseek(dst, (off_t)out, SEEK_SET) < 0 ? -1 : sendfile(dst, src, &from, want);
+                if (n > 0) {
+                    in += n;
+                    out += n;
+                }
+            } else {
+                n = copy_file_range(src, &in, dst, &out, want, 0);
+            }
             if (n < 0 && (errno == EXDEV || errno == EINVAL || errno == ENOSYS ||
                           errno == EOPNOTSUPP)) {
                 c->no_cfr = 1;
@@ -343,11 +357,15 @@ static int copy_range(co *c, int src, int dst, uint64_t off, uint64_t len, const
     return 0;
 }
 
-static int copy_content(co *c, int src, int dst, const rec *r)
+/* Gives dst the content of src: a reflink where the filesystem has them (*cloned set), unless
+ * LS_CHECKOUT_COPY asked for blocks of its own, else a copy. */
+static int copy_content(co *c, int src, int dst, const rec *r, int *cloned)
 {
     if (!c->no_reflink) {
-        if (ioctl(dst, FICLONE, src) == 0)
+        if (ioctl(dst, FICLONE, src) == 0) {
+            *cloned = 1;
             return 0;
+        }
         /* Not on this filesystem (ext4, or objects on another one): stop asking. */
         if (errno == EOPNOTSUPP || errno == ENOTTY || errno == EXDEV || errno == EINVAL)
             c->no_reflink = 1;
@@ -383,11 +401,14 @@ static int make_copy(co *c, int src, const char *name, const rec *r)
                      create_mode(c, r));
     if (dst < 0)
         return os_fail(c, errno, "cannot create", r->path, r->path_len);
-    int rc = src >= 0 ? copy_content(c, src, dst, r) : 0;
+    int cloned = 0;
+    int rc = src >= 0 ? copy_content(c, src, dst, r, &cloned) : 0;
     if (!rc)
         rc = apply_meta(c, dst, r);
     close(dst);
-    if (!rc)
+    if (!rc && cloned)
+        c->st->reflinked++;
+    else if (!rc)
         c->st->copied++;
     return rc;
 }
@@ -399,7 +420,7 @@ static int make_file(co *c, const char *name, const rec *r)
         return make_copy(c, -1, name, r);
     char obj[66];
     ls_object_path(r->object_id, obj);
-    if (!(c->flags & LS_CHECKOUT_COPY)) {
+    if (c->flags & LS_CHECKOUT_LINK) {
         if (linkat(c->objects_fd, obj, here(c), name, 0) == 0) {
             c->st->hardlinked++;
             return 0;
@@ -729,6 +750,7 @@ static void add_stats(ls_checkout_stats *to, const ls_checkout_stats *from)
     to->symlinks += from->symlinks;
     to->specials += from->specials;
     to->hardlinked += from->hardlinked;
+    to->reflinked += from->reflinked;
     to->copied += from->copied;
     to->skipped_specials += from->skipped_specials;
     to->skipped_owners += from->skipped_owners;
@@ -792,8 +814,14 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
     c.umask = ls_umask();
     c.stop = &stop;
     c.progress = progress;
+    c.no_reflink = (flags & LS_CHECKOUT_COPY) != 0;
     memset(stats, 0, sizeof *stats);
     int rc = 0;
+    if ((flags & LS_CHECKOUT_COPY) && (flags & LS_CHECKOUT_LINK)) {
+        c.objects_fd = c.dest_fd = -1;
+        rc = ls_fail(&e, LS_E_STATE, "checkout: copies and hardlinks both asked for");
+        goto out;
+    }
     c.objects_fd = open(objects_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     c.dest_fd = open(dest, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     c.plan = plan;

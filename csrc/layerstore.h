@@ -199,15 +199,20 @@ void ls_ingest_free(ls_ingest *g);
  *
  * Makes DEST (an existing, empty directory) the tree a plan describes: entry records (layout
  * above) of an image's merged view, parents before children; a HARDLINK record's link is the
- * path of an earlier record, whose inode it shares.  Regular files are hardlinks into
- * objects_dir, or copies with LS_CHECKOUT_COPY; LS_CHECKOUT_OWNERS (root) sets owners and
- * makes device nodes.  On error DEST holds what was made so far; the caller removes it. */
+ * path of an earlier record, whose inode it shares.  Regular files are, by default, files of
+ * their own that a write cannot carry back into the store: reflinks of their objects where
+ * the filesystem has them, else copies.  LS_CHECKOUT_COPY: copies that share no blocks with
+ * the store even where it could.  LS_CHECKOUT_LINK: hardlinks to the objects, for read-only
+ * use (a write through one changes the store).  The two together are LS_E_STATE.
+ * LS_CHECKOUT_OWNERS (root) sets owners and makes device nodes.  On error DEST holds what was
+ * made so far; the caller removes it. */
 
-enum { LS_CHECKOUT_COPY = 1, LS_CHECKOUT_OWNERS = 2 };
+enum { LS_CHECKOUT_COPY = 1, LS_CHECKOUT_OWNERS = 2, LS_CHECKOUT_LINK = 4 };
 
 typedef struct {
     uint64_t files, dirs, symlinks, specials;
     uint64_t hardlinked;        /* files sharing the object's inode */
+    uint64_t reflinked;         /* files of their own sharing the object's blocks (FICLONE) */
     uint64_t copied;            /* files written as independent copies (empty files too) */
     uint64_t skipped_specials;  /* device nodes not made (not root) */
     uint64_t skipped_owners;    /* entries whose owner could not be set (not root) */

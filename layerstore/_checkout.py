@@ -2,9 +2,11 @@
 
 Python turns the merged tree into a plan (entry records, parents first; a second path of an
 inode becomes a hardlink to the first path made for it); csrc/checkout.c makes it, never
-through a symlink, with files hardlinked to their objects or copied (copy=True, with the
-recorded mtimes).  An empty file is always made fresh: a shared empty inode would let one
-checkout corrupt every other.  A failed checkout removes what it made.
+through a symlink.  Its files are, by default, files of their own that are safe to write
+(reflinks of the objects where the filesystem has them, else copies, with the recorded
+mtimes); copy=True makes copies that share no blocks with the store; link=True hardlinks the
+objects, for read-only use (a write through such a file changes every image that holds it).
+An empty file is always made fresh.  A failed checkout removes what it made.
 """
 
 from __future__ import annotations
@@ -55,12 +57,23 @@ def _prepare(dest: str) -> bool:
         return False
 
 
-def checkout(checkout_plan: bytes, dest: str, objects_dir: str,
+def _mode(link: bool, copy: bool) -> str:
+    """The checkout mode (a key of _native.CHECKOUT_MODES) the two flags ask for."""
+    if link and copy:
+        raise ValueError("checkout: link and copy exclude each other (hardlinks share the "
+                         "store's files, copies share nothing)")
+    return "link" if link else "copy" if copy else "reflink"
+
+
+def checkout(checkout_plan: bytes, dest: str, objects_dir: str, link: bool = False,
              copy: bool = False) -> CheckoutResult:
+    """Makes dest (absent or empty) the plan's tree; see the module docstring for link and
+    copy."""
+    mode = _mode(link, copy)
     dest = os.path.abspath(dest)
     made = _prepare(dest)
     try:
-        counts = _native.checkout(objects_dir, dest, checkout_plan, copy, os.geteuid() == 0)
+        counts = _native.checkout(objects_dir, dest, checkout_plan, mode, os.geteuid() == 0)
     except BaseException:
         if made:
             _remove(dest)
@@ -68,7 +81,7 @@ def checkout(checkout_plan: bytes, dest: str, objects_dir: str,
             for name in os.listdir(dest):
                 _remove(os.path.join(dest, name))
         raise
-    return CheckoutResult(dest, **counts)
+    return CheckoutResult(dest, mode, **counts)
 
 
 def _remove(path: str) -> None:

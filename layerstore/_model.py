@@ -102,14 +102,19 @@ class Progress:
 
 @dataclass(frozen=True, slots=True)
 class CheckoutResult:
-    """What a checkout made, and what it could not make (as a non-root user)."""
+    """What a checkout made, and what it could not make (as a non-root user).  mode is what
+    was asked for: "reflink" (the default: files of their own, reflinked where the filesystem
+    can, else copied), "copy" (blocks of their own) or "link" (hardlinks into the store); the
+    counts say how each file was made."""
 
     dest: str
+    mode: str
     files: int
     dirs: int
     symlinks: int
     hardlinked: int             # files that share the store's inode
-    copied: int                 # files written as independent copies
+    reflinked: int              # files of their own sharing the store's blocks
+    copied: int                 # files written as independent copies (empty files too)
     specials: int               # device nodes and fifos made
     skipped_specials: int       # device nodes not made (not root)
     skipped_owners: int         # entries whose owner could not be set (not root)

@@ -413,20 +413,24 @@ def observed(call, report=None):
     return outcome["value"]
 
 
-def checkout(objects_dir: str, dest: str, plan: bytes, copy: bool, owners: bool,
+CHECKOUT_MODES = {"reflink": 0, "copy": lib.LS_CHECKOUT_COPY, "link": lib.LS_CHECKOUT_LINK}
+
+
+def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
              report=None) -> dict:
-    """Makes the existing, empty dest the tree plan describes (see ls_checkout); returns the
-    counts of what was made and skipped.  report: see observed (items: entries made)."""
+    """Makes the existing, empty dest the tree plan describes (see ls_checkout), its files made
+    as mode says (a key of CHECKOUT_MODES); returns the counts of what was made and skipped.
+    report: see observed (items: entries made)."""
     stats = ffi.new("ls_checkout_stats *")
     err = ffi.new("char[]", 1024)
-    flags = (lib.LS_CHECKOUT_COPY if copy else 0) | (lib.LS_CHECKOUT_OWNERS if owners else 0)
+    flags = CHECKOUT_MODES[mode] | (lib.LS_CHECKOUT_OWNERS if owners else 0)
     rc = observed(lambda progress: lib.ls_checkout(
         os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags, stats, progress,
         err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     return {name: getattr(stats, name) for name in (
-        "files", "dirs", "symlinks", "hardlinked", "copied", "specials", "skipped_specials",
-        "skipped_owners", "skipped_xattrs")}
+        "files", "dirs", "symlinks", "hardlinked", "reflinked", "copied", "specials",
+        "skipped_specials", "skipped_owners", "skipped_xattrs")}
 
 
 def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,

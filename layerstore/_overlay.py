@@ -167,7 +167,7 @@ def _build_layer(store, entries, lower, tmp: str, kernel: bool) -> bool:
     """Makes tmp the layer dir.  Returns whether it needed lower layers (chainID keying)."""
     from ._checkout import checkout, plan
     tree, whiteouts, opaques = _layer_tree(entries, lower)
-    checkout(plan(tree), tmp, os.path.join(store.root, "objects"), copy=False)
+    checkout(plan(tree), tmp, os.path.join(store.root, "objects"), link=True)
     touched = set()
     for p in whiteouts:
         path = os.path.join(tmp, p)

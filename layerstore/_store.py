@@ -534,11 +534,17 @@ class Store:
     def object_path(self, object_id: str) -> str:
         return os.path.join(self.root, "objects", _native.object_path(object_id))
 
-    def checkout(self, ref: str, dest: str | os.PathLike, copy: bool = False) -> CheckoutResult:
-        """Makes dest (absent or empty) the image's root filesystem: hardlinks into the object
-        store, or with copy=True independent files with their exact mtimes.  On failure what
-        was made is removed.  Locking: a snapshot of the index; objects of a snapshot are never
-        deleted while it is read (gc holds the store lock exclusively)."""
+    def checkout(self, ref: str, dest: str | os.PathLike, *, link: bool = False,
+                 copy: bool = False) -> CheckoutResult:
+        """Makes dest (absent or empty) the image's root filesystem.  Its files are safe to
+        write: reflinks of the stored objects where the filesystem has them (xfs, btrfs),
+        else copies, with their recorded mtimes.  copy=True: copies that share no blocks with
+        the store even where reflinks exist.  link=True: hardlinks into the store, for
+        read-only use (build roots, scanners), since a write through one changes every image
+        that holds the file (mount() gives writable containers that share the layers).  link
+        and copy together are a ValueError.  On failure what was made is removed.  Locking: a
+        snapshot of the index; objects of a snapshot are never deleted while it is read (gc
+        holds the store lock exclusively)."""
         from ._checkout import checkout, plan
         with self._locked(exclusive=False):
             with self._index.read() as txn:
@@ -546,7 +552,8 @@ class Store:
                 tree = self._index.image_tree(txn, image_id)
             if tree is None:    # not kept (older index): made on demand
                 tree = plan(self._tree(image_id)[1])
-            return checkout(tree, os.fspath(dest), os.path.join(self.root, "objects"), copy)
+            return checkout(tree, os.fspath(dest), os.path.join(self.root, "objects"),
+                            link=link, copy=copy)
 
     def inspect(self, ref: str) -> dict:
         """Everything known of an image, as `layerstore inspect` prints it."""

@@ -166,17 +166,31 @@ def inspect(open_store, image):
 @cli.command()
 @click.argument("image")
 @click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--link", is_flag=True,
+              help="Hardlink the store's files, for read-only use (build roots, scanners): "
+                   "fastest, but a write through one changes the store and every image "
+                   "holding that file.  For writable containers that share the layers, use "
+                   "`layerstore mount`.")
 @click.option("--copy", is_flag=True,
-              help="Independent files with their recorded mtimes instead of hardlinks.")
+              help="Independent copies that share no blocks with the store, even where the "
+                   "filesystem could reflink.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was made as JSON.")
 @click.pass_obj
-def checkout(open_store, image, dest, copy, as_json):
-    """Make DEST (absent or empty) the image's root filesystem."""
-    r = open_store().checkout(image, dest, copy=copy)
+def checkout(open_store, image, dest, link, copy, as_json):
+    """Make DEST (absent or empty) the image's root filesystem.
+
+    By default its files are safe to write: reflinks of the store's files where the
+    filesystem has them (xfs, btrfs), otherwise copies, with their recorded times."""
+    if link and copy:
+        raise click.UsageError("--link and --copy exclude each other")
+    r = open_store().checkout(image, dest, link=link, copy=copy)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(r), indent=2))
         return
-    click.echo(f"{dest}: {r.files} files ({r.hardlinked} hardlinked), {r.dirs} directories, "
+    how = ", ".join(f"{n} {what}" for n, what in ((r.reflinked, "reflinked"),
+                                                  (r.copied, "copied"),
+                                                  (r.hardlinked, "hardlinked")) if n)
+    click.echo(f"{dest}: {r.files} files{f' ({how})' if how else ''}, {r.dirs} directories, "
                f"{r.symlinks} symlinks, {r.specials} special files")
     skipped = []
     if r.skipped_specials:

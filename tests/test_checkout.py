@@ -1,5 +1,5 @@
-"""Checkout by the C core: hostile layers create nothing outside DEST, EMLINK for real, metadata
-and the copy mode's independence."""
+"""Checkout by the C core: hostile layers create nothing outside DEST, EMLINK for real, metadata,
+the default's and the copy mode's independence from the store, and the link mode's sharing."""
 
 import io
 import os
@@ -10,6 +10,7 @@ import pytest
 
 import archives as A
 from layerstore import Store, errors
+from layerstore.cli import main
 
 
 @pytest.fixture
@@ -79,14 +80,15 @@ FILLER = A.layer(*[("f", f"{p}/f{i:03d}", b"%d" % i) for p in ("0fill", "zfill")
 
 
 @pytest.mark.parametrize("case", sorted(HOSTILE))
-@pytest.mark.parametrize("copy", [False, True], ids=["hardlink", "copy"])
+@pytest.mark.parametrize("mode", [{}, {"link": True}, {"copy": True}],
+                         ids=["default", "link", "copy"])
 @pytest.mark.parametrize("size", ["small", "threaded"])
-def test_hostile_layers_stay_inside(case, copy, size, store, tmp_path, sentinels):
+def test_hostile_layers_stay_inside(case, mode, size, store, tmp_path, sentinels):
     outside, unchanged = sentinels
     layers = HOSTILE[case] if size == "small" else [FILLER, *HOSTILE[case]]
     img = image(store, tmp_path, *layers)
     dest = tmp_path / "dest"
-    store.checkout(img.id, dest, copy=copy)
+    store.checkout(img.id, dest, **mode)
     unchanged()
     # What the layers wrote through links landed inside DEST (the symlinks themselves stay
     # as written: they only point out, which a container's chroot resolves inside).
@@ -162,7 +164,7 @@ def test_emlink_for_real(store, tmp_path):
                for f in fs]
     assert len(objects) == 1
     dest = tmp_path / "dest"
-    result = store.checkout(img.id, dest)
+    result = store.checkout(img.id, dest, link=True)
     assert result.files == n + 1
     links = os.lstat(objects[0]).st_nlink
     if links >= n:      # a filesystem without ext4's limit (tmpfs, xfs, btrfs): no EMLINK
@@ -196,8 +198,8 @@ def test_hardlinked_checkout_shares_the_object_and_empty_files_are_fresh(store, 
     img = image(store, tmp_path, A.layer(("f", "x", b"bytes" * 10), ("f", "e1", b""),
                                          ("f", "e2", b"")))
     a, b = tmp_path / "a", tmp_path / "b"
-    store.checkout(img.id, a)
-    store.checkout(img.id, b)
+    store.checkout(img.id, a, link=True)
+    store.checkout(img.id, b, link=True)
     assert os.path.samefile(a / "x", b / "x")
     assert not os.path.samefile(a / "e1", b / "e1")
     assert not os.path.samefile(a / "e1", a / "e2")
@@ -245,3 +247,83 @@ def test_unprivileged_checkout(tmp_path):
             for d in dirnames:
                 os.chmod(os.path.join(dirpath, d), 0o755, follow_symlinks=False)
         shutil.rmtree(top)
+
+
+# ---- the modes: safe to write by default, hardlinks when asked --------------------------------
+
+SHARED = b"bytes both images hold\n" * 200
+
+
+def two_images(store, tmp_path):
+    """Two images whose layers differ but whose files are the same objects."""
+    files = [("d", "etc"), ("f", "etc/conf", SHARED), ("f", "etc/log", b"log line\n" * 50),
+             ("f", "bin/tool", b"\x7fELF" * 3000, 0o755), ("f", "empty", b"")]
+    return (image(store, tmp_path, A.layer(*files), name="a:1"),
+            image(store, tmp_path, A.layer(*files, ("f", "b-only", b"b")), name="b:1"))
+
+
+def contents(store, img) -> dict:
+    """What `cat` prints of each file of the image (Store.open reads the objects)."""
+    return {e.path: store.open(img.id, e.path).read() for e in store.image_entries(img.id)
+            if e.type.value == "file"}
+
+
+@pytest.mark.parametrize("how", [{}, {"copy": True}], ids=["default", "copy"])
+def test_writes_into_a_checkout_leave_the_store_alone(how, store, tmp_path):
+    a, b = two_images(store, tmp_path)
+    before = {img.id: contents(store, img) for img in (a, b)}
+    dest = tmp_path / "dest"
+    r = store.checkout(a.id, dest, **how)
+    assert r.mode == ("copy" if how else "reflink")
+    assert r.hardlinked == 0 and r.reflinked + r.copied == r.files == 4
+    if how:
+        assert r.reflinked == 0
+    with open(dest / "etc" / "conf", "r+b") as f:          # written in place
+        f.write(b"EVIL")
+    os.truncate(dest / "etc" / "log", 3)
+    with open(dest / "bin" / "tool", "ab") as f:
+        f.write(b"appended")
+    os.chmod(dest / "etc" / "conf", 0o6777)
+    os.chown(dest / "bin" / "tool", 4242, 4242) if os.geteuid() == 0 else None
+    with open(dest / "empty", "ab") as f:
+        f.write(b"no longer empty")
+    assert {img.id: contents(store, img) for img in (a, b)} == before
+    assert store.fsck() == []
+    again = tmp_path / "again"
+    store.checkout(b.id, again, link=True)
+    assert (again / "etc" / "conf").read_bytes() == SHARED
+    assert stat.S_IMODE(os.stat(again / "etc" / "conf").st_mode) == 0o644
+    assert (again / "etc" / "log").read_bytes() == b"log line\n" * 50
+
+
+def test_link_checkouts_share_the_stores_inodes(store, tmp_path):
+    a, _ = two_images(store, tmp_path)
+    dest = tmp_path / "dest"
+    r = store.checkout(a.id, dest, link=True)
+    assert r.mode == "link" and (r.hardlinked, r.reflinked, r.copied) == (3, 0, 1)   # empty: own
+    for e in store.image_entries(a.id):
+        if e.type.value == "file" and e.size:
+            got, obj = os.stat(dest / e.path), os.stat(store.object_path(e.object_id))
+            assert (got.st_dev, got.st_ino) == (obj.st_dev, obj.st_ino), e.path
+    assert os.stat(dest / "empty").st_nlink == 1
+
+
+def test_link_and_copy_together_are_refused(store, tmp_path, capsys):
+    a, _ = two_images(store, tmp_path)
+    dest = tmp_path / "dest"
+    with pytest.raises(ValueError, match="exclude each other"):
+        store.checkout(a.id, dest, link=True, copy=True)
+    assert not dest.exists()
+    capsys.readouterr()
+    assert main(["--root", store.root, "checkout", "--link", "--copy", "a:1", str(dest)]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "layerstore: error: --link and --copy exclude each other\n")
+    assert not dest.exists()
+
+
+def test_help_names_the_modes(capsys):
+    assert main(["checkout", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "reflinks" in text and "otherwise copies" in text
+    assert "--link Hardlink the store's files, for read-only use" in text
+    assert "layerstore mount" in text and "share no blocks with the store" in text

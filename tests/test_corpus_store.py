@@ -212,18 +212,21 @@ def umoci_unpacked(oci_layouts, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("copy", [False, True], ids=["hardlink", "copy"])
-def test_checkout_equals_umoci_unpack(copy, corpus_store, umoci_unpacked, tmp_path):
+@pytest.mark.parametrize("how", [{"link": True}, {}, {"copy": True}],
+                         ids=["hardlink", "default", "copy"])
+def test_checkout_equals_umoci_unpack(how, corpus_store, umoci_unpacked, tmp_path):
     root, added = corpus_store
     owners = os.geteuid() == 0
     with Store(root) as store:
         for name, (image, _) in added.items():
             dest = tmp_path / name
-            store.checkout(image.id, dest, copy=copy)
-            # A copy restores the recorded mtimes, as umoci does; hardlinks show the objects'.
-            ours, our_groups = snapshot(str(dest), owners=owners, mtimes=copy)
+            store.checkout(image.id, dest, **how)
+            # Files of their own get the recorded mtimes, as umoci's; hardlinks show the
+            # objects'.
+            mtimes = not how.get("link")
+            ours, our_groups = snapshot(str(dest), owners=owners, mtimes=mtimes)
             theirs, their_groups = snapshot(str(umoci_unpacked[name]), owners=owners,
-                                            mtimes=copy)
+                                            mtimes=mtimes)
             assert differences(ours, theirs) == [], name
             # Hardlinks of the image are hardlinks here too (we may share more: equal files
             # are one object).

@@ -159,8 +159,8 @@ _ZYGOTE = textwrap.dedent("""
                         s.import_archive(job["arg"])
                     elif job["op"] == "rm":
                         s.remove(job["arg"], force=True)
-                    elif job["op"] == "checkout":
-                        s.checkout(*job["arg"])
+                    elif job["op"] == "checkout":     # hardlinks: the store's own inodes
+                        s.checkout(*job["arg"], link=True)
                     elif job["op"] == "read":     # dies inside a read transaction
                         txn = s._index.read()
                         s._index.images(txn)

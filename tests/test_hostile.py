@@ -114,7 +114,7 @@ class Case:
     match: str | None = None
     check: Callable[[Path], None] | None = None     # on a successful checkout
     checkout_error: str | None = None       # the import succeeds, checkout must fail so
-    copy: bool = True                       # also check out with copy=True
+    copy: bool = True                       # also check out by default and with copy=True
 
 
 CASES: dict[str, Case] = {}
@@ -916,14 +916,15 @@ def test_hostile(name, world, store):
     else:
         images = store.import_archive(source)
         assert len(images) == 1
-        for copy in ([False, True] if c.copy else [False]):
-            dest = world.dest / ("copy" if copy else "links")
+        for mode in ["link"] + (["default", "copy"] if c.copy else []):
+            dest = world.dest / mode
+            how = {mode: True} if mode != "default" else {}
             if c.checkout_error:
                 with pytest.raises(errors.LayerstoreError, match=c.checkout_error):
-                    store.checkout(images[0].id, dest, copy=copy)
+                    store.checkout(images[0].id, dest, **how)
                 assert not dest.exists()
                 continue
-            store.checkout(images[0].id, dest, copy=copy)
+            store.checkout(images[0].id, dest, **how)
             _inside(dest, world)
             if c.check is not None:
                 c.check(dest)
@@ -1051,7 +1052,7 @@ def test_decompression_bomb(how, form, world, store):
         # What the store holds on disk is bounded by what it stores: the zeros once, no more.
         assert big[0].st_blocks * 512 <= (BOMB_MIB << 20) + (1 << 20)
         dest = world.dest / "links"
-        s.checkout(res["images"][0], dest)
+        s.checkout(res["images"][0], dest, link=True)
         assert os.path.samefile(dest / "zeros", s.object_path(
             next(e.object_id for e in s.image_entries(res["images"][0]) if e.path == "zeros")))
         s.remove(["bomb:1"])

@@ -32,7 +32,7 @@ def test_checkout_reports_every_entry(stored, tmp_path):
     seen = []
     dest = tmp_path / "out"
     dest.mkdir()
-    _native.checkout(os.path.join(store.root, "objects"), str(dest), _plan(store), True, False,
+    _native.checkout(os.path.join(store.root, "objects"), str(dest), _plan(store), "copy", False,
                      report=lambda b, n: seen.append((b, n)))
     entries = FILES + 7 + 1     # files, their directories and the root
     assert seen[-1] == (sum(8192 + i for i in range(FILES)), entries)

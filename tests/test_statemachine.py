@@ -183,8 +183,8 @@ class StoreMachine(RuleBasedStateMachine):
     def fsck(self):
         assert self.store.fsck() == []
 
-    @rule(image=images, copy=st.booleans())
-    def checkout(self, image, copy):
+    @rule(image=images, how=st.sampled_from([{"link": True}, {}, {"copy": True}]))
+    def checkout(self, image, how):
         if image not in self.model:
             try:
                 self.store.checkout(image, self._dest())
@@ -192,7 +192,7 @@ class StoreMachine(RuleBasedStateMachine):
                 return
             raise AssertionError(f"{image} was removed but still checks out")
         dest = self._dest()
-        self.store.checkout(image, dest, copy=copy)
+        self.store.checkout(image, dest, **how)
         assert actual(dest) == self.model[image]
         shutil.rmtree(dest)
 

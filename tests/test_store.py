@@ -401,7 +401,7 @@ def test_checkout_hardlinks_and_copies(store, tmp_path):
     (tmp_path / "img.tar").write_bytes(A.docker_archive([([L1, L2], ["c:1"])]))
     (image,) = store.import_archive(tmp_path / "img.tar")
     linked = tmp_path / "linked"
-    r = store.checkout("c:1", linked)
+    r = store.checkout("c:1", linked, link=True)
     assert r.hardlinked >= 2
     sh = os.stat(linked / "bin/sh")
     obj = os.stat(store.object_path(next(e.object_id for e in store.image_entries(image.id)

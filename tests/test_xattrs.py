@@ -106,9 +106,9 @@ def test_labelled_image_imports_checks_out_and_is_fsck_clean(store, tmp_path, ca
         want = {**XATTRS.get(path, {})}
         obj = store.object_path(store.stat("test/labels:1", path).object_id)
         assert _on_file(obj, ROOT) == _applied(want, ROOT), path
-    for copy in (False, True):      # hardlinks and copies (main's modes)
-        dest = tmp_path / f"co-{copy}"
-        store.checkout("test/labels:1", dest, copy=copy)
+    for mode in ("link", "default", "copy"):
+        dest = tmp_path / f"co-{mode}"
+        store.checkout("test/labels:1", dest, **({mode: True} if mode != "default" else {}))
         for path in ("bin/ping", "srv", "srv/data", "etc/passwd"):
             assert _on_file(dest / path, ROOT) == _applied(XATTRS.get(path, {}), ROOT), path
         try:    # the host may label it, but never with the build host's invalid context

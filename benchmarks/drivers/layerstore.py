@@ -33,8 +33,9 @@ class LayerStore(Driver):
             store.import_archive(path)
 
     def checkout(self, image, dest):
+        """Hardlinks, as the other drivers' checkouts share their stored files."""
         with Store(self.store_root) as store:
-            store.checkout(image.config_digest, dest)
+            store.checkout(image.config_digest, dest, link=True)
 
 
 DRIVER = LayerStore
