@@ -21,7 +21,7 @@
  * always made fresh, never shared.  EMLINK (the object has as many links as the filesystem
  * allows), EXDEV and EPERM turn a link into a file of its own.  Directories get their final
  * mode, owner and times last, deepest first, so a read-only directory does not stop its
- * children from being made.
+ * children from being made; DEST, which the caller made or found empty, last of all.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -281,18 +281,24 @@ static uint32_t create_mode(co *c, const rec *r)
     return m;
 }
 
+static int is_root(const rec *r)
+{
+    return r->path_len == 1 && r->path[0] == '.';
+}
+
 /* Owner, mode, xattrs and times of something this call made and holds open; most entries
- * are made with their final owner and mode already, which saves two calls each. */
+ * are made with their final owner and mode already, which saves two calls each.  DEST, the
+ * plan's root, was not made from its record: its owner and mode are always set. */
 static int apply_meta(co *c, int fd, const rec *r)
 {
-    int chowned = 0;
-    if (!owned_already(c, r) && want_owner(c, r)) {
+    int chowned = 0, dest = is_root(r);
+    if ((dest || !owned_already(c, r)) && want_owner(c, r)) {
         if (fchown(fd, r->uid, r->gid))
             return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
         chowned = 1;
     }
     /* After chown, which clears setuid/setgid bits. */
-    if ((chowned || (r->mode & 07777) != (create_mode(c, r) & ~c->umask)) &&
+    if ((dest || chowned || (r->mode & 07777) != (create_mode(c, r) & ~c->umask)) &&
         fchmod(fd, r->mode & 07777))
         return os_fail(c, errno, "cannot set the mode of", r->path, r->path_len);
     int rc = set_xattrs(c, fd, r);
@@ -585,7 +591,7 @@ static int remember_dir(co *c, size_t offset)
 
 static int one(co *c, const rec *r)
 {
-    if (r->path_len == 1 && r->path[0] == '.')
+    if (is_root(r))
         return r->type == LS_ENTRY_DIR ? 0 : ls_fail(c->e, LS_E_CORRUPT,
                                                       "checkout plan: the root is not a directory");
     char name[256];
@@ -631,7 +637,7 @@ static int finish_dirs(co *c, const uint8_t *plan, size_t plan_len)
         if (rc)
             return rc;
         int fd;
-        if (r.path_len == 1 && r.path[0] == '.') {
+        if (is_root(&r)) {
             fd = dup(c->dest_fd);
         } else {
             char name[256];
@@ -698,7 +704,7 @@ static int finish_pass(co *c)
         int rc = parse(c->plan + c->dirs[i], c->plan_len - c->dirs[i], &r, &used, c->e);
         if (rc)
             return rc;
-        if (r.path_len == 1 && r.path[0] == '.')
+        if (is_root(&r))
             continue;           /* DEST itself: finish_dirs, last */
         char name[256];
         if ((rc = locate(c, r.path, r.path_len, name)))

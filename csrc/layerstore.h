@@ -199,13 +199,14 @@ void ls_ingest_free(ls_ingest *g);
  *
  * Makes DEST (an existing, empty directory) the tree a plan describes: entry records (layout
  * above) of an image's merged view, parents before children; a HARDLINK record's link is the
- * path of an earlier record, whose inode it shares.  Regular files are, by default, files of
- * their own that a write cannot carry back into the store: reflinks of their objects where
- * the filesystem has them, else copies.  LS_CHECKOUT_COPY: copies that share no blocks with
- * the store even where it could.  LS_CHECKOUT_LINK: hardlinks to the objects, for read-only
- * use (a write through one changes the store).  The two together are LS_E_STATE.
- * LS_CHECKOUT_OWNERS (root) sets owners and makes device nodes.  On error DEST holds what was
- * made so far; the caller removes it. */
+ * path of an earlier record, whose inode it shares.  DEST itself takes the plan's "." record
+ * (mode, owner, xattrs, mtime).  Regular files are, by default, files of their own that a
+ * write cannot carry back into the store: reflinks of their objects where the filesystem has
+ * them, else copies.  LS_CHECKOUT_COPY: copies that share no blocks with the store even where
+ * it could.  LS_CHECKOUT_LINK: hardlinks to the objects, for read-only use (a write through
+ * one changes the store).  The two together are LS_E_STATE.  LS_CHECKOUT_OWNERS (root) sets
+ * owners and makes device nodes.  On error DEST holds what was made so far; the caller
+ * removes it. */
 
 enum { LS_CHECKOUT_COPY = 1, LS_CHECKOUT_OWNERS = 2, LS_CHECKOUT_LINK = 4 };
 

@@ -536,15 +536,16 @@ class Store:
 
     def checkout(self, ref: str, dest: str | os.PathLike, *, link: bool = False,
                  copy: bool = False) -> CheckoutResult:
-        """Makes dest (absent or empty) the image's root filesystem.  Its files are safe to
-        write: reflinks of the stored objects where the filesystem has them (xfs, btrfs),
-        else copies, with their recorded mtimes.  copy=True: copies that share no blocks with
-        the store even where reflinks exist.  link=True: hardlinks into the store, for
-        read-only use (build roots, scanners), since a write through one changes every image
-        that holds the file (mount() gives writable containers that share the layers).  link
-        and copy together are a ValueError.  On failure what was made is removed.  Locking: a
-        snapshot of the index; objects of a snapshot are never deleted while it is read (gc
-        holds the store lock exclusively)."""
+        """Makes dest (absent or empty) the image's root filesystem, dest itself with the
+        image's "/" mode, owner and mtime.  Its files are safe to write: reflinks of the
+        stored objects where the filesystem has them (xfs, btrfs), else copies, with their
+        recorded mtimes.  copy=True: copies that share no blocks with the store even where
+        reflinks exist.  link=True: hardlinks into the store, for read-only use (build roots,
+        scanners), since a write through one changes every image that holds the file (mount()
+        gives writable containers that share the layers).  link and copy together are a
+        ValueError.  On failure what was made is removed.  Locking: a snapshot of the index;
+        objects of a snapshot are never deleted while it is read (gc holds the store lock
+        exclusively)."""
         from ._checkout import checkout, plan
         with self._locked(exclusive=False):
             with self._index.read() as txn:

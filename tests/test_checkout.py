@@ -1,5 +1,6 @@
 """Checkout by the C core: hostile layers create nothing outside DEST, EMLINK for real, metadata,
-the default's and the copy mode's independence from the store, and the link mode's sharing."""
+the default's and the copy mode's independence from the store, the link mode's sharing, and
+DEST's own metadata."""
 
 import io
 import os
@@ -327,3 +328,45 @@ def test_help_names_the_modes(capsys):
     assert "reflinks" in text and "otherwise copies" in text
     assert "--link Hardlink the store's files, for read-only use" in text
     assert "layerstore mount" in text and "share no blocks with the store" in text
+
+
+# ---- DEST itself ---------------------------------------------------------------------------
+
+def _layer_with_root(mode: int, uid: int, gid: int, mtime: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        root = tarfile.TarInfo("./")
+        root.type, root.mode, root.mtime = tarfile.DIRTYPE, mode, mtime
+        root.uid, root.gid = uid, gid
+        tf.addfile(root)
+        f = tarfile.TarInfo("./f")
+        f.size = 1
+        tf.addfile(f, io.BytesIO(b"x"))
+    return buf.getvalue()
+
+
+def _top(path) -> tuple:
+    st = os.stat(path)
+    owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+    return stat.S_IMODE(st.st_mode), owner, st.st_mtime
+
+
+@pytest.mark.parametrize("how", [{}, {"link": True}, {"copy": True}],
+                         ids=["default", "link", "copy"])
+def test_dest_gets_the_images_root(how, store, tmp_path):
+    """DEST takes the image's "/" (mode, owner, mtime); without a record of it, what Docker
+    gives a rootfs (0755, root's); an empty DEST that existed takes them as well."""
+    root = os.geteuid() == 0
+    recorded = image(store, tmp_path, _layer_with_root(0o750, 1000, 1001, 1600000000),
+                     name="rooted:1")
+    implicit = image(store, tmp_path, A.layer(("f", "f", b"x")), name="plain:1")
+    store.checkout(recorded.id, tmp_path / "made", **how)
+    assert _top(tmp_path / "made") == (0o750, (1000, 1001) if root else None, 1600000000)
+    store.checkout(implicit.id, tmp_path / "implicit", **how)
+    assert _top(tmp_path / "implicit")[:2] == (0o755, (0, 0) if root else None)
+    existing = tmp_path / "existing"
+    existing.mkdir(mode=0o700)
+    if root:
+        os.chown(existing, 4242, 4242)
+    store.checkout(recorded.id, existing, **how)
+    assert _top(existing) == (0o750, (1000, 1001) if root else None, 1600000000)
