@@ -16,7 +16,7 @@ import shutil
 from dataclasses import replace
 
 from . import _native, errors
-from ._model import CheckoutResult
+from ._model import CheckoutResult, Progress
 from ._tree import Tree
 
 
@@ -66,14 +66,19 @@ def _mode(link: bool, copy: bool) -> str:
 
 
 def checkout(checkout_plan: bytes, dest: str, objects_dir: str, link: bool = False,
-             copy: bool = False) -> CheckoutResult:
+             copy: bool = False, progress=None) -> CheckoutResult:
     """Makes dest (absent or empty) the plan's tree; see the module docstring for link and
-    copy."""
+    copy.  progress(Progress) is called as it goes (bytes: file content, items: entries)."""
     mode = _mode(link, copy)
     dest = os.path.abspath(dest)
+    report = None
+    if progress is not None:
+        total_bytes, total_items = _native.plan_totals(checkout_plan)
+        report = lambda b, n: progress(Progress(b, total_bytes, n, total_items))  # noqa: E731
     made = _prepare(dest)
     try:
-        counts = _native.checkout(objects_dir, dest, checkout_plan, mode, os.geteuid() == 0)
+        counts = _native.checkout(objects_dir, dest, checkout_plan, mode, os.geteuid() == 0,
+                                  report)
     except BaseException:
         if made:
             _remove(dest)

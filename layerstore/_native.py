@@ -433,6 +433,25 @@ def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
         "skipped_specials", "skipped_owners", "skipped_xattrs")}
 
 
+_PLAN_HEAD = struct.Struct("<IB")                    # record_len, type
+_PLAN_SIZE = struct.Struct("<Q")
+_SIZE_AT = struct.calcsize("<IBBHIIIIIIq")           # the size field's offset in a record
+
+
+def plan_totals(plan) -> tuple[int, int]:
+    """The bytes of regular files and the number of entries of a checkout plan: the totals
+    of the progress checkout reports."""
+    view = memoryview(plan)
+    nbytes = items = pos = 0
+    while pos < len(view):
+        total, typ = _PLAN_HEAD.unpack_from(view, pos)
+        if typ == lib.LS_ENTRY_FILE:
+            nbytes += _PLAN_SIZE.unpack_from(view, pos + _SIZE_AT)[0]
+        items += 1
+        pos += total
+    return nbytes, items
+
+
 def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
                 report=None) -> int:
     """Writes a stored layer's exact tar to out_fd (see ls_layer_write); returns the bytes

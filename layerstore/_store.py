@@ -535,7 +535,7 @@ class Store:
         return os.path.join(self.root, "objects", _native.object_path(object_id))
 
     def checkout(self, ref: str, dest: str | os.PathLike, *, link: bool = False,
-                 copy: bool = False) -> CheckoutResult:
+                 copy: bool = False, progress=None) -> CheckoutResult:
         """Makes dest (absent or empty) the image's root filesystem, dest itself with the
         image's "/" mode, owner and mtime.  Its files are safe to write: reflinks of the
         stored objects where the filesystem has them (xfs, btrfs), else copies, with their
@@ -543,7 +543,8 @@ class Store:
         reflinks exist.  link=True: hardlinks into the store, for read-only use (build roots,
         scanners), since a write through one changes every image that holds the file (mount()
         gives writable containers that share the layers).  link and copy together are a
-        ValueError.  On failure what was made is removed.  Locking: a snapshot of the index;
+        ValueError.  progress(Progress) is called as it goes (bytes: file content, items:
+        entries).  On failure what was made is removed.  Locking: a snapshot of the index;
         objects of a snapshot are never deleted while it is read (gc holds the store lock
         exclusively)."""
         from ._checkout import checkout, plan
@@ -554,7 +555,7 @@ class Store:
             if tree is None:    # not kept (older index): made on demand
                 tree = plan(self._tree(image_id)[1])
             return checkout(tree, os.fspath(dest), os.path.join(self.root, "objects"),
-                            link=link, copy=copy)
+                            link=link, copy=copy, progress=progress)
 
     def inspect(self, ref: str) -> dict:
         """Everything known of an image, as `layerstore inspect` prints it."""

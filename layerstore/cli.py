@@ -183,7 +183,11 @@ def checkout(open_store, image, dest, link, copy, as_json):
     filesystem has them (xfs, btrfs), otherwise copies, with their recorded times."""
     if link and copy:
         raise click.UsageError("--link and --copy exclude each other")
-    r = open_store().checkout(image, dest, link=link, copy=copy)
+    progress = _Progress("checking out", "entries", enabled=not as_json)
+    try:
+        r = open_store().checkout(image, dest, link=link, copy=copy, progress=progress)
+    finally:
+        progress.done()
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(r), indent=2))
         return

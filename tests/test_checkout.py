@@ -1,16 +1,20 @@
 """Checkout by the C core: hostile layers create nothing outside DEST, EMLINK for real, metadata,
-the default's and the copy mode's independence from the store, the link mode's sharing, and
-DEST's own metadata."""
+the default's and the copy mode's independence from the store, the link mode's sharing, DEST's
+own metadata, and progress."""
 
 import io
 import os
+import pty
 import stat
+import subprocess
+import sys
 import tarfile
 
 import pytest
 
 import archives as A
-from layerstore import Store, errors
+from conftest import python_env
+from layerstore import Progress, Store, errors
 from layerstore.cli import main
 
 
@@ -370,3 +374,62 @@ def test_dest_gets_the_images_root(how, store, tmp_path):
         os.chown(existing, 4242, 4242)
     store.checkout(recorded.id, existing, **how)
     assert _top(existing) == (0o750, (1000, 1001) if root else None, 1600000000)
+
+
+# ---- progress ------------------------------------------------------------------------------
+
+PROGRESS_FILES = [("f", f"d{i % 5}/f{i}", bytes([i % 256]) * (100 + i)) for i in range(700)]
+
+
+@pytest.mark.parametrize("how", [{}, {"link": True}, {"copy": True}],
+                         ids=["default", "link", "copy"])
+def test_progress_counts_every_entry_and_byte(how, store, tmp_path):
+    img = image(store, tmp_path, A.layer(*PROGRESS_FILES))     # two threads: over 512 entries
+    seen: list[Progress] = []
+    store.checkout(img.id, tmp_path / "dest", progress=seen.append, **how)
+    size = sum(len(f[2]) for f in PROGRESS_FILES)
+    entries = len(PROGRESS_FILES) + 5 + 1       # the files, their directories and the root
+    assert seen and seen[-1] == Progress(size, size, entries, entries)
+    assert {(p.bytes_total, p.items_total) for p in seen} == {(size, entries)}
+    assert [p.items_done for p in seen] == sorted(p.items_done for p in seen)
+
+
+def _cli(*args, stderr):
+    return subprocess.Popen([sys.executable, "-m", "layerstore", *args], env=python_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr)
+
+
+def _on_a_terminal(*args) -> tuple[int, str]:
+    """Runs the CLI with stderr on a pseudo-terminal; returns its status and what it showed."""
+    master, slave = pty.openpty()
+    proc = _cli(*args, stderr=slave)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:         # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    proc.communicate()
+    return proc.returncode, shown.decode()
+
+
+def test_cli_shows_progress_on_a_terminal_only(store, tmp_path):
+    image(store, tmp_path, A.layer(*PROGRESS_FILES))
+    store.close()
+    rc, shown = _on_a_terminal("--root", store.root, "checkout", "img:1", str(tmp_path / "tty"))
+    assert rc == 0
+    assert "checking out" in shown and "/706 entries" in shown and "B/s" in shown, shown
+    assert shown.endswith("\r\x1b[K"), shown       # the line is cleared at the end
+    rc, shown = _on_a_terminal("--root", store.root, "checkout", "--json", "img:1",
+                               str(tmp_path / "json"))
+    assert rc == 0 and "checking out" not in shown
+    proc = _cli("--root", store.root, "checkout", "img:1", str(tmp_path / "pipe"),
+                stderr=subprocess.PIPE)
+    out, err = proc.communicate()
+    assert proc.returncode == 0 and err == b""
+    assert out.decode().startswith(f"{tmp_path / 'pipe'}: 700 files (700 copied")
