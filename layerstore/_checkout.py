@@ -6,13 +6,14 @@ through a symlink.  Its files are, by default, files of their own that are safe 
 (reflinks of the objects where the filesystem has them, else copies, with the recorded
 mtimes); copy=True makes copies that share no blocks with the store; link=True hardlinks the
 objects, for read-only use (a write through such a file changes every image that holds it).
-An empty file is always made fresh.  A failed checkout removes what it made.
+An empty file is always made fresh.  A failed or interrupted checkout removes what it made.
 """
 
 from __future__ import annotations
 
+import errno
 import os
-import shutil
+import stat
 from dataclasses import replace
 
 from . import _native, errors
@@ -38,23 +39,25 @@ def plan(tree: Tree) -> bytes:
     return b"".join(out)
 
 
-def _prepare(dest: str) -> bool:
-    """Makes dest, or accepts it empty.  Returns whether it was made here."""
+def _prepare(dest: str) -> os.stat_result | None:
+    """Makes dest, or accepts it empty.  Returns None when it was made here, else how it was
+    found (to put back if the checkout fails)."""
     try:
-        os.mkdir(dest, 0o700)
-        return True
+        os.mkdir(dest, 0o700)       # nobody sees the tree until it is whole
+        return None
     except FileNotFoundError:
         raise errors.LayerstoreError(f"checkout destination {dest}: its parent directory "
                                      "does not exist") from None
     except PermissionError:
         raise errors.LayerstoreError(f"checkout destination {dest}: permission denied") from None
     except FileExistsError:
-        if not os.path.isdir(dest) or os.path.islink(dest):
+        found = os.lstat(dest)
+        if not stat.S_ISDIR(found.st_mode):
             raise errors.LayerstoreError(f"checkout destination {dest} exists and is not a "
                                          "directory") from None
         if os.listdir(dest):
             raise errors.LayerstoreError(f"checkout destination {dest} is not empty") from None
-        return False
+        return found
 
 
 def _mode(link: bool, copy: bool) -> str:
@@ -75,35 +78,89 @@ def checkout(checkout_plan: bytes, dest: str, objects_dir: str, link: bool = Fal
     if progress is not None:
         total_bytes, total_items = _native.plan_totals(checkout_plan)
         report = lambda b, n: progress(Progress(b, total_bytes, n, total_items))  # noqa: E731
-    made = _prepare(dest)
+    found = _prepare(dest)
     try:
         counts = _native.checkout(objects_dir, dest, checkout_plan, mode, os.geteuid() == 0,
                                   report)
-    except BaseException:
-        if made:
-            _remove(dest)
-        else:
-            for name in os.listdir(dest):
-                _remove(os.path.join(dest, name))
+    except BaseException as exc:
+        try:
+            _undo(dest, found)
+        except OSError as cleanup:
+            if isinstance(exc, Exception):      # an interrupt stays an interrupt
+                raise errors.LayerstoreError(f"{exc}; what the checkout made in {dest} could "
+                                             f"not all be removed: {cleanup}") from exc
         raise
     return CheckoutResult(dest, mode, **counts)
 
 
-def _remove(path: str) -> None:
-    def onerror(func, p, exc_info):
-        # A directory made read-only (its final mode) may need its write bit back.
-        try:
-            os.chmod(os.path.dirname(p), 0o700)
-            func(p)
-        except OSError:
-            pass
-    if os.path.isdir(path) and not os.path.islink(path):
-        for root, dirnames, _ in os.walk(path):
-            for d in dirnames:
-                try:
-                    os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
-                except OSError:
-                    pass
-        shutil.rmtree(path, onerror=onerror)
-    else:
-        os.unlink(path)
+def _undo(dest: str, found: os.stat_result | None) -> None:
+    """Leaves dest as a failed checkout found it: absent, or empty with its mode, owner and
+    times (the checkout gives DEST the image's, last)."""
+    if found is None:
+        _remove(dest)
+        return
+    _remove(dest, keep_top=True)
+    if os.geteuid() == 0:
+        os.chown(dest, found.st_uid, found.st_gid, follow_symlinks=False)
+    os.chmod(dest, stat.S_IMODE(found.st_mode))
+    os.utime(dest, ns=(found.st_atime_ns, found.st_mtime_ns), follow_symlinks=False)
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_dir(name: str, dir_fd: int | None = None) -> int:
+    """Opens a directory to empty it, never through a symlink, and gives it its owner's
+    write and search bits back (a failed checkout may have given it its final, read-only
+    mode)."""
+    try:
+        fd = os.open(name, _DIR, dir_fd=dir_fd)
+    except PermissionError:
+        # Not root (root opens any directory), and the mode shuts its owner out: chmod by
+        # name, which an unprivileged process can only do to files of its own.
+        os.chmod(name, 0o700, dir_fd=dir_fd)
+        fd = os.open(name, _DIR, dir_fd=dir_fd)
+    mode = os.fstat(fd).st_mode
+    if mode & 0o700 != 0o700:
+        os.fchmod(fd, stat.S_IMODE(mode) | 0o700)
+    return fd
+
+
+def _entries(fd: int) -> list[os.DirEntry]:
+    with os.scandir(fd) as it:
+        return list(it)
+
+
+def _remove(path: str, keep_top: bool = False) -> None:
+    """Removes path and everything under it (with keep_top, only what is under it).  Never
+    follows a symlink: each directory is opened with O_NOFOLLOW relative to its parent's
+    descriptor, and anything that is not a directory is unlinked.  Iterative, so a tree as
+    deep as a path allows does not exhaust Python's recursion limit."""
+    try:
+        top = _open_dir(path)
+    except OSError as exc:
+        if keep_top or exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+        os.unlink(path)     # a file, or a symlink (ELOOP under O_NOFOLLOW)
+        return
+    stack = [(top, "", iter(_entries(top)))]    # (fd, name in its parent, entries left)
+    try:
+        while stack:
+            fd, _, left = stack[-1]
+            for entry in left:
+                if entry.is_dir(follow_symlinks=False):
+                    sub = _open_dir(entry.name, dir_fd=fd)
+                    stack.append((sub, entry.name, iter(())))   # closed below if listing fails
+                    stack[-1] = (sub, entry.name, iter(_entries(sub)))
+                    break
+                os.unlink(entry.name, dir_fd=fd)
+            else:
+                fd, name, _ = stack.pop()
+                os.close(fd)
+                if stack:
+                    os.rmdir(name, dir_fd=stack[-1][0])
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
+    if not keep_top:
+        os.rmdir(path)

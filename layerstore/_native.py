@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import struct
 import threading
 from dataclasses import dataclass
@@ -388,6 +389,10 @@ def observed(call, report=None):
     outcome: dict = {}
 
     def work() -> None:
+        # Ctrl-C goes to the waiting thread, which cancels at once; taken by this thread (or
+        # the C core's, which inherit the mask), it would wait for the next poll, and a call
+        # that ended meanwhile would be interrupted after its caller's cleanup could run.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             outcome["value"] = call(progress)
         except BaseException as exc:    # noqa: BLE001 - re-raised in the caller's thread

@@ -544,9 +544,9 @@ class Store:
         scanners), since a write through one changes every image that holds the file (mount()
         gives writable containers that share the layers).  link and copy together are a
         ValueError.  progress(Progress) is called as it goes (bytes: file content, items:
-        entries).  On failure what was made is removed.  Locking: a snapshot of the index;
-        objects of a snapshot are never deleted while it is read (gc holds the store lock
-        exclusively)."""
+        entries).  A failed or interrupted checkout removes what it made, leaving dest absent
+        or empty as it was.  Locking: a snapshot of the index; objects of a snapshot are never
+        deleted while it is read (gc holds the store lock exclusively)."""
         from ._checkout import checkout, plan
         with self._locked(exclusive=False):
             with self._index.read() as txn:
