@@ -102,23 +102,25 @@ def disk_usage(path: Path) -> int:
     return total
 
 
-def bench_filesystem() -> Path:
-    """Where the contestants write: a fresh ext4 (with a journal, as mkfs makes it) on a loop
-    device, made for this run, so every run starts from the same state.  On the host's
-    filesystem, inodes freed in the last minutes slow down new ones in the same block groups
-    (ext4 without a journal re-reads each), which made figures depend on what ran before.
-    Needs root and mkfs.ext4; otherwise, or with LAYERSTORE_BENCH_FS=host, CACHE/work."""
+def bench_filesystem(kind: str = "ext4", label: str = "") -> Path:
+    """Where the contestants write: a fresh filesystem (ext4 with a journal, as mkfs makes it,
+    unless kind says xfs or btrfs) on a loop device, made for this run, so every run starts
+    from the same state.  On the host's filesystem, inodes freed in the last minutes slow down
+    new ones in the same block groups (ext4 without a journal re-reads each), which made
+    figures depend on what ran before.  label tells several apart (one per contestant).
+    Needs root and mkfs.<kind>; otherwise, or with LAYERSTORE_BENCH_FS=host, CACHE/work."""
     import atexit
 
     if (os.environ.get("LAYERSTORE_BENCH_FS") == "host" or os.geteuid() != 0
-            or shutil.which("mkfs.ext4") is None):
-        return CACHE / "work"
+            or shutil.which(f"mkfs.{kind}") is None):
+        return CACHE / "work" / label if label else CACHE / "work"
     # Per process, so that benchmarks run side by side do not share (or unmount) one.
-    image, mnt = CACHE / f"bench-fs-{os.getpid()}.img", CACHE / f"mnt-{os.getpid()}"
+    name = f"{os.getpid()}-{label}" if label else f"{os.getpid()}"
+    image, mnt = CACHE / f"bench-fs-{name}.img", CACHE / f"mnt-{name}"
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(image, "wb") as f:
         f.truncate(16 << 30)            # sparse: takes only what the run writes
-    run(["mkfs.ext4", "-q", "-F", str(image)])
+    run([f"mkfs.{kind}", "-q", "-F" if kind == "ext4" else "-f", str(image)])
     mnt.mkdir(exist_ok=True)
     run(["mount", "-o", "loop", str(image), str(mnt)])
 
