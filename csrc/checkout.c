@@ -223,6 +223,23 @@ static int want_owner(co *c, const rec *r)
     return 0;
 }
 
+/* The xattrs of a record that a checkout would set as root: for an entry with no descriptor
+ * to set them through (a symlink, device node or fifo), what is skipped.  The plan's lengths
+ * were checked when it was parsed. */
+static uint64_t settable_xattrs(const rec *r)
+{
+    const uint8_t *p = r->xattrs, *end = r->xattrs + r->xattrs_len;
+    uint64_t n = 0;
+    while (p + 8 <= end) {
+        uint32_t nlen = ls_get32(p), vlen = ls_get32(p + 4);
+        if ((uint64_t)nlen + vlen > (uint64_t)(end - p - 8))
+            break;
+        n += (uint64_t)ls_xattr_applies((const char *)p + 8, nlen, 1);
+        p += 8 + (size_t)nlen + vlen;
+    }
+    return n;
+}
+
 /* The xattrs of the namespaces ls_xattr_applies names (the others live in the records only);
  * one that needs root when we are not, or that the filesystem refuses, is counted. */
 static int set_xattrs(co *c, int fd, const rec *r)
@@ -535,8 +552,7 @@ static int make_symlink(co *c, const char *name, const rec *r)
     if (!owned_already(c, r) && want_owner(c, r) &&
         fchownat(here(c), name, r->uid, r->gid, AT_SYMLINK_NOFOLLOW))
         return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
-    if (r->xattrs_len)
-        c->st->skipped_xattrs++;        /* xattrs on symlinks: no fd to set them through */
+    c->st->skipped_xattrs += settable_xattrs(r);    /* no fd to set them through */
     struct timespec ts[2];
     mtime_of(r, ts);
     if (utimensat(here(c), name, ts, AT_SYMLINK_NOFOLLOW))
@@ -560,8 +576,7 @@ static int make_special(co *c, const char *name, const rec *r)
         return os_fail(c, errno, "cannot set the owner of", r->path, r->path_len);
     if (fchmodat(here(c), name, r->mode & 07777, 0))
         return os_fail(c, errno, "cannot set the mode of", r->path, r->path_len);
-    if (r->xattrs_len)
-        c->st->skipped_xattrs++;
+    c->st->skipped_xattrs += settable_xattrs(r);
     struct timespec ts[2];
     mtime_of(r, ts);
     if (utimensat(here(c), name, ts, AT_SYMLINK_NOFOLLOW))
