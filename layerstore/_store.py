@@ -79,9 +79,14 @@ class Store:
                  lock_timeout: float = 600.0) -> None:
         self.root = os.path.abspath(os.fspath(root) if root is not None else default_root())
         self.lock_timeout = lock_timeout
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.root, "lock"),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.root, "lock"),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):    # makedirs: a file is in the way
+                exc = NotADirectoryError(errno.ENOTDIR, self.root)
+            raise errors.host_path_error(exc, self.root, "open the store at") from None
         self._tls = threading.local()       # the store lock this thread holds, see _locked
         try:
             self._objects = _native.ObjectStore(self.root)
@@ -544,7 +549,8 @@ class Store:
 
     # ---- export (logic in _export.py) -------------------------------------------------------
 
-    def save(self, refs, out, format: str = "docker", compress: str = "none") -> None:
+    def save(self, refs, out, format: str = "docker", compress: str = "none",
+             progress: Callable[[Progress], None] | None = None) -> None:
         """Writes images to out (a path, replaced atomically, or a binary file object): a
         docker-archive (format="docker", what `docker load` reads) or an OCI image layout tar
         ("oci"), optionally gzip- or zstd-compressed as a whole.  Layer tars are byte-identical
@@ -552,7 +558,9 @@ class Store:
         otherwise); configs are written back unchanged, so image ids are too.  An image named
         by a tag is saved with that tag, one named by id with all its tags.  For "oci" the
         layers are stored uncompressed, so a manifest naming compressed blobs is replaced by a
-        new one over the same config.  Locking: the store lock shared (gc waits)."""
+        new one over the same config.  progress: bytes and entries of the layer tars
+        written, of their totals.  A path that cannot be written is a HostPathError naming it.
+        Locking: the store lock shared (gc waits)."""
         from ._export import save
         if isinstance(refs, str):
             refs = [refs]
@@ -561,7 +569,7 @@ class Store:
         with self._locked(exclusive=False):
             with self._index.read() as txn:
                 self._save_images(txn, refs, images)
-            save(self, list(images.values()), out, format, compress)
+            save(self, list(images.values()), out, format, compress, progress)
 
     def _save_images(self, txn, refs, images: dict) -> None:
         """Resolves refs into images[id] = _SaveImage, merging the tags of one image."""
@@ -582,15 +590,17 @@ class Store:
                                         bytes(self._index.metadata(txn, rec.id)), manifest,
                                         rec.manifest_media_type)
 
-    def export(self, ref: str, out) -> None:
+    def export(self, ref: str, out,
+               progress: Callable[[Progress], None] | None = None) -> None:
         """Writes the image's flattened root filesystem (layers merged) as one tar to out (a
         path, replaced atomically, or a binary file object): owners, modes, mtimes, xattrs,
-        devices, symlinks and hardlinks, content from the objects.
-        Locking: the store lock shared (gc waits)."""
+        devices, symlinks and hardlinks, content from the objects.  progress: content bytes
+        of the files and entries written, of their totals.  A path that cannot be written is
+        a HostPathError naming it.  Locking: the store lock shared (gc waits)."""
         from ._export import export
         with self._locked(exclusive=False):
             _, tree = self._tree(ref)
-            export(self, tree, out)
+            export(self, tree, out, progress)
 
     # ---- reading without checkout (logic in _read.py) --------------------------------------
 

@@ -322,7 +322,13 @@ def _output(out: str):
 @click.pass_obj
 def save(open_store, images, out, fmt, compress):
     """Write images to an archive whose layer tars are byte-identical to the imported ones."""
-    open_store().save(list(images), _output(out), format=fmt, compress=compress)
+    store = open_store()
+    progress = _Progress("saving", "entries")
+    try:
+        store.save(list(images), _output(out), format=fmt, compress=compress,
+                   progress=progress)
+    finally:
+        progress.done()
 
 
 @cli.command()
@@ -332,7 +338,12 @@ def save(open_store, images, out, fmt, compress):
 @click.pass_obj
 def export(open_store, image, out):
     """Write the image's flattened root filesystem as one tar."""
-    open_store().export(image, _output(out))
+    store = open_store()
+    progress = _Progress("exporting", "entries")
+    try:
+        store.export(image, _output(out), progress=progress)
+    finally:
+        progress.done()
 
 
 @cli.command()

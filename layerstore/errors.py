@@ -4,6 +4,9 @@ Each class inherits both LayerstoreError and the builtin a caller would catch an
 malformed archive is a ValueError, a failed system call an OSError with its errno.
 """
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "LayerstoreError",
     "CorruptArchive",
@@ -24,6 +27,8 @@ __all__ = [
     "IsADirectory",
     "SymlinkLoop",
     "NotAFile",
+    "HostPathError",
+    "HostPathNotFound",
 ]
 
 
@@ -102,3 +107,23 @@ class NotAFile(LayerstoreError, OSError):
 class MountError(LayerstoreError, OSError):
     """An overlay mount or unmount failed, or cannot be made here (not root); errno says why
     when a system call refused."""
+
+
+class HostPathError(LayerstoreError, OSError):
+    """A path of this machine that the user named (an archive to read, a file or directory to
+    write, the store root) cannot be used; errno says why."""
+
+
+class HostPathNotFound(HostPathError, FileNotFoundError):
+    """That path, or the directory it should be made in, does not exist."""
+
+
+def host_path_error(exc: OSError, path, action: str) -> HostPathError:
+    """exc, an OSError about path (or about a temporary file beside it), as the error the user
+    sees: "cannot <action> <path>: <reason>", naming their path and never a temporary one."""
+    code = exc.errno if exc.errno is not None else _errno.EIO
+    cls = HostPathNotFound if code == _errno.ENOENT else HostPathError
+    # errno set after construction keeps str(err) the plain message the CLI prints.
+    err = cls(f"cannot {action} {_os.fsdecode(path)}: {_os.strerror(code)}")
+    err.errno = code
+    return err
