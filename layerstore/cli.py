@@ -108,12 +108,21 @@ def cli(ctx: click.Context, root: str | None) -> None:
     ctx.obj = open_store
 
 
+def _platform(ctx, param, value: str | None) -> str | None:
+    from ._formats import parse_platform
+    try:
+        return None if value is None else parse_platform(value)
+    except errors.InvalidPlatform as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command("import")
 @click.argument("path", type=click.Path(allow_dash=True))
 @click.option("--tag", "tags", multiple=True, metavar="NAME:TAG",
               help="Tag the imported image (repeatable).")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
-              help="Image of a multi-platform index to import (default: this machine's).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", callback=_platform,
+              help="Image of a multi-platform index to import (default: this machine's); "
+                   "a single-platform archive for another platform is refused.")
 @click.option("--all-platforms", is_flag=True, help="Import every image of an index.")
 @click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
 @click.pass_obj

@@ -17,6 +17,8 @@ __all__ = [
     "DigestMismatch",
     "MissingBlob",
     "InvalidReference",
+    "InvalidPlatform",
+    "PlatformMismatch",
     "ImageNotFound",
     "LayerNotFound",
     "StoreLocked",
@@ -66,6 +68,15 @@ class MissingBlob(CorruptArchive):
 
 class InvalidReference(LayerstoreError, ValueError):
     """Not a valid image reference (name:tag, sha256:<id> or an id prefix)."""
+
+
+class InvalidPlatform(LayerstoreError, ValueError):
+    """Not a platform: os[/arch[/variant]] with an os and an architecture the OCI image index
+    names (Go's GOOS and GOARCH values)."""
+
+
+class PlatformMismatch(UnsupportedFormat):
+    """The archive holds no image for the platform asked for."""
 
 
 class ImageNotFound(LayerstoreError, LookupError):
