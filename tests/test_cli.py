@@ -73,7 +73,7 @@ def test_import_from_stdin(tmp_path, archive):
 def test_inspect(tmp_path, archive):
     root = tmp_path / "s"
     run(root, "import", str(archive))
-    info = json.loads(run(root, "inspect", "app:1").stdout)
+    (info,) = json.loads(run(root, "inspect", "app:1").stdout)    # an array, as docker's
     assert info["RepoTags"] == ["docker.io/library/app:1"]
     assert [l["DiffID"] for l in info["Layers"]] == [A.digest(L1), A.digest(L2)]
     first = info["Layers"][0]
