@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
@@ -473,38 +474,54 @@ def save(store, images: list[_SaveImage], out, fmt: str, compress: str,
 
 
 def _write_to(out, what: str, write) -> None:
-    """Calls write(f) with out, a binary file object, or for a path with a temporary file
-    beside it that replaces the path only once complete: a failed or interrupted write leaves
-    nothing.  A path that cannot be written is a HostPathError naming it (never the
-    temporary file)."""
+    """Calls write(f) with out: a binary file object; the path of a regular file (or of none
+    yet), through a temporary file beside it that replaces it only once complete, so that a
+    failed or interrupted write leaves nothing; or the path of a device or fifo (/dev/stdout),
+    opened and written in place as `> path` would, since replacing it would destroy the node.
+    A symlink's target is what is written.  A path that cannot be written is a HostPathError
+    naming it as the user gave it, never the temporary file."""
     if not isinstance(out, (str, os.PathLike)):
         write(out)
         return
-    path = os.path.abspath(os.fspath(out))
-    if os.path.isdir(path):
-        raise errors.host_path_error(IsADirectoryError(errno.EISDIR, path), out, "write")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".layerstore-{what}-", dir=os.path.dirname(path))
-    except OSError as exc:
-        raise errors.host_path_error(exc, out, "write") from None
-    try:
+    with _output_errors(out):
+        if not os.fspath(out):
+            raise FileNotFoundError(errno.ENOENT, "an empty path")
+        path = os.path.realpath(out)
         try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, path)
+        if not stat.S_ISREG(mode):
+            with open(path, "wb", buffering=0) as f:
+                write(f)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".layerstore-{what}-", dir=os.path.dirname(path))
+    try:
+        with _output_errors(out):
             with os.fdopen(fd, "wb", buffering=0) as f:
                 write(f)
             os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
-        except errors.LayerstoreError:
-            raise
-        except OSError as exc:
-            # The store's own failures are LayerstoreErrors; an OSError here is the output's
-            # (a full disk, a path that became a directory).
-            raise errors.host_path_error(exc, out, "write") from None
     except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
         raise
+
+
+@contextmanager
+def _output_errors(out):
+    """An OSError as a HostPathError about out.  The store's own failures are already
+    LayerstoreErrors, so an OSError here is the output's (a full disk, a missing directory)."""
+    try:
+        yield
+    except errors.LayerstoreError:
+        raise
+    except OSError as exc:
+        raise errors.host_path_error(exc, out, "write") from None
 
 
 def _umask() -> int:

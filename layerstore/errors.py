@@ -135,6 +135,6 @@ def host_path_error(exc: OSError, path, action: str) -> HostPathError:
     code = exc.errno if exc.errno is not None else _errno.EIO
     cls = HostPathNotFound if code == _errno.ENOENT else HostPathError
     # errno set after construction keeps str(err) the plain message the CLI prints.
-    err = cls(f"cannot {action} {_os.fsdecode(path)}: {_os.strerror(code)}")
+    err = cls(f"cannot {action} {_os.fsdecode(path) or repr('')}: {_os.strerror(code)}")
     err.errno = code
     return err

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
 import tarfile
@@ -520,6 +521,32 @@ def _every_update_reported(monkeypatch):
     """Every progress update reaches the callback (they are kept to ten a second)."""
     from layerstore import _export
     monkeypatch.setattr(_export._Meter, "interval", 0.0)
+
+
+@pytest.mark.parametrize("what", ["save", "export"])
+def test_output_through_a_symlink_or_into_a_fifo(what, tmp_path):
+    """-o a symlink writes its target (the link stays); -o a fifo or device writes into it, as
+    `> path` does, never replacing the node (replacing /dev/full with a file, as root, was
+    what a rename over it did)."""
+    _many_files(tmp_path)
+    target = tmp_path / "target.tar"
+    target.write_bytes(b"old")
+    os.symlink("target.tar", tmp_path / "link.tar")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    with Store(tmp_path / "store") as store:
+        _writer(store, what)(tmp_path / "link.tar")
+        _writer(store, what)(fifo)
+    assert os.readlink(tmp_path / "link.tar") == "target.tar"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)    # else the reader waits for ever: no join
+    reader.join()
+    assert got == [target.read_bytes()] and tarfile.open(target).getnames()
+    with Store(tmp_path / "store") as store:
+        with pytest.raises(errors.HostPathNotFound, match="^cannot write '': No such file"):
+            _writer(store, what)("")
 
 
 @pytest.mark.parametrize("compress", ["none", "gzip"])     # the C layer writer; the Python one
