@@ -9,7 +9,8 @@ Every distinct file is stored once, whatever layer or image it comes from:
 """
 
 from . import errors
-from ._model import CheckoutResult, Entry, EntryType, Image, IngestStats, Layer, Progress
+from ._model import (CheckoutResult, Entry, EntryType, HistoryEntry, Image, IngestStats, Layer,
+                     Progress)
 from ._store import Store, default_root
 from ._version import __version__
 
@@ -17,6 +18,7 @@ __all__ = [
     "CheckoutResult",
     "Entry",
     "EntryType",
+    "HistoryEntry",
     "Image",
     "IngestStats",
     "Layer",

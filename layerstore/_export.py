@@ -29,13 +29,15 @@ import struct
 import tarfile
 import tempfile
 import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import zstandard
 
 from . import _native, errors
-from ._model import Entry, EntryType
+from ._model import Entry, EntryType, Progress
 
 CHUNK = 1 << 20
 BIG = 256 << 10                 # objects at least this large are copied in the kernel
@@ -226,6 +228,30 @@ def _short(what: str) -> errors.DigestMismatch:
                                  "corrupt (run layerstore fsck)")
 
 
+class _Meter:
+    """What a save or export has written, handed to the caller's progress callback at most
+    once an interval, and once more at the end with the totals reached."""
+
+    interval = 0.1      # seconds
+
+    def __init__(self, progress: Callable[[Progress], None] | None, bytes_total: int,
+                 items_total: int) -> None:
+        self.progress = progress
+        self.bytes_total, self.items_total = bytes_total, items_total
+        self.bytes = self.items = 0
+        self.last = 0.0
+
+    def at(self, done_bytes: int, done_items: int) -> None:
+        self.bytes, self.items = done_bytes, done_items
+        if self.progress is not None and time.monotonic() - self.last >= self.interval:
+            self.last = time.monotonic()
+            self.report()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(Progress(self.bytes, self.bytes_total, self.items, self.items_total))
+
+
 # ---- layers -----------------------------------------------------------------------------------
 
 
@@ -326,14 +352,21 @@ def sparse_map(chunk: bytes, lead: int) -> list[tuple[int, int]]:
     return segments
 
 
-def write_layer(out: _Out, records: bytes, raw: _Raw, objects_fd: int, what: str) -> None:
-    """Writes one layer tar: raw bytes and object content interleaved, as ingest split them."""
+def write_layer(out: _Out, records: bytes, raw: _Raw, objects_fd: int, what: str,
+                tick: Callable[[int, int], None] | None = None) -> None:
+    """Writes one layer tar: raw bytes and object content interleaved, as ingest split them.
+    tick(bytes, entries) is called after each entry with the layer's bytes and entries so far."""
     unpack = _LEAN.unpack_from
     view = memoryview(records)
     pos, end = 0, len(view)
     stored = 0          # content bytes of the previous entry in the tar (for its padding)
     write, content = out.write, out.content
+    start = out.written + len(out.buf)
+    done = 0
     while pos < end:
+        if tick is not None:
+            tick(out.written + len(out.buf) - start, done)
+            done += 1
         total, typ, flags, size, raw_len, oid = unpack(view, pos)
         pos += total
         if raw_len:
@@ -366,6 +399,8 @@ def write_layer(out: _Out, records: bytes, raw: _Raw, objects_fd: int, what: str
             stored += length
     for data in raw.rest():
         write(data)
+    if tick is not None:
+        tick(out.written + len(out.buf) - start, done)
 
 
 # ---- save -------------------------------------------------------------------------------------
@@ -427,28 +462,48 @@ def _platform(config: bytes) -> dict | None:
     return p
 
 
-def save(store, images: list[_SaveImage], out, fmt: str, compress: str) -> None:
-    """Writes images (resolved by Store.save) to out: a path or a binary file object."""
+def save(store, images: list[_SaveImage], out, fmt: str, compress: str,
+         progress: Callable[[Progress], None] | None = None) -> None:
+    """Writes images (resolved by Store.save) to out: a path or a binary file object.
+    progress: bytes and entries of the layer tars written, of their totals."""
     if fmt not in FORMATS:
         raise errors.UnsupportedFormat(f"unknown archive format {fmt!r} (docker or oci)")
     if compress not in COMPRESSIONS:
         raise errors.UnsupportedFormat(f"unknown compression {compress!r} (none, gzip, zstd)")
-    _write_to(out, "save", lambda f: _save_to(store, images, f, fmt, compress))
+    _write_to(out, "save", lambda f: _save_to(store, images, f, fmt, compress, progress))
 
 
 def _write_to(out, what: str, write) -> None:
-    """Calls write(f) with out, a binary file object, or for a path with a temporary file
-    beside it that replaces the path only once complete: a failed write leaves nothing."""
+    """Calls write(f) with out: a binary file object; the path of a regular file (or of none
+    yet), through a temporary file beside it that replaces it only once complete, so that a
+    failed or interrupted write leaves nothing; or the path of a device or fifo (/dev/stdout),
+    opened and written in place as `> path` would, since replacing it would destroy the node.
+    A symlink's target is what is written.  A path that cannot be written is a HostPathError
+    naming it as the user gave it, never the temporary file."""
     if not isinstance(out, (str, os.PathLike)):
         write(out)
         return
-    path = os.path.abspath(os.fspath(out))
-    fd, tmp = tempfile.mkstemp(prefix=f".layerstore-{what}-", dir=os.path.dirname(path))
+    with _output_errors(out):
+        if not os.fspath(out):
+            raise FileNotFoundError(errno.ENOENT, "an empty path")
+        path = os.path.realpath(out)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = stat.S_IFREG
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, path)
+        if not stat.S_ISREG(mode):
+            with open(path, "wb", buffering=0) as f:
+                write(f)
+            return
+        fd, tmp = tempfile.mkstemp(prefix=f".layerstore-{what}-", dir=os.path.dirname(path))
     try:
-        with os.fdopen(fd, "wb", buffering=0) as f:
-            write(f)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        with _output_errors(out):
+            with os.fdopen(fd, "wb", buffering=0) as f:
+                write(f)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -457,13 +512,26 @@ def _write_to(out, what: str, write) -> None:
         raise
 
 
+@contextmanager
+def _output_errors(out):
+    """An OSError as a HostPathError about out.  The store's own failures are already
+    LayerstoreErrors, so an OSError here is the output's (a full disk, a missing directory)."""
+    try:
+        yield
+    except errors.LayerstoreError:
+        raise
+    except OSError as exc:
+        raise errors.host_path_error(exc, out, "write") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: str) -> None:
+def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: str,
+             progress: Callable[[Progress], None] | None) -> None:
     closer = None
     if compress == "gzip":
         from isal import igzip
@@ -481,40 +549,48 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     hashers: list[tuple[str, _Hasher]] = []
     try:
-        sizes: dict[str, int] = {}
-        for image in images:
-            for diff_id in image.diff_ids:
-                if diff_id in sizes:
-                    continue
-                with index.read() as txn:
-                    rec = index.layer(txn, diff_id)
+        layers = {}
+        with index.read() as txn:
+            for image in images:
+                for diff_id in image.diff_ids:
+                    rec = layers.setdefault(diff_id, index.layer(txn, diff_id))
                     if rec is None:
                         raise errors.LayerNotFound(f"layer {diff_id} of image {image.id} is "
                                                    "not in the store")
-                    records = zstandard.ZstdDecompressor().decompress(
-                        _layer_data(index, txn, diff_id, "records"))
-                    raw_stored = _layer_data(index, txn, diff_id, "raw")
-                sizes[diff_id] = rec.stream_bytes
-                hexd = diff_id.split(":", 1)[1]
-                out.member(f"{hexd}.tar" if fmt == "docker" else f"blobs/sha256/{hexd}",
-                           rec.stream_bytes)
+        meter = _Meter(progress, sum(r.stream_bytes for r in layers.values()),
+                       sum(r.entries for r in layers.values()))
+        sizes: dict[str, int] = {}
+        for diff_id, rec in layers.items():
+            with index.read() as txn:
+                records = zstandard.ZstdDecompressor().decompress(
+                    _layer_data(index, txn, diff_id, "records"))
+                raw_stored = _layer_data(index, txn, diff_id, "raw")
+            sizes[diff_id] = rec.stream_bytes
+            hexd = diff_id.split(":", 1)[1]
+            out.member(f"{hexd}.tar" if fmt == "docker" else f"blobs/sha256/{hexd}",
+                       rec.stream_bytes)
+            out.flush()
+            what = f"layer {diff_id}"
+            start = out.written + len(out.buf)
+            base_bytes, base_items = meter.bytes, meter.items
+            tick = None if progress is None else (
+                lambda b, n: meter.at(base_bytes + b, base_items + n))
+            if not (out.fd is not None and _write_layer_native(
+                    out, os.path.join(store.root, "objects"), records, raw_stored, what,
+                    tick)):
+                while len(hashers) >= HASH_THREADS:
+                    _verify(*hashers.pop(0))
+                out.hasher = hasher = _Hasher(what)
+                hashers.append((diff_id, hasher))
+                write_layer(out, records, _Raw(raw_stored), objects_fd, what, tick)
                 out.flush()
-                what = f"layer {diff_id}"
-                start = out.written + len(out.buf)
-                if not (out.fd is not None and _write_layer_native(
-                        out, os.path.join(store.root, "objects"), records, raw_stored, what)):
-                    while len(hashers) >= HASH_THREADS:
-                        _verify(*hashers.pop(0))
-                    out.hasher = hasher = _Hasher(what)
-                    hashers.append((diff_id, hasher))
-                    write_layer(out, records, _Raw(raw_stored), objects_fd, what)
-                    out.flush()
-                    out.hasher = None
-                if out.written - start != rec.stream_bytes:
-                    raise errors.CorruptArchive(
-                        f"{what}: rebuilt {out.written - start} bytes, but the layer has "
-                        f"{rec.stream_bytes}: the store's index is corrupt")
-                out.write(bytes(_pad(rec.stream_bytes)))
+                out.hasher = None
+            if out.written - start != rec.stream_bytes:
+                raise errors.CorruptArchive(
+                    f"{what}: rebuilt {out.written - start} bytes, but the layer has "
+                    f"{rec.stream_bytes}: the store's index is corrupt")
+            out.write(bytes(_pad(rec.stream_bytes)))
+            meter.at(base_bytes + rec.stream_bytes, base_items + rec.entries)
         if fmt == "docker":
             _docker_metadata(out, images)
         else:
@@ -526,6 +602,7 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
             closer.close()
             closer = None
         f.flush()
+        meter.report()
     except errors.DigestMismatch as exc:
         raise _explain(store, exc) from None
     finally:
@@ -535,7 +612,7 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
 
 
 def _write_layer_native(out: _Out, objects_dir: str, records: bytes, raw_stored: bytes,
-                        what: str) -> bool:
+                        what: str, tick: Callable[[int, int], None] | None) -> bool:
     """The C writer, for an uncompressed archive in a regular file: the per-file loop in C,
     each object checked against its recorded BLAKE3 instead of re-hashing the stream with
     SHA-256 (the stream is the stored raw bytes and those contents, so it is the original).
@@ -543,7 +620,7 @@ def _write_layer_native(out: _Out, objects_dir: str, records: bytes, raw_stored:
     out.flush()
     raw = zstandard.ZstdDecompressor().stream_reader(raw_stored).read()
     try:
-        out.written += _native.write_layer(objects_dir, records, raw, out.fd)
+        out.written += _native.write_layer(objects_dir, records, raw, out.fd, report=tick)
     except errors.UnsupportedFormat:
         return False
     except errors.CorruptArchive as exc:
@@ -688,21 +765,26 @@ def _tarinfo(entry: Entry, path: str) -> tarfile.TarInfo:
     return ti
 
 
-def export(store, tree, out) -> None:
+def export(store, tree, out, progress: Callable[[Progress], None] | None = None) -> None:
     """Writes the merged tree as one tar (PAX where a field needs it) to out: a path or a
     binary file object.  An entry that shares an inode with an earlier one (a hardlink in any
-    layer) is a hardlink to the first path written."""
-    _write_to(out, "export", lambda f: _export_to(store, tree, f))
+    layer) is a hardlink to the first path written.  progress: content bytes of the files
+    and entries written, of their totals."""
+    _write_to(out, "export", lambda f: _export_to(store, tree, f, progress))
 
 
-def _export_to(store, tree, f: BinaryIO) -> None:
+def _export_to(store, tree, f: BinaryIO, progress: Callable[[Progress], None] | None) -> None:
     fd = _regular_fd(f)
     out = _Out(fd=fd) if fd is not None else _Out(stream=f)
+    nodes = list(tree.walk())
+    inodes = {id(n.inode): n.inode.entry for n in nodes}
+    meter = _Meter(progress, sum(e.size for e in inodes.values() if e.type is EntryType.FILE),
+                   len(nodes))
     objects_fd = os.open(os.path.join(store.root, "objects"),
                          os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     first: dict[int, str] = {}      # inode node -> the path it was written under
     try:
-        for node in tree.walk():
+        for done, node in enumerate(nodes, 1):
             entry = node.inode.entry
             path = node.entry.path
             if node.inode is not node or entry.type is not EntryType.DIR:
@@ -711,6 +793,7 @@ def _export_to(store, tree, f: BinaryIO) -> None:
                     ti = _tarinfo(entry, path)
                     ti.type, ti.linkname, ti.size = tarfile.LNKTYPE, first[key], 0
                     out.write(ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+                    meter.at(meter.bytes, done)
                     continue
                 first[key] = path
             ti = _tarinfo(entry, path)
@@ -724,7 +807,9 @@ def _export_to(store, tree, f: BinaryIO) -> None:
                                              "(run layerstore fsck)") from None
                 out.content(ofd, 0, entry.size, f"{path}: object {name}", True)
                 out.write(bytes(_pad(entry.size)))
+            meter.at(meter.bytes + (entry.size if entry.type is EntryType.FILE else 0), done)
         out.end()
         f.flush()
+        meter.report()
     finally:
         os.close(objects_fd)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import platform as _platform
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -105,6 +106,45 @@ def host_platform() -> str:
             "armv7l": "arm/v7", "armv6l": "arm/v6", "i686": "386", "i386": "386",
             "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
     return f"linux/{arch}"
+
+
+# The values the OCI image index's platform.os and platform.architecture take: Go's GOOS and
+# GOARCH (https://go.dev/doc/install/source#environment), as the spec says.
+OSES = frozenset("aix android darwin dragonfly freebsd illumos ios js linux netbsd openbsd "
+                 "plan9 solaris wasip1 windows".split())
+ARCHES = frozenset("386 amd64 arm arm64 loong64 mips mipsle mips64 mips64le ppc64 ppc64le "
+                   "riscv64 s390x wasm".split())
+# What uname and Debian call them, which Docker (containerd's platforms) accepts too.
+_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
+                 "i486": "386", "i586": "386", "i686": "386", "armhf": "arm/v7",
+                 "armel": "arm/v6"}
+_PART = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
+
+
+def parse_platform(value: str) -> str:
+    """A --platform value as os/arch[/variant] (InvalidPlatform if it is none), as Docker
+    reads it: "linux/arm64/v8", "linux/amd64", or one part with the rest this machine's
+    ("arm64" is linux/arm64, "linux" is linux/<this machine's arch>)."""
+    parts = value.lower().split("/")
+    if len(parts) > 3 or not all(_PART.match(p) for p in parts):
+        raise errors.InvalidPlatform(f"invalid platform {value!r}: expected "
+                                     "os[/arch[/variant]], e.g. linux/amd64 or linux/arm64/v8")
+    if len(parts) == 1:
+        host_os, _, host_arch = host_platform().partition("/")
+        if parts[0] in OSES:
+            parts = [parts[0], *host_arch.split("/")]
+        else:
+            parts = [host_os, parts[0]]
+    os_, arch, *variant = parts
+    arch, _, implied = _ARCH_ALIASES.get(arch, arch).partition("/")
+    variant = variant or ([implied] if implied else [])
+    if os_ not in OSES:
+        raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown operating system "
+                                     f"{os_!r} (one of {', '.join(sorted(OSES))})")
+    if arch not in ARCHES:
+        raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown architecture "
+                                     f"{arch!r} (one of {', '.join(sorted(ARCHES))})")
+    return "/".join([os_, arch, *variant])
 
 
 def _platform_of(p: dict | None) -> str | None:
@@ -242,7 +282,7 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
     walk(index, None, 0)
     if not found:
         if seen_platforms:
-            raise errors.UnsupportedFormat(
+            raise errors.PlatformMismatch(
                 f"the archive has no image for platform {want} (it has: "
                 f"{', '.join(sorted(set(seen_platforms)))}); choose one with --platform")
         raise errors.CorruptArchive("index.json names no image manifest")
@@ -293,10 +333,25 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
 
 def plan_images(files: ArchiveFiles, platform: str | None = None,
                 all_platforms: bool = False) -> list[ImagePlan]:
-    """The images an archive holds (or those for the wanted platform)."""
+    """The images an archive holds (or those for the wanted platform).  A platform asked for
+    also applies to images that no index describes (a docker-archive, an index entry without
+    a platform): one whose config names another platform is not imported, and an archive
+    left with none is refused (PlatformMismatch), naming both."""
+    if platform is not None:
+        platform = parse_platform(platform)
     if files.has("manifest.json"):
-        return plan_docker_archive(files)
-    if files.has("index.json"):
-        return plan_oci_layout(files, platform, all_platforms)
-    raise errors.UnsupportedFormat("not an image archive: neither manifest.json "
-                                   "(docker-archive) nor index.json (OCI image layout) found")
+        plans = plan_docker_archive(files)
+    elif files.has("index.json"):
+        plans = plan_oci_layout(files, platform, all_platforms)
+    else:
+        raise errors.UnsupportedFormat("not an image archive: neither manifest.json "
+                                       "(docker-archive) nor index.json (OCI image layout) "
+                                       "found")
+    if platform is None or all_platforms:
+        return plans
+    kept = [p for p in plans if p.platform is None or _platform_matches(p.platform, platform)]
+    if not kept:
+        have = ", ".join(sorted({p.platform for p in plans}))
+        raise errors.PlatformMismatch(f"the archive's image is for {have}, not for the platform "
+                                      f"asked for, {platform}")
+    return kept

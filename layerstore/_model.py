@@ -89,6 +89,25 @@ class Image:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One step of an image's history (its config's "history"), as `docker history` shows it.
+
+    image_id is the image's id on its newest step and None on the others (Docker shows
+    "<missing>": no image of its own stands for an intermediate step of an imported image).
+    diff_id is the layer the step made, None for a step that made none (empty_layer); size is
+    that layer's logical bytes of regular files (as `images` SIZE), 0 for none.  created is
+    the step's RFC 3339 time as written, None when absent."""
+
+    image_id: str | None
+    created: str | None
+    created_by: str
+    comment: str
+    empty_layer: bool
+    diff_id: str | None
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     """How far a long operation has got, handed to its progress callback: bytes and items
     done (files, entries or objects: each operation's docstring says which) and their totals

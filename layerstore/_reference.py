@@ -19,6 +19,8 @@ _NAME_RE = re.compile(rf"^(?:({_DOMAIN})/)?({_COMPONENT}(?:/{_COMPONENT})*)\Z")
 _TAG_RE = re.compile(r"^[\w][\w.-]{0,127}\Z")
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 HEX_PREFIX_RE = re.compile(r"^(?:sha256:)?([0-9a-f]{12,64})\Z")
+SHORT_PREFIX_RE = re.compile(r"^(?:sha256:)?[0-9a-f]{1,11}\Z")
+MIN_PREFIX = 12
 
 
 def check_digest(digest: str, what: str = "digest") -> str:
@@ -49,3 +51,65 @@ def normalize_tag(ref: str) -> str:
         if "/" not in path:
             path = f"library/{path}"
     return f"{domain}/{path}:{tag}"
+
+
+def new_tag(ref: str) -> str:
+    """A tag to create (tag, import --tag), normalized; refused, as Docker refuses them, when
+    it could be read as an image id: 64 hex digits, or a name "sha256"."""
+    tag = normalize_tag(ref)
+    if re.fullmatch(r"[0-9a-f]{64}", ref):
+        raise errors.InvalidReference(f"invalid repository name {ref!r}: a name cannot be 64 "
+                                      "hexadecimal digits (an image id)")
+    if familiar(tag).rpartition(":")[0] == "sha256":
+        raise errors.InvalidReference(f"refusing to create an ambiguous tag {ref!r}: its name is "
+                                      "the digest algorithm of image ids")
+    return tag
+
+
+def familiar(tag: str) -> str:
+    """A normalized tag as Docker shows it: docker.io/library/ubuntu:22.04 -> ubuntu:22.04,
+    docker.io/corpus/python:latest -> corpus/python:latest; other registries unchanged."""
+    if tag.startswith("docker.io/"):
+        tag = tag[len("docker.io/"):]
+        if tag.startswith("library/") and "/" not in tag[len("library/"):]:
+            tag = tag[len("library/"):]
+    return tag
+
+
+def _glob(pattern: str) -> re.Pattern:
+    """Go's path.Match pattern as a regex: * and ? never match "/", [...] with ^ negating."""
+    out, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\" and i < len(pattern):
+            out.append(re.escape(pattern[i]))
+            i += 1
+        elif c == "[":
+            end = pattern.find("]", i + 1)
+            if end < 0:
+                raise errors.InvalidReference(f"invalid reference pattern {pattern!r}: "
+                                              "unclosed [")
+            body = pattern[i:end]
+            negate = body.startswith("^")
+            body = body[1:] if negate else body
+            out.append(("[^/" if negate else "[") + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(c))
+    return re.compile("".join(out) + r"\Z")
+
+
+def tag_matches(pattern: str, tag: str) -> bool:
+    """Whether a normalized tag matches a `docker images REPOSITORY[:TAG]` argument: the
+    pattern (Go's path.Match: * and ? within one path component) against name:tag, or when it
+    names no tag against the name alone; both as Docker shows them (ubuntu) and in full
+    (docker.io/library/ubuntu)."""
+    rx = _glob(pattern)
+    short = familiar(tag)
+    return any(rx.match(form) for form in (short, short.rpartition(":")[0],
+                                           tag, tag.rpartition(":")[0]))

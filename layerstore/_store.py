@@ -24,7 +24,7 @@ import os
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO, Callable, Iterator
 
 import lmdb
@@ -33,10 +33,11 @@ from . import _native, errors
 from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
 from ._formats import ImagePlan, plan_images, sha256_digest
 from ._index import ImageRecord, Index, LayerRecord
-from ._model import CheckoutResult, Entry, Image, Layer, Progress
+from ._model import CheckoutResult, Entry, HistoryEntry, Image, Layer, Progress
 from ._model import Problem
-from ._reference import DIGEST_RE, HEX_PREFIX_RE, normalize_tag
-from .errors import (DigestMismatch, ImageNotFound, LayerNotFound,
+from ._reference import (DIGEST_RE, HEX_PREFIX_RE, MIN_PREFIX, SHORT_PREFIX_RE, new_tag,
+                         normalize_tag)
+from .errors import (DigestMismatch, ImageNotFound, InvalidReference, LayerNotFound,
                      MissingBlob, StoreLocked)
 from ._tree import Tree, build
 from . import _read
@@ -80,9 +81,14 @@ class Store:
                  lock_timeout: float = 600.0) -> None:
         self.root = os.path.abspath(os.fspath(root) if root is not None else default_root())
         self.lock_timeout = lock_timeout
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.root, "lock"),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+            self._lock_fd = os.open(os.path.join(self.root, "lock"),
+                                    os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if isinstance(exc, FileExistsError):    # makedirs: a file is in the way
+                exc = NotADirectoryError(errno.ENOTDIR, self.root)
+            raise errors.host_path_error(exc, self.root, "open the store at") from None
         self._tls = threading.local()       # the store lock this thread holds, see _locked
         try:
             self._objects = _native.ObjectStore(self.root)
@@ -452,6 +458,8 @@ class Store:
     # ---- reading ----------------------------------------------------------------------------
 
     def _resolve(self, txn, ref: str) -> ImageRecord:
+        """The image ref names: an id, a unique id prefix of 12+ hex digits, or a tag.  A
+        shorter prefix is refused, with the rule, rather than read as a tag that is absent."""
         if DIGEST_RE.match(ref):
             rec = self._index.image(txn, ref)
             if rec is not None:
@@ -469,6 +477,11 @@ class Store:
             rec = self._index.image(txn, image_id)
             if rec is not None:
                 return rec
+        if SHORT_PREFIX_RE.match(ref):
+            rule = f"an image id prefix needs at least {MIN_PREFIX} hex digits"
+            if ref.startswith("sha256:"):
+                raise InvalidReference(f"image id prefix {ref!r} is too short: {rule}")
+            raise ImageNotFound(f"no such image: {ref} (no such tag, and {rule})")
         raise ImageNotFound(f"no such image: {ref}")
 
     def _platform(self, txn, rec: ImageRecord) -> str | None:
@@ -489,6 +502,61 @@ class Store:
         with self._index.read() as txn:
             rec = self._resolve(txn, ref)
             return _image(rec, self._platform(txn, rec))
+
+    def tag(self, source: str, target: str) -> Image:
+        """Tags an image, as `docker tag SOURCE TARGET`: source names it (a tag, an id or a
+        unique id prefix), target is the new tag, normalized as Docker does ("app" is
+        docker.io/library/app:latest); a tag another image held moves to this one.  Returns
+        the image.  Locking: one index write transaction."""
+        tag = new_tag(target)
+        try:
+            with self._index.write() as txn:
+                rec = self._index.add_image(txn, self._resolve(txn, source), [tag])
+                return _image(rec, self._platform(txn, rec))
+        except lmdb.Error as exc:
+            raise _index_write_error(exc, self.root) from None
+
+    def history(self, ref: str) -> list[HistoryEntry]:
+        """The image's history, newest step first, as `docker history`: the steps of its
+        config's "history", those that made a layer (not empty_layer) matched in order with
+        rootfs.diff_ids.  Where the counts differ the newest steps go with the newest layers
+        (a tool that added a step to a base without history, as commit over such a base):
+        older layers no step describes are steps of their own with nothing but the layer,
+        older steps no layer is left for have none.  Locking: a snapshot, never waits."""
+        with self._index.read() as txn:
+            rec = self._resolve(txn, ref)
+            config = json.loads(self._index.metadata(txn, rec.id) or b"{}")
+            sizes = {}
+            for d in rec.diff_ids:
+                layer = self._index.layer(txn, d)
+                sizes[d] = layer.file_bytes if layer is not None else 0
+        steps = config.get("history") if isinstance(config, dict) else None
+        steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+        made = [i for i, s in enumerate(steps) if s.get("empty_layer") is not True]
+        paired = min(len(made), len(rec.diff_ids))
+        undescribed = len(rec.diff_ids) - paired
+        layer_of = dict(zip(made[len(made) - paired:], rec.diff_ids[undescribed:]))
+        rows = [HistoryEntry(None, None, "", "", False, d, sizes[d])
+                for d in rec.diff_ids[:undescribed]]
+        for i, step in enumerate(steps):
+            created, diff_id = step.get("created"), layer_of.get(i)
+            rows.append(HistoryEntry(None, created if isinstance(created, str) else None,
+                                     _text(step.get("created_by")), _text(step.get("comment")),
+                                     step.get("empty_layer") is True, diff_id,
+                                     sizes.get(diff_id, 0)))
+        rows.reverse()
+        if rows:
+            rows[0] = replace(rows[0], image_id=rec.id)
+        return rows
+
+    def containers(self) -> list:
+        """The containers `mount` made that are mounted now, as `docker ps` lists the running
+        ones: their _overlay.Mount records (id, image id, mountpoint, upper dir, created),
+        newest first.  Locking: none (the records are files under root/containers/)."""
+        from . import _overlay
+        active = [m for m in _overlay.mounts(self)
+                  if m.mountpoint is not None and os.path.ismount(m.mountpoint)]
+        return sorted(active, key=lambda m: m.created, reverse=True)
 
     def config(self, ref: str) -> dict:
         with self._index.read() as txn:
@@ -596,7 +664,8 @@ class Store:
 
     # ---- export (logic in _export.py) -------------------------------------------------------
 
-    def save(self, refs, out, format: str = "docker", compress: str = "none") -> None:
+    def save(self, refs, out, format: str = "docker", compress: str = "none",
+             progress: Callable[[Progress], None] | None = None) -> None:
         """Writes images to out (a path, replaced atomically, or a binary file object): a
         docker-archive (format="docker", what `docker load` reads) or an OCI image layout tar
         ("oci"), optionally gzip- or zstd-compressed as a whole.  Layer tars are byte-identical
@@ -604,7 +673,9 @@ class Store:
         otherwise); configs are written back unchanged, so image ids are too.  An image named
         by a tag is saved with that tag, one named by id with all its tags.  For "oci" the
         layers are stored uncompressed, so a manifest naming compressed blobs is replaced by a
-        new one over the same config.  Locking: the store lock shared (gc waits)."""
+        new one over the same config.  progress: bytes and entries of the layer tars
+        written, of their totals.  A path that cannot be written is a HostPathError naming it.
+        Locking: the store lock shared (gc waits)."""
         from ._export import save
         if isinstance(refs, str):
             refs = [refs]
@@ -613,7 +684,7 @@ class Store:
         with self._locked(exclusive=False):
             with self._index.read() as txn:
                 self._save_images(txn, refs, images)
-            save(self, list(images.values()), out, format, compress)
+            save(self, list(images.values()), out, format, compress, progress)
 
     def _save_images(self, txn, refs, images: dict) -> None:
         """Resolves refs into images[id] = _SaveImage, merging the tags of one image."""
@@ -634,15 +705,17 @@ class Store:
                                         bytes(self._index.metadata(txn, rec.id)), manifest,
                                         rec.manifest_media_type)
 
-    def export(self, ref: str, out) -> None:
+    def export(self, ref: str, out,
+               progress: Callable[[Progress], None] | None = None) -> None:
         """Writes the image's flattened root filesystem (layers merged) as one tar to out (a
         path, replaced atomically, or a binary file object): owners, modes, mtimes, xattrs,
-        devices, symlinks and hardlinks, content from the objects.
-        Locking: the store lock shared (gc waits)."""
+        devices, symlinks and hardlinks, content from the objects.  progress: content bytes
+        of the files and entries written, of their totals.  A path that cannot be written is
+        a HostPathError naming it.  Locking: the store lock shared (gc waits)."""
         from ._export import export
         with self._locked(exclusive=False):
             _, tree = self._tree(ref)
-            export(self, tree, out)
+            export(self, tree, out, progress)
 
     # ---- reading without checkout (logic in _read.py) --------------------------------------
 
@@ -774,6 +847,11 @@ def _index_write_error(exc: Exception, root: str) -> errors.StoreIOError:
     except OSError:
         pass
     return errors.StoreIOError(err, f"cannot commit to the index: {os.strerror(err)} ({exc})")
+
+
+def _text(value) -> str:
+    """A config field shown as text: absent is empty."""
+    return value if isinstance(value, str) else "" if value is None else str(value)
 
 
 def _in_layer(exc: errors.LayerstoreError, key) -> errors.LayerstoreError:

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as _dt
 import json
 import os
+import re
 import sys
 import time
 
@@ -21,29 +22,69 @@ from ._model import Progress
 from ._store import Store, default_root
 
 
-def _human_size(n: int) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+def _human_size(n: float) -> str:
+    """Bytes as Docker prints them (go-units HumanSizeWithPrecision(n, 3)): three significant
+    digits of decimal units, "1.23MB", "0B"."""
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        text = f"{n:.3g}"
+        if float(text) < 1000 or unit == "PB":    # 999.7 is "1kB", not "1e+03B"
+            return text + unit
         n /= 1000
     return f"{n}"
 
 
+_TIME = re.compile(r"(\d{4}-\d\d-\d\d)[Tt ](\d\d:\d\d:\d\d)(?:\.(\d+))?([Zz]|[+-]\d\d:\d\d)?\Z")
+
+
+def _when(created: str | None) -> _dt.datetime | None:
+    """An RFC 3339 time as configs write it (nanoseconds, "Z"), None if it is not one."""
+    m = _TIME.match(created or "")
+    if not m:
+        return None
+    zone = "+00:00" if m[4] in (None, "Z", "z") else m[4]
+    return _dt.datetime.fromisoformat(f"{m[1]}T{m[2]}.{(m[3] or '')[:6]:0<6}{zone}")
+
+
+def _duration(secs: float) -> str:
+    """A duration as Docker prints it before "ago" (go-units HumanDuration)."""
+    if int(secs) < 1:
+        return "Less than a second"
+    if int(secs) < 60:
+        return "1 second" if int(secs) == 1 else f"{int(secs)} seconds"
+    minutes = int(secs / 60)
+    if minutes < 60:
+        return "About a minute" if minutes == 1 else f"{minutes} minutes"
+    hours = int(secs / 3600 + 0.5)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // 24 // 7} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // 24 // 30} months"
+    return f"{int(secs / 3600) // 24 // 365} years"
+
+
 def _ago(created: str | None) -> str:
-    if not created:
+    t = _when(created)
+    if t is None:
         return "N/A"
-    try:
-        t = _dt.datetime.fromisoformat(created.replace("Z", "+00:00")[:26] +
-                                       ("+00:00" if created.endswith("Z") else ""))
-    except ValueError:
-        return created
-    secs = (_dt.datetime.now(_dt.timezone.utc) - t.astimezone(_dt.timezone.utc)).total_seconds()
-    for size, name in ((86400 * 365, "year"), (86400 * 30, "month"), (86400 * 7, "week"),
-                       (86400, "day"), (3600, "hour"), (60, "minute")):
-        if secs >= size:
-            k = int(secs // size)
-            return f"{k} {name}{'s' if k > 1 else ''} ago"
-    return "Less than a minute ago"
+    return _duration((_dt.datetime.now(_dt.timezone.utc) - t).total_seconds()) + " ago"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    """Columns three spaces apart, as docker's tables."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def _short(image_id: str, no_trunc: bool) -> str:
+    """An id as docker shows it: 12 hex digits, or whole (sha256:...) with --no-trunc."""
+    return image_id if no_trunc else image_id.split(":")[-1][:12]
 
 
 class _Progress:
@@ -108,12 +149,21 @@ def cli(ctx: click.Context, root: str | None) -> None:
     ctx.obj = open_store
 
 
+def _platform(ctx, param, value: str | None) -> str | None:
+    from ._formats import parse_platform
+    try:
+        return None if value is None else parse_platform(value)
+    except errors.InvalidPlatform as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @cli.command("import")
 @click.argument("path", type=click.Path(allow_dash=True))
 @click.option("--tag", "tags", multiple=True, metavar="NAME:TAG",
               help="Tag the imported image (repeatable).")
-@click.option("--platform", metavar="OS/ARCH[/VARIANT]",
-              help="Image of a multi-platform index to import (default: this machine's).")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", callback=_platform,
+              help="Image of a multi-platform index to import (default: this machine's); "
+                   "a single-platform archive for another platform is refused.")
 @click.option("--all-platforms", is_flag=True, help="Import every image of an index.")
 @click.option("--json", "as_json", is_flag=True, help="Print the images as JSON.")
 @click.pass_obj
@@ -136,11 +186,22 @@ def import_(open_store, path, tags, platform, all_platforms, as_json):
 
 
 @cli.command()
+@click.argument("reference", metavar="[REPOSITORY[:TAG]]", required=False)
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--no-trunc", is_flag=True, help="Show whole image IDs (sha256:...).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def images(open_store, as_json):
-    """List the images in the store."""
+def images(open_store, reference, quiet, no_trunc, as_json):
+    """List the images in the store, one row per tag; with REPOSITORY[:TAG], only the tags
+    that match it, as docker images ("app", "app:1", "docker.io/library/app"; * ? [...]
+    match within one path component)."""
+    from ._reference import tag_matches
     found = open_store().images()
+    if reference is not None:
+        found = [dataclasses.replace(i, tags=tuple(t for t in i.tags
+                                                   if tag_matches(reference, t)))
+                 for i in found]
+        found = [i for i in found if i.tags]
     if as_json:
         click.echo(json.dumps([_image_json(i) for i in found], indent=2))
         return
@@ -148,19 +209,139 @@ def images(open_store, as_json):
     for image in found:
         for tag in image.tags or ("<none>:<none>",):
             repo, _, name = tag.rpartition(":")
-            rows.append((repo, name, image.short_id, _ago(image.created),
+            rows.append((repo, name, _short(image.id, no_trunc), _ago(image.created),
                          _human_size(image.size)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if quiet:
+        for r in rows[1:]:
+            click.echo(r[2])
+        return
+    _table(rows)
 
 
 @cli.command()
-@click.argument("image")
+@click.argument("refs", metavar="IMAGE...", nargs=-1, required=True)
 @click.pass_obj
-def inspect(open_store, image):
-    """Show an image: config, manifest and per-layer statistics (JSON)."""
-    click.echo(json.dumps(open_store().inspect(image), indent=2))
+def inspect(open_store, refs):
+    """Show images as a JSON array, as docker inspect: config, manifest and per-layer
+    statistics.  An image not found is an error line (exit status 1); the others are still
+    shown."""
+    store = open_store()
+    found, failed = [], []
+    for ref in refs:
+        try:
+            found.append(store.inspect(ref))
+        except (errors.ImageNotFound, errors.InvalidReference) as exc:
+            failed.append(exc)
+    click.echo(json.dumps(found, indent=2))
+    for exc in failed:
+        click.echo(f"layerstore: error: {exc}", err=True)
+    return 1 if failed else 0
+
+
+@cli.command()
+@click.argument("source")
+@click.argument("target")
+@click.pass_obj
+def tag(open_store, source, target):
+    """Tag the image SOURCE (a tag, an id or an id prefix) as TARGET (NAME[:TAG], normalized
+    as Docker does: "app" is docker.io/library/app:latest), as docker tag; a TARGET that
+    named another image now names this one."""
+    open_store().tag(source, target)
+
+
+_BOOLS = {"1": True, "t": True, "true": True, "0": False, "f": False, "false": False}
+
+
+class _BoolFlags(click.Command):
+    """Reads Docker's -H=false / --human=false (a flag that is on by default, turned off
+    with a value, as Go's pflag allows) as --no-human."""
+
+    def parse_args(self, ctx, args):
+        out = []
+        for i, arg in enumerate(args):
+            if arg == "--":
+                out += args[i:]
+                break
+            name, eq, value = arg.partition("=")
+            if eq and name in ("-H", "--human"):
+                if value.lower() not in _BOOLS:
+                    raise click.BadParameter(f"{value!r} is not a boolean (true or false)",
+                                             ctx=ctx, param_hint="'-H' / '--human'")
+                arg = "--human" if _BOOLS[value.lower()] else "--no-human"
+            out.append(arg)
+        return super().parse_args(ctx, out)
+
+
+def _step_created(created: str | None, human: bool) -> str:
+    """A history step's time as docker history shows it: "3 weeks ago" (nothing before
+    2000, where build tools put a fixed 1970 for reproducible images) or, not human, RFC 3339."""
+    t = _when(created)
+    if t is None:
+        return ""
+    if not human:
+        return t.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _ago(created) if t > _dt.datetime(2000, 1, 1, tzinfo=_dt.timezone.utc) else ""
+
+
+def _ellipsis(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "\u2026"
+
+
+@cli.command(cls=_BoolFlags)
+@click.argument("image")
+@click.option("-H", "--human/--no-human", default=True,
+              help="Sizes and dates for people, the default; -H=false (or --no-human): "
+                   "bytes and RFC 3339 times.")
+@click.option("--no-trunc", is_flag=True, help="Whole image IDs and commands.")
+@click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON.")
+@click.pass_obj
+def history(open_store, image, human, no_trunc, quiet, as_json):
+    """Show how an image was made, newest step first, as docker history: each step of its
+    config's history with the layer it made and that layer's size (steps that made no layer
+    show 0B; IMAGE is <missing> below the image itself, as for a pulled image)."""
+    steps = open_store().history(image)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(h) for h in steps], indent=2))
+        return
+    ids = [_short(h.image_id, no_trunc) if h.image_id else "<missing>" for h in steps]
+    if quiet:
+        for i in ids:
+            click.echo(i)
+        return
+    rows = [("IMAGE", "CREATED" if human else "CREATED AT", "CREATED BY", "SIZE", "COMMENT")]
+    for i, h in zip(ids, steps):
+        by = h.created_by.replace("\t", " ")
+        rows.append((i, _step_created(h.created, human), by if no_trunc else _ellipsis(by, 45),
+                     _human_size(h.size) if human else str(h.size), h.comment))
+    _table(rows)
+
+
+@cli.command()
+@click.option("-q", "--quiet", is_flag=True, help="Only show container IDs.")
+@click.option("--no-trunc", is_flag=True, help="Whole container and image IDs.")
+@click.option("--json", "as_json", is_flag=True, help="Print the mount records as JSON.")
+@click.pass_obj
+def ps(open_store, quiet, no_trunc, as_json):
+    """List the containers `layerstore mount` made that are mounted now, newest first, as
+    docker ps lists running ones: container ID, image (a tag, or its ID), mountpoint, upper
+    dir, created."""
+    store = open_store()
+    found = store.containers()
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(m) for m in found], indent=2))
+        return
+    cids = [m.id if no_trunc else m.id[:12] for m in found]
+    if quiet:
+        for cid in cids:
+            click.echo(cid)
+        return
+    tags = {i.id: i.tags for i in store.images()}
+    rows = [("CONTAINER ID", "IMAGE", "MOUNTPOINT", "UPPER DIR", "CREATED")]
+    for cid, m in zip(cids, found):
+        image = (tags.get(m.image) or (_short(m.image, no_trunc),))[0]
+        rows.append((cid, image, m.mountpoint, m.upper, _ago(m.created)))
+    _table(rows)
 
 
 @cli.command()
@@ -340,7 +521,13 @@ def _output(out: str):
 @click.pass_obj
 def save(open_store, images, out, fmt, compress):
     """Write images to an archive whose layer tars are byte-identical to the imported ones."""
-    open_store().save(list(images), _output(out), format=fmt, compress=compress)
+    store = open_store()
+    progress = _Progress("saving", "entries")
+    try:
+        store.save(list(images), _output(out), format=fmt, compress=compress,
+                   progress=progress)
+    finally:
+        progress.done()
 
 
 @cli.command()
@@ -350,7 +537,12 @@ def save(open_store, images, out, fmt, compress):
 @click.pass_obj
 def export(open_store, image, out):
     """Write the image's flattened root filesystem as one tar."""
-    open_store().export(image, _output(out))
+    store = open_store()
+    progress = _Progress("exporting", "entries")
+    try:
+        store.export(image, _output(out), progress=progress)
+    finally:
+        progress.done()
 
 
 @cli.command()
@@ -454,9 +646,7 @@ def du(open_store, as_json):
         rows.append((u.id.split(":")[-1][:12], ",".join(u.tags) or "<none>",
                      _human_size(u.logical_bytes), _human_size(u.disk_bytes),
                      _human_size(u.shared_bytes), _human_size(u.unique_bytes)))
-    widths = [max(len(row[i]) for row in rows) for i in range(6)]
-    for row in rows:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    _table(rows)
     click.echo(f"store: {_human_size(r.logical_bytes)} logical ({_human_size(r.layer_bytes)} "
                f"in distinct layers), {_human_size(r.disk_bytes)} on disk "
                f"({_human_size(r.object_bytes)} objects + {_human_size(r.index_bytes)} index), "

@@ -4,6 +4,9 @@ Each class inherits both LayerstoreError and the builtin a caller would catch an
 malformed archive is a ValueError, a failed system call an OSError with its errno.
 """
 
+import errno as _errno
+import os as _os
+
 __all__ = [
     "LayerstoreError",
     "CorruptArchive",
@@ -14,6 +17,8 @@ __all__ = [
     "DigestMismatch",
     "MissingBlob",
     "InvalidReference",
+    "InvalidPlatform",
+    "PlatformMismatch",
     "ImageNotFound",
     "LayerNotFound",
     "StoreLocked",
@@ -24,6 +29,8 @@ __all__ = [
     "IsADirectory",
     "SymlinkLoop",
     "NotAFile",
+    "HostPathError",
+    "HostPathNotFound",
 ]
 
 
@@ -61,6 +68,15 @@ class MissingBlob(CorruptArchive):
 
 class InvalidReference(LayerstoreError, ValueError):
     """Not a valid image reference (name:tag, sha256:<id> or an id prefix)."""
+
+
+class InvalidPlatform(LayerstoreError, ValueError):
+    """Not a platform: os[/arch[/variant]] with an os and an architecture the OCI image index
+    names (Go's GOOS and GOARCH values)."""
+
+
+class PlatformMismatch(UnsupportedFormat):
+    """The archive holds no image for the platform asked for."""
 
 
 class ImageNotFound(LayerstoreError, LookupError):
@@ -102,3 +118,23 @@ class NotAFile(LayerstoreError, OSError):
 class MountError(LayerstoreError, OSError):
     """An overlay mount or unmount failed, or cannot be made here (not root); errno says why
     when a system call refused."""
+
+
+class HostPathError(LayerstoreError, OSError):
+    """A path of this machine that the user named (an archive to read, a file or directory to
+    write, the store root) cannot be used; errno says why."""
+
+
+class HostPathNotFound(HostPathError, FileNotFoundError):
+    """That path, or the directory it should be made in, does not exist."""
+
+
+def host_path_error(exc: OSError, path, action: str) -> HostPathError:
+    """exc, an OSError about path (or about a temporary file beside it), as the error the user
+    sees: "cannot <action> <path>: <reason>", naming their path and never a temporary one."""
+    code = exc.errno if exc.errno is not None else _errno.EIO
+    cls = HostPathNotFound if code == _errno.ENOENT else HostPathError
+    # errno set after construction keeps str(err) the plain message the CLI prints.
+    err = cls(f"cannot {action} {_os.fsdecode(path) or repr('')}: {_os.strerror(code)}")
+    err.errno = code
+    return err

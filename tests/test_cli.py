@@ -1,16 +1,20 @@
 """The command line as users and scripts see it: output formats, exit statuses, and errors as
 one line on stderr without a traceback."""
 
+import errno
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
 import archives as A
 from conftest import python_env
+from layerstore import Store, errors
 
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"), ("f", "bin/sh", b"\x7fELF" * 300, 0o755),
              ("l", "bin/bash", "sh"))
@@ -69,7 +73,7 @@ def test_import_from_stdin(tmp_path, archive):
 def test_inspect(tmp_path, archive):
     root = tmp_path / "s"
     run(root, "import", str(archive))
-    info = json.loads(run(root, "inspect", "app:1").stdout)
+    (info,) = json.loads(run(root, "inspect", "app:1").stdout)    # an array, as docker's
     assert info["RepoTags"] == ["docker.io/library/app:1"]
     assert [l["DiffID"] for l in info["Layers"]] == [A.digest(L1), A.digest(L2)]
     first = info["Layers"][0]
@@ -134,3 +138,52 @@ def test_interrupt_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert err.decode().strip() == "layerstore: error: interrupted"  # click puts ^C on its own line
     assert json.loads(run(tmp_path / "s", "images", "--json").stdout) == []
+
+
+def test_save_and_export_print_nothing_extra_on_a_pipe(tmp_path, archive):
+    root = tmp_path / "s"
+    run(root, "import", str(archive))
+    for argv in (["save", "app:1"], ["export", "app:1"], ["save", "app:1", "--compress", "gzip"]):
+        piped = run(root, *argv)                               # the archive to stdout
+        assert piped.stderr == b""
+        assert tarfile.open(fileobj=io.BytesIO(piped.stdout), mode="r:*").getnames()
+        written = run(root, *argv, "-o", str(tmp_path / "out.tar"))
+        assert (written.stdout, written.stderr) == (b"", b"")
+
+
+def test_save_and_export_show_progress_on_a_terminal(tmp_path, archive):
+    """stderr a terminal: the progress line is drawn (label, bytes, entries) and cleared."""
+    import pty
+    root = tmp_path / "s"
+    run(root, "import", str(archive))
+    for verb, label in (("save", b"saving"), ("export", b"exporting")):
+        master, slave = pty.openpty()
+        proc = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), verb,
+                               "app:1", "-o", str(tmp_path / f"{verb}.tar")],
+                              stderr=slave, stdout=subprocess.PIPE, env=python_env())
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:         # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(master)
+        assert proc.returncode == 0, shown
+        assert shown.startswith(b"\r" + label) and b" entries" in shown and b"B/s" in shown
+        assert shown.endswith(b"\r\x1b[K")        # cleared when done
+        assert b"Traceback" not in shown
+
+
+def test_store_root_that_cannot_be_one(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for root in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(errors.HostPathError) as got:
+            Store(root)
+        assert got.value.errno == errno.ENOTDIR
+        assert str(got.value) == f"cannot open the store at {root}: Not a directory"
+    err = one_line_error(run(tmp_path / "file" / "sub", "images", check=False))
+    assert f"cannot open the store at {tmp_path / 'file' / 'sub'}: Not a directory" in err

@@ -7,7 +7,9 @@ import hashlib
 import io
 import json
 import os
+import stat
 import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -16,7 +18,7 @@ import blake3
 import pytest
 
 import archives as A
-from conftest import need_tool
+from conftest import need_tool, python_env
 from layerstore import Store, cli, errors
 from layerstore._model import EntryType
 
@@ -469,3 +471,134 @@ def test_export_and_save_cli(tmp_path):
                         str(tmp_path / "x.tar")], capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.startswith("layerstore: error: ")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- where the output goes, progress, interrupts ----------------------------------------------
+
+
+def _many_files(tmp_path):
+    """An image of two layers with enough entries to report on, one hardlink among them."""
+    first = A.layer(*[("f", f"d/f{i}", os.urandom(3000) + bytes([i])) for i in range(60)],
+                    ("h", "d/link", "d/f0"))
+    return _import(A.docker_archive([([first, FLAVOURS["gnu"]()], ["test/img:1"])]),
+                   tmp_path / "store")
+
+
+def _writer(store, what):
+    if what == "save":
+        return lambda out, **kw: store.save(["test/img:1"], out, **kw)
+    return lambda out, **kw: store.export("test/img:1", out, **kw)
+
+
+@pytest.mark.parametrize("what", ["save", "export"])
+def test_unwritable_output_is_named_as_the_user_gave_it(what, tmp_path, monkeypatch):
+    """A missing directory, a directory, a file as a directory: a HostPathError (the first a
+    FileNotFoundError) naming the user's path, never the temporary file beside it."""
+    _many_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "file").write_text("x")
+    with Store(tmp_path / "store") as store:
+        write = _writer(store, what)
+        with pytest.raises(errors.HostPathNotFound) as got:
+            write("nodir/out.tar")
+        assert isinstance(got.value, FileNotFoundError) and got.value.errno == errno.ENOENT
+        assert str(got.value) == "cannot write nodir/out.tar: No such file or directory"
+        with pytest.raises(errors.HostPathError) as got:
+            write(tmp_path)
+        assert got.value.errno == errno.EISDIR
+        assert str(got.value) == f"cannot write {tmp_path}: Is a directory"
+        with pytest.raises(errors.HostPathError) as got:
+            write("file/out.tar")
+        assert got.value.errno == errno.ENOTDIR and "file/out.tar" in str(got.value)
+    assert [n for n in os.listdir(tmp_path) if n.startswith(".layerstore-")] == []
+    r = subprocess.run([sys.executable, "-m", "layerstore", "--root", "store", what, "test/img:1",
+                        "-o", "nodir/out.tar"], capture_output=True, text=True, env=python_env())
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "layerstore: error: cannot write nodir/out.tar: No such file or directory\n"
+
+
+def _every_update_reported(monkeypatch):
+    """Every progress update reaches the callback (they are kept to ten a second)."""
+    from layerstore import _export
+    monkeypatch.setattr(_export._Meter, "interval", 0.0)
+
+
+@pytest.mark.parametrize("what", ["save", "export"])
+def test_output_through_a_symlink_or_into_a_fifo(what, tmp_path):
+    """-o a symlink writes its target (the link stays); -o a fifo or device writes into it, as
+    `> path` does, never replacing the node (replacing /dev/full with a file, as root, was
+    what a rename over it did)."""
+    _many_files(tmp_path)
+    target = tmp_path / "target.tar"
+    target.write_bytes(b"old")
+    os.symlink("target.tar", tmp_path / "link.tar")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    with Store(tmp_path / "store") as store:
+        _writer(store, what)(tmp_path / "link.tar")
+        _writer(store, what)(fifo)
+    assert os.readlink(tmp_path / "link.tar") == "target.tar"
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)    # else the reader waits for ever: no join
+    reader.join()
+    assert got == [target.read_bytes()] and tarfile.open(target).getnames()
+    with Store(tmp_path / "store") as store:
+        with pytest.raises(errors.HostPathNotFound, match="^cannot write '': No such file"):
+            _writer(store, what)("")
+
+
+@pytest.mark.parametrize("compress", ["none", "gzip"])     # the C layer writer; the Python one
+def test_save_reports_progress(compress, tmp_path, monkeypatch):
+    image = _many_files(tmp_path)
+    _every_update_reported(monkeypatch)
+    seen = []
+    with Store(tmp_path / "store") as store:
+        layers = [store.layer(d) for d in image.diff_ids]
+        store.save(["test/img:1"], tmp_path / "s.tar", compress=compress, progress=seen.append)
+    assert len(seen) > 2
+    last = seen[-1]
+    assert last.bytes_done == last.bytes_total == sum(l.stream_bytes for l in layers)
+    assert last.items_done == last.items_total == sum(l.entries for l in layers)
+    for a, b in zip(seen, seen[1:]):
+        assert a.bytes_done <= b.bytes_done <= last.bytes_total
+        assert a.items_done <= b.items_done <= last.items_total
+
+
+def test_export_reports_progress(tmp_path):
+    _many_files(tmp_path)
+    seen = []
+    with Store(tmp_path / "store") as store:
+        store.export("test/img:1", tmp_path / "r.tar", progress=seen.append)
+    members = tarfile.open(tmp_path / "r.tar").getmembers()
+    last = seen[-1]
+    assert last.items_done == last.items_total == len(members)
+    assert last.bytes_done == last.bytes_total == sum(m.size for m in members if m.isreg())
+    assert any(m.islnk() for m in members)      # a hardlink's content counted once
+    assert all(a.items_done <= b.items_done for a, b in zip(seen, seen[1:]))
+
+
+@pytest.mark.parametrize("what, compress", [("save", "none"), ("save", "gzip"),
+                                            ("export", None)])
+def test_interrupted_write_leaves_the_output_as_it_was(what, compress, tmp_path, monkeypatch):
+    """Ctrl-C (a KeyboardInterrupt where the progress callback runs, as in the CLI) part way:
+    the output file keeps what it held before, and no temporary file is left."""
+    _many_files(tmp_path)
+    _every_update_reported(monkeypatch)
+    out = tmp_path / "out" / "o.tar"
+    out.parent.mkdir()
+    out.write_bytes(b"before")
+    calls = []
+
+    def interrupt(p):
+        calls.append(p)
+        if p.items_done:
+            raise KeyboardInterrupt
+
+    with Store(tmp_path / "store") as store:
+        kw = {"compress": compress} if compress else {}
+        with pytest.raises(KeyboardInterrupt):
+            _writer(store, what)(out, progress=interrupt, **kw)
+    assert calls[-1].items_done < calls[-1].items_total      # it was part way
+    assert os.listdir(out.parent) == ["o.tar"] and out.read_bytes() == b"before"
