@@ -505,10 +505,13 @@ def open_source(source) -> tuple[object, Callable[[], None]]:
     function that closes what was opened here."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        if os.path.isdir(path):
-            src = DirSource(path)
-            return src, src.close
-        f = open(path, "rb")
+        try:
+            if os.path.isdir(path):
+                src = DirSource(path)
+                return src, src.close
+            f = open(path, "rb")
+        except OSError as exc:
+            raise errors.host_path_error(exc, path, "read") from None
         closer = f.close
     else:
         f = source

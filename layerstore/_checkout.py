@@ -45,19 +45,20 @@ def _prepare(dest: str) -> os.stat_result | None:
     try:
         os.mkdir(dest, 0o700)       # nobody sees the tree until it is whole
         return None
-    except FileNotFoundError:
-        raise errors.LayerstoreError(f"checkout destination {dest}: its parent directory "
-                                     "does not exist") from None
-    except PermissionError:
-        raise errors.LayerstoreError(f"checkout destination {dest}: permission denied") from None
     except FileExistsError:
         found = os.lstat(dest)
         if not stat.S_ISDIR(found.st_mode):
-            raise errors.LayerstoreError(f"checkout destination {dest} exists and is not a "
-                                         "directory") from None
+            raise errors.host_error(errno.ENOTDIR, f"checkout destination {dest} exists and "
+                                                   "is not a directory") from None
         if os.listdir(dest):
-            raise errors.LayerstoreError(f"checkout destination {dest} is not empty") from None
+            raise errors.host_error(errno.ENOTEMPTY,
+                                    f"checkout destination {dest} is not empty") from None
         return found
+    except FileNotFoundError:
+        raise errors.host_error(errno.ENOENT, f"checkout destination {dest}: its parent "
+                                              "directory does not exist") from None
+    except OSError as exc:
+        raise errors.host_path_error(exc, dest, "make the checkout destination") from None
 
 
 def _mode(link: bool, copy: bool) -> str:

@@ -430,6 +430,8 @@ def mount(store, ref: str, mountpoint, upper=None) -> Mount:
     except FileExistsError:
         if not os.path.isdir(target):
             raise _err(f"mount: {target} exists and is not a directory") from None
+    except OSError as exc:
+        raise errors.host_path_error(exc, target, "make the mount point") from None
     target = os.path.realpath(target)
     if os.path.ismount(target):
         raise _err(f"mount: {target} is already a mount point")
@@ -463,7 +465,10 @@ def _mount(store, image, target: str, upper, kernel: bool) -> Mount:
                         raise _err(f"mount: upper dir {up} is in use by the mount at "
                                    f"{old.mountpoint}")
                     _rmtree(os.path.dirname(_record(store, old)))    # re-mounted: one record
-                os.makedirs(up, mode=0o755, exist_ok=True)
+                try:
+                    os.makedirs(up, mode=0o755, exist_ok=True)
+                except OSError as exc:
+                    raise errors.host_path_error(exc, upper, "make the upper dir") from None
                 parent, name = os.path.split(up)
                 work = os.path.join(parent, f".{name}.work")
                 if os.path.lexists(work):

@@ -31,7 +31,7 @@ import lmdb
 
 from . import _native, errors
 from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
-from ._formats import ImagePlan, plan_images, sha256_digest
+from ._formats import ImagePlan, parse_platform, plan_images, sha256_digest
 from ._index import ImageRecord, Index, LayerRecord
 from ._model import CheckoutResult, Entry, HistoryEntry, Image, Layer, Progress
 from ._model import Problem
@@ -184,7 +184,9 @@ class Store:
 
         Every digest is verified; on any error nothing is committed.
         Locking: holds the store lock shared; commits in one index transaction."""
-        user_tags = [normalize_tag(t) for t in tags]
+        user_tags = [new_tag(t) for t in tags]
+        if platform is not None:
+            parse_platform(platform)    # before a streamed archive's layers are read
         src, close = open_source(source)
         try:
             with self._importing() as written:
@@ -442,7 +444,7 @@ class Store:
         import_layer).  Locking: one index write transaction."""
         from ._formats import LayerRef, _parse_config
         digest, parsed = _parse_config(config, "config", None)
-        user_tags = [normalize_tag(t) for t in tags]
+        user_tags = [new_tag(t) for t in tags]
         diff_ids = parsed["rootfs"]["diff_ids"]
         with self._index.read() as txn:
             for d in diff_ids:

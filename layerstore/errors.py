@@ -133,8 +133,13 @@ def host_path_error(exc: OSError, path, action: str) -> HostPathError:
     """exc, an OSError about path (or about a temporary file beside it), as the error the user
     sees: "cannot <action> <path>: <reason>", naming their path and never a temporary one."""
     code = exc.errno if exc.errno is not None else _errno.EIO
-    cls = HostPathNotFound if code == _errno.ENOENT else HostPathError
+    return host_error(code, f"cannot {action} {_os.fsdecode(path) or repr('')}: "
+                            f"{_os.strerror(code)}")
+
+
+def host_error(code: int, message: str) -> HostPathError:
+    """A HostPathError (HostPathNotFound for ENOENT) with errno code and message as it is."""
+    err = (HostPathNotFound if code == _errno.ENOENT else HostPathError)(message)
     # errno set after construction keeps str(err) the plain message the CLI prints.
-    err = cls(f"cannot {action} {_os.fsdecode(path) or repr('')}: {_os.strerror(code)}")
     err.errno = code
     return err

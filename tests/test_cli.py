@@ -187,3 +187,17 @@ def test_store_root_that_cannot_be_one(tmp_path):
         assert str(got.value) == f"cannot open the store at {root}: Not a directory"
     err = one_line_error(run(tmp_path / "file" / "sub", "images", check=False))
     assert f"cannot open the store at {tmp_path / 'file' / 'sub'}: Not a directory" in err
+
+
+def test_import_refuses_before_reading_what_it_cannot_use(tmp_path):
+    """A missing file is a HostPathNotFound naming it; a tag that could be read as an id or a
+    bad --platform is refused before a byte of the archive is read."""
+    with Store(tmp_path / "s") as store:
+        with pytest.raises(errors.HostPathNotFound, match="no-such.tar"):
+            store.import_archive(tmp_path / "no-such.tar")
+        stream = io.BytesIO(b"x" * 100)
+        for kwargs, cls in (({"tags": ["sha256:beef"]}, errors.InvalidReference),
+                            ({"platform": "linux/nonesuch"}, errors.InvalidPlatform)):
+            with pytest.raises(cls):
+                store.import_archive(stream, **kwargs)
+            assert stream.tell() == 0
