@@ -652,6 +652,13 @@ def du(open_store, as_json):
                f"({_human_size(r.object_bytes)} objects + {_human_size(r.index_bytes)} index), "
                f"dedup ratio {r.dedup_ratio:.2f}, {r.objects} objects, {r.inodes} inodes")
 
+def _message(exc: Exception) -> str:
+    """The error line's text: an OSError's own words, without Python's "[Errno N]" prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         rv = cli.main(args=argv, prog_name="layerstore", standalone_mode=False)
@@ -670,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
     except (errors.LayerstoreError, OSError) as exc:
         if os.environ.get("LAYERSTORE_DEBUG") == "1":
             raise
-        click.echo(f"layerstore: error: {exc}", err=True)
+        click.echo(f"layerstore: error: {_message(exc)}", err=True)
         return 1
     except Exception as exc:    # noqa: BLE001 - a bug: still one line, unless debugging
         if os.environ.get("LAYERSTORE_DEBUG") == "1":
