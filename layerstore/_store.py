@@ -30,17 +30,17 @@ from typing import BinaryIO, Callable, Iterator
 import lmdb
 
 from . import _native, errors
-from ._archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
-from ._formats import ImagePlan, parse_platform, plan_images, sha256_digest
-from ._index import ImageRecord, Index, LayerRecord
+from .formats.archive import BlobInfo, Pipeline, StreamSource, emit_layer, open_source
+from .formats.manifests import ImagePlan, parse_platform, plan_images, sha256_digest
+from .store.index import ImageRecord, Index, LayerRecord
 from ._model import CheckoutResult, Entry, HistoryEntry, Image, Layer, Progress
 from ._model import Problem
-from ._reference import (DIGEST_RE, HEX_PREFIX_RE, MIN_PREFIX, SHORT_PREFIX_RE, new_tag,
+from .formats.reference import (DIGEST_RE, HEX_PREFIX_RE, MIN_PREFIX, SHORT_PREFIX_RE, new_tag,
                          normalize_tag)
 from .errors import (DigestMismatch, ImageNotFound, InvalidReference, LayerNotFound,
                      MissingBlob, StoreLocked)
-from ._tree import Tree, build
-from . import _read
+from .store.tree import Tree, build
+from .store import read as _read
 
 
 def default_root() -> str:
@@ -213,7 +213,7 @@ class Store:
         tells gc to look for what the import leaves if it is killed.  Yields a list to which
         the import adds the ids of the objects it writes; if the import fails, _discard
         removes those that no image came to reference."""
-        from . import _lifecycle
+        from .store import lifecycle as _lifecycle
         written: list[bytes] = []
         marker = None
         try:
@@ -233,7 +233,7 @@ class Store:
         can be had exclusively at once, which no other import, checkout or reader then holds;
         otherwise the objects and the marker stay for gc.  Nothing when this thread still holds
         the lock for a caller (an import inside commit): that caller's work goes on."""
-        from . import _lifecycle
+        from .store import lifecycle as _lifecycle
         if getattr(self._tls, "lock", None) is not None:
             return
         fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CLOEXEC)
@@ -375,7 +375,7 @@ class Store:
 
     def _commit(self, plans: list[ImagePlan], ingested: dict, user_tags: list[str],
                 trees: dict[str, Tree] | None = None):
-        from ._checkout import plan as checkout_plan
+        from .store.checkout import plan as checkout_plan
         self._objects.sync()    # objects durable before the index references them
         _native.test_step()
         images = []
@@ -442,7 +442,7 @@ class Store:
                   manifest_media_type: str | None = None) -> Image:
         """Creates an image from a config whose rootfs.diff_ids are all stored layers (see
         import_layer).  Locking: one index write transaction."""
-        from ._formats import LayerRef, _parse_config
+        from .formats.manifests import LayerRef, _parse_config
         digest, parsed = _parse_config(config, "config", None)
         user_tags = [new_tag(t) for t in tags]
         diff_ids = parsed["rootfs"]["diff_ids"]
@@ -555,7 +555,7 @@ class Store:
         """The containers `mount` made that are mounted now, as `docker ps` lists the running
         ones: their _overlay.Mount records (id, image id, mountpoint, upper dir, created),
         newest first.  Locking: none (the records are files under root/containers/)."""
-        from . import _overlay
+        from .runtimes import overlay as _overlay
         active = [m for m in _overlay.mounts(self)
                   if m.mountpoint is not None and os.path.ismount(m.mountpoint)]
         return sorted(active, key=lambda m: m.created, reverse=True)
@@ -617,7 +617,7 @@ class Store:
         entries).  A failed or interrupted checkout removes what it made, leaving dest absent
         or empty as it was.  Locking: a snapshot of the index; objects of a snapshot are never
         deleted while it is read (gc holds the store lock exclusively)."""
-        from ._checkout import checkout, plan
+        from .store.checkout import checkout, plan
         with self._locked(exclusive=False):
             with self._index.read() as txn:
                 image_id = self._resolve(txn, ref).id
@@ -650,18 +650,18 @@ class Store:
         dirs (built once under root/layers/), the container writes to its own upper dir
         (under root/containers/<id>/, or upper).  Needs root, or fuse-overlayfs without it.
         Returns the _overlay.Mount record.  Locking: the store lock shared while building."""
-        from . import _overlay
+        from .runtimes import overlay as _overlay
         return _overlay.mount(self, ref, mountpoint, upper)
 
     def umount(self, mountpoint: str | os.PathLike):
         """Unmounts a container; its upper dir goes too unless the user gave it to mount."""
-        from . import _overlay
+        from .runtimes import overlay as _overlay
         return _overlay.umount(self, mountpoint)
 
     def commit(self, mountpoint_or_upper: str | os.PathLike, tags=()) -> Image:
         """A new image: the container's image plus its upper dir as one more layer (overlay
         whiteouts and opaque dirs become .wh. entries), with a history entry, tagged."""
-        from . import _overlay
+        from .runtimes import overlay as _overlay
         return _overlay.commit(self, mountpoint_or_upper, tags)
 
     # ---- export (logic in _export.py) -------------------------------------------------------
@@ -678,7 +678,7 @@ class Store:
         new one over the same config.  progress: bytes and entries of the layer tars
         written, of their totals.  A path that cannot be written is a HostPathError naming it.
         Locking: the store lock shared (gc waits)."""
-        from ._export import save
+        from .formats.export import save
         if isinstance(refs, str):
             refs = [refs]
         images: dict = {}
@@ -690,7 +690,7 @@ class Store:
 
     def _save_images(self, txn, refs, images: dict) -> None:
         """Resolves refs into images[id] = _SaveImage, merging the tags of one image."""
-        from ._export import _SaveImage
+        from .formats.export import _SaveImage
         for ref in refs:
             rec = self._resolve(txn, ref)
             try:
@@ -714,7 +714,7 @@ class Store:
         devices, symlinks and hardlinks, content from the objects.  progress: content bytes
         of the files and entries written, of their totals.  A path that cannot be written is
         a HostPathError naming it.  Locking: the store lock shared (gc waits)."""
-        from ._export import export
+        from .formats.export import export
         with self._locked(exclusive=False):
             _, tree = self._tree(ref)
             export(self, tree, out, progress)
@@ -794,7 +794,7 @@ class Store:
         they have written but not yet committed show as garbage) and one LMDB read snapshot.
         With repair, the store lock exclusively and one LMDB write transaction, which both
         checks and fixes, so the fixes apply to exactly the state that was checked."""
-        from . import _fsck
+        from .store import fsck as _fsck
         with self._locked(exclusive=repair):
             if not repair:
                 with self._index.read() as txn:
@@ -813,7 +813,7 @@ class Store:
         layers and objects an image held stay until gc.
         Locking: one index write transaction, no store lock (imports and checkouts go on;
         one that already read the image finishes with it, as gc waits for it)."""
-        from . import _lifecycle
+        from .store import lifecycle as _lifecycle
         return _lifecycle.remove(self, refs, force)
 
     def gc(self, dry_run: bool = False, full: bool = False,
@@ -827,14 +827,14 @@ class Store:
         files removed so far, of the result's bytes and files (layer dirs are not counted).
         Locking: the store lock exclusively (waits for imports, checkouts and other readers of
         object files to finish, and they wait for it), plus one index write transaction."""
-        from . import _lifecycle
+        from .store import lifecycle as _lifecycle
         return _lifecycle.gc(self, dry_run, full, progress)
 
     def du(self):
         """Disk use per image and for the store (a DuResult): logical bytes, bytes on disk of
         object files with each inode counted once, bytes shared with other images, dedup ratio.
         Locking: the store lock shared (gc waits; imports may run) and an index snapshot."""
-        from . import _lifecycle
+        from .store import lifecycle as _lifecycle
         return _lifecycle.du(self)
 
 

@@ -150,7 +150,7 @@ def cli(ctx: click.Context, root: str | None) -> None:
 
 
 def _platform(ctx, param, value: str | None) -> str | None:
-    from ._formats import parse_platform
+    from .formats.manifests import parse_platform
     try:
         return None if value is None else parse_platform(value)
     except errors.InvalidPlatform as exc:
@@ -195,7 +195,7 @@ def images(open_store, reference, quiet, no_trunc, as_json):
     """List the images in the store, one row per tag; with REPOSITORY[:TAG], only the tags
     that match it, as docker images ("app", "app:1", "docker.io/library/app"; * ? [...]
     match within one path component)."""
-    from ._reference import tag_matches
+    from .formats.reference import tag_matches
     found = open_store().images()
     if reference is not None:
         found = [dataclasses.replace(i, tags=tuple(t for t in i.tags
@@ -389,7 +389,7 @@ def checkout(open_store, image, dest, link, copy, as_json):
 
 
 def _entry_json(e) -> dict:
-    from ._read import display
+    from .store.read import display
     return {"path": display(e.path), "type": e.type.value, "mode": e.mode & 0o7777,
             "uid": e.uid, "gid": e.gid, "size": e.size, "mtime": e.mtime_ns // 1_000_000_000,
             "link": e.link}
@@ -405,7 +405,7 @@ def _entry_json(e) -> dict:
 def ls(open_store, image, path, long_, as_json):
     """List a directory of an image (or show one entry), without checking it out."""
     from ._model import EntryType
-    from ._read import mode_string
+    from .store.read import mode_string
     # As GNU ls: a symlink named on the command line is followed unless -l asks about it
     # (--json is -l for scripts); a trailing "/" always follows it.
     top, children = open_store().listdir(image, path, follow=not (long_ or as_json))
@@ -557,7 +557,7 @@ def fsck(open_store, repair, verbose, as_json):
     """Check every object and the index; exit status 0 when the store is whole (garbage that
     interrupted work left aside: gc removes it), 1 when problems were found (even if --repair
     fixed them all)."""
-    from . import _fsck
+    from .store import fsck as _fsck
     store = open_store()
     progress = _Progress("checking", "objects", enabled=not as_json)
     try:

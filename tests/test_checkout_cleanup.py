@@ -115,7 +115,7 @@ def test_interrupted_checkout_leaves_dest_as_it_was(how, where, store, tmp_path,
 
 def test_removal_never_follows_a_symlink(tmp_path):
     """The cleanup itself, on a tree with links out of it: what they point to stays."""
-    from layerstore._checkout import _remove
+    from layerstore.store.checkout import _remove
     outside = tmp_path / "outside"
     (outside / "dir").mkdir(parents=True)
     (outside / "dir" / "keep").write_text("keep")

@@ -34,7 +34,7 @@ import archives as A
 from conftest import need_root, python_env
 from treecompare import differences, snapshot
 from layerstore import Store, errors
-from layerstore._reference import normalize_tag
+from layerstore.formats.reference import normalize_tag
 
 
 # ---- archives: layers that share files, images that share layers ---------------------------

@@ -519,7 +519,7 @@ def test_unwritable_output_is_named_as_the_user_gave_it(what, tmp_path, monkeypa
 
 def _every_update_reported(monkeypatch):
     """Every progress update reaches the callback (they are kept to ten a second)."""
-    from layerstore import _export
+    from layerstore.formats import export as _export
     monkeypatch.setattr(_export._Meter, "interval", 0.0)
 
 

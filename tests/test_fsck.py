@@ -188,7 +188,7 @@ def test_cli_json_and_exit_codes(store, capsys):
 def test_garbage_of_interrupted_work_leaves_the_store_whole(store, archive, capsys):
     """What a killed import leaves (its marker in pending/, objects no layer holds, a file in
     tmp/) is garbage: fsck exits 0 and says gc removes it, and gc does."""
-    from layerstore import _lifecycle
+    from layerstore.store import lifecycle as _lifecycle
     _lifecycle.import_started(store)            # never finished: the process "died"
     orphan = os.path.join(store.root, "objects", "cd", "e" * 62)
     for p in (orphan, os.path.join(store.root, "tmp", "obj-1-2")):

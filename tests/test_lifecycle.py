@@ -167,7 +167,7 @@ def test_gc_removes_garbage_files_of_a_killed_import(both):
     open(stray, "wb").close()
     with open(os.path.join(root, "tmp", "obj-4242-7"), "wb") as f:
         f.write(b"half")
-    from layerstore import _lifecycle
+    from layerstore.store import lifecycle as _lifecycle
     _lifecycle.import_started(both)
     r = both.gc()
     assert r.scanned_objects
@@ -337,7 +337,7 @@ def A_entries(layer_tar):
 
 def test_gc_removes_unused_overlay_layer_dirs(both):
     # Layer dirs as _overlay.layer_dirs makes them (mounting needs root; made by hand here).
-    from layerstore import _overlay
+    from layerstore.runtimes import overlay as _overlay
     base = os.path.join(both.root, "layers")
     hexd = lambda l: A.digest(l)[7:]            # noqa: E731
     chain_y = _overlay.chain_ids([A.digest(L1), A.digest(L3)])[1]
@@ -465,7 +465,7 @@ def test_corpus_rm_one_gc_others_intact(tmp_path, corpus_dir):
 
 def _leave_garbage(store):
     """A dead image, an object file and a tmp/ directory a killed import left."""
-    from layerstore import _lifecycle
+    from layerstore.store import lifecycle as _lifecycle
     store.remove("y:1")
     with open(os.path.join(store.root, "objects", "ab", "cd" * 31), "wb") as f:
         f.write(b"j" * 1234)

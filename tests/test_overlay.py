@@ -15,7 +15,7 @@ import pytest
 
 import archives as A
 from layerstore import Store, errors
-from layerstore import _overlay
+from layerstore.runtimes import overlay as _overlay
 from layerstore.cli import main
 from treecompare import differences, snapshot
 

@@ -23,7 +23,7 @@ def stored(tmp_path):
 
 
 def _plan(store):
-    from layerstore._checkout import plan
+    from layerstore.store.checkout import plan
     return plan(store._tree("img:1")[1])
 
 

@@ -17,9 +17,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from . import errors
-from ._reference import check_digest, normalize_tag
-from .errors import DigestMismatch, InvalidReference, MissingBlob
+from .. import errors
+from .reference import check_digest, normalize_tag
+from ..errors import DigestMismatch, InvalidReference, MissingBlob
 
 META_LIMIT = 16 << 20   # a config, manifest or index larger than this is not metadata
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Iterator
 
-from . import errors
-from ._model import Entry, EntryType
+from .. import errors
+from .._model import Entry, EntryType
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

@@ -30,9 +30,9 @@ from typing import BinaryIO, Callable
 import zstandard
 from isal import igzip
 
-from . import errors
-from ._formats import META_LIMIT, clean_member
-from .errors import MissingBlob
+from .. import errors
+from .manifests import META_LIMIT, clean_member
+from ..errors import MissingBlob
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"

@@ -36,8 +36,8 @@ from typing import BinaryIO, Callable
 
 import zstandard
 
-from . import _native, errors
-from ._model import Entry, EntryType, Progress
+from .. import _native, errors
+from .._model import Entry, EntryType, Progress
 
 CHUNK = 1 << 20
 BIG = 256 << 10                 # objects at least this large are copied in the kernel

@@ -37,9 +37,9 @@ import re
 import secrets
 import stat
 
-from . import _native, errors
-from ._model import DuResult, GcResult, ImageUsage, Progress
-from ._reference import DIGEST_RE, normalize_tag
+from .. import _native, errors
+from .._model import DuResult, GcResult, ImageUsage, Progress
+from ..formats.reference import DIGEST_RE, normalize_tag
 
 _OBJECT_NAME = re.compile(r"[0-9a-f]{62}\Z")
 _FAN = re.compile(r"[0-9a-f]{2}\Z")
@@ -80,7 +80,7 @@ def import_finished(marker: str) -> None:
 
 def remove(store, refs, force: bool = False) -> list[tuple[str, str]]:
     """See Store.remove."""
-    from . import _overlay
+    from ..runtimes import overlay as _overlay
     if isinstance(refs, str):
         refs = [refs]
     index = store._index
@@ -166,7 +166,7 @@ def _tree_bytes(path: str) -> tuple[int, int]:
 
 
 def _remove_tree(path: str) -> None:
-    from ._checkout import _remove
+    from .checkout import _remove
     try:
         _remove(path)
     except FileNotFoundError:
@@ -177,7 +177,7 @@ def _layer_dirs_unused(store, index, txn) -> list[str]:
     """Cached overlay layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no
     recorded container needs: named by a diffID no longer indexed, or by a chainID no stored
     image has, or half-built (.tmp-*: no build runs while gc holds the lock exclusively)."""
-    from . import _overlay
+    from ..runtimes import overlay as _overlay
     keep = {_overlay._hex(r.diff_id) for r in index.layers(txn)}
     keep |= {"chain-" + _overlay._hex(c) for r in index.images(txn)
              for c in _overlay.chain_ids(r.diff_ids)}

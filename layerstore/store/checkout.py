@@ -16,9 +16,9 @@ import os
 import stat
 from dataclasses import replace
 
-from . import _native, errors
-from ._model import CheckoutResult, Progress
-from ._tree import Tree
+from .. import _native, errors
+from .._model import CheckoutResult, Progress
+from .tree import Tree
 
 
 def plan(tree: Tree) -> bytes:

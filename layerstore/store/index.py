@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import lmdb
 import zstandard
 
-from . import errors
+from .. import errors
 
 SCHEMA_VERSION = 1
 _OBJ = struct.Struct("<QI")
@@ -407,5 +407,5 @@ class Index:
 
 
 def _records_objects(records: bytes) -> dict[bytes, int]:
-    from ._native import record_objects     # the index stays importable without the C core
+    from .._native import record_objects     # the index stays importable without the C core
     return record_objects(records)

@@ -53,10 +53,10 @@ import tarfile
 import tempfile
 from dataclasses import asdict, dataclass
 
-from . import _native, errors
-from .errors import MountError
-from ._model import EntryType
-from ._tree import OPAQUE, WHITEOUT, Tree
+from .. import _native, errors
+from ..errors import MountError
+from .._model import EntryType
+from ..store.tree import OPAQUE, WHITEOUT, Tree
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # Overlay's own bookkeeping (and fuse-overlayfs's): never part of a committed layer.
@@ -165,7 +165,7 @@ def _layer_tree(entries, lower) -> tuple[_LayerTree, list[str], list[str]]:
 
 def _build_layer(store, entries, lower, tmp: str, kernel: bool) -> bool:
     """Makes tmp the layer dir.  Returns whether it needed lower layers (chainID keying)."""
-    from ._checkout import checkout, plan
+    from ..store.checkout import checkout, plan
     tree, whiteouts, opaques = _layer_tree(entries, lower)
     checkout(plan(tree), tmp, os.path.join(store.root, "objects"), link=True)
     touched = set()
@@ -217,7 +217,7 @@ def layer_dirs(store, diff_ids, kernel: bool = True) -> list[str]:
         os.rmdir(tmp)       # checkout makes it
         try:
             entries = store.layer_entries(diff_id)
-            from ._tree import build
+            from ..store.tree import build
             lower = lambda i=i: build(store.layer_entries(d) for d in diff_ids[:i])  # noqa: E731
             final = by_chain if _build_layer(store, entries, lower, tmp, kernel) else by_diff
             try:
@@ -251,7 +251,7 @@ def _short_link(store, layer_dir: str) -> str:
 
 
 def _rmtree(path: str) -> None:
-    from ._checkout import _remove
+    from ..store.checkout import _remove
     _remove(path)
 
 

@@ -34,9 +34,9 @@ import stat
 import threading
 from dataclasses import dataclass
 
-from . import _native, errors
-from ._index import ImageRecord, LayerRecord
-from ._model import Problem, Progress
+from .. import _native, errors
+from .index import ImageRecord, LayerRecord
+from .._model import Problem, Progress
 
 _HEX = frozenset("0123456789abcdef")
 _FIXED = _native._RECORD     # the fixed part of an entry record

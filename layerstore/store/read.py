@@ -14,9 +14,9 @@ import stat as _stat
 from dataclasses import replace
 from typing import Callable, Iterator
 
-from . import errors
-from ._model import Entry, EntryType
-from ._tree import MAX_HOPS, Node, Tree
+from .. import errors
+from .._model import Entry, EntryType
+from .tree import MAX_HOPS, Node, Tree
 
 _FMT = {EntryType.FILE: _stat.S_IFREG, EntryType.DIR: _stat.S_IFDIR,
         EntryType.SYMLINK: _stat.S_IFLNK, EntryType.CHAR: _stat.S_IFCHR,
