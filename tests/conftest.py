@@ -1,12 +1,10 @@
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("LAYERSTORE_CORPUS", REPO.parent / "shared" / "corpus"))
+from helpers import CORPUS
 
 # CI runs the native tests a second time under AddressSanitizer, which is slow: fewer examples.
 settings.register_profile("sanitize", max_examples=25, deadline=None)
@@ -40,21 +38,6 @@ def _isolated_store(tmp_path, monkeypatch):
     """No test touches the user's store: every default location points into tmp_path."""
     monkeypatch.setenv("LAYERSTORE_ROOT", str(tmp_path / "store"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-
-
-def python_env() -> dict:
-    """An environment in which a child Python imports the same layerstore as this process."""
-    import layerstore
-    here = os.path.dirname(os.path.dirname(os.path.abspath(layerstore.__file__)))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.environ.get("PYTHONPATH", "")])}
-
-
-def need_root(reason: str):
-    return pytest.mark.skipif(os.geteuid() != 0, reason=f"needs root: {reason}")
-
-
-def need_tool(name: str):
-    return pytest.mark.skipif(shutil.which(name) is None, reason=f"needs {name} on PATH")
 
 
 @pytest.fixture(scope="session")

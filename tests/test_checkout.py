@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 import archives as A
-from conftest import python_env
+from helpers import in_child_as, python_env
 from layerstore import Progress, Store, errors
 from layerstore.cli import main
 
@@ -218,7 +218,6 @@ def test_unprivileged_checkout(tmp_path):
     import shutil
     import tempfile
 
-    from test_objects import in_child_as
 
     top = tempfile.mkdtemp(prefix="layerstore-user-")     # pytest's tmp_path is root-only
     try:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 import archives as A
-from conftest import need_root, python_env
+from helpers import in_child_as, need_root, python_env
 from layerstore import Store
 from layerstore.cli import main
 
@@ -139,7 +139,6 @@ def test_removal_never_follows_a_symlink(tmp_path):
 def test_unprivileged_interrupt_removes_read_only_directories(tmp_path):
     """Not root: an interrupt after the last directory got its final mode (0555, 0500, 0000,
     and DEST 0555) still removes everything."""
-    from test_objects import in_child_as
 
     top = tempfile.mkdtemp(prefix="layerstore-user-")     # pytest's tmp_path is root-only
     try:

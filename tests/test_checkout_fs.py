@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 import archives as A
-from conftest import need_root
+from helpers import need_root
 from layerstore import Store
 
 pytestmark = need_root("mounts loop devices")

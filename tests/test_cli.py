@@ -13,28 +13,12 @@ import tarfile
 import pytest
 
 import archives as A
-from conftest import python_env
+from helpers import one_line_error, python_env, run
 from layerstore import Store, errors
 
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"), ("f", "bin/sh", b"\x7fELF" * 300, 0o755),
              ("l", "bin/bash", "sh"))
 L2 = A.layer(("f", "app/main.py", b"print('hi')\n"), ("wh", "etc/os-release"))
-
-
-def run(root, *args, stdin=None, check=True):
-    proc = subprocess.run([sys.executable, "-m", "layerstore", "--root", str(root), *args],
-                          input=stdin, capture_output=True, env=python_env())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}: {proc.stderr.decode()}")
-    return proc
-
-
-def one_line_error(proc, status=1):
-    err = proc.stderr.decode()
-    assert proc.returncode == status, err
-    assert err.startswith("layerstore: error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err
-    return err
 
 
 @pytest.fixture

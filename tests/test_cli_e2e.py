@@ -22,9 +22,8 @@ from dataclasses import dataclass, field
 import pytest
 
 import archives as A
-from conftest import CORPUS, python_env
+from helpers import CORPUS, overlay_available, python_env
 from layerstore import Store
-from test_overlay import _overlay_available
 
 BUG = re.compile(r"Traceback \(most recent call last\)|internal error")
 
@@ -206,7 +205,7 @@ def test_a_first_day_with_every_verb(source, tmp_path):
     work.mkdir()
     (work / "afile").write_text("not a directory\n")
     ctx = {"archive": archive, "tmp": str(work)}
-    root_ok = _overlay_available()
+    root_ok = overlay_available()
     try:
         ran = _walk(tmp_path / "store", ctx, root_ok)
     finally:

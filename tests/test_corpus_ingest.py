@@ -4,8 +4,8 @@ matches the image config, and a second ingest of a layer writes nothing."""
 import os
 
 
+from helpers import entry_dict, oracle
 from layerstore import _native
-from tarhelpers import entry_dict, oracle
 
 
 def unique_layers(images):

@@ -12,8 +12,8 @@ import tarfile
 import pytest
 
 import archives as A
+from helpers import differences, groups_within, snapshot
 from layerstore import Store
-from treecompare import differences, groups_within, snapshot
 
 
 def _name(image) -> str:

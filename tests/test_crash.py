@@ -31,8 +31,7 @@ from pathlib import Path
 import pytest
 
 import archives as A
-from conftest import need_root, python_env
-from treecompare import differences, snapshot
+from helpers import differences, need_root, python_env, snapshot
 from layerstore import Store, errors
 from layerstore.formats.reference import normalize_tag
 

@@ -18,44 +18,19 @@ import blake3
 import pytest
 
 import archives as A
-from conftest import need_tool, python_env
+from helpers import archive_members, need_tool, python_env, saved_layers, tar_bytes, tarinfo
 from layerstore import Store, cli, errors
-from layerstore._model import EntryType
+from layerstore import EntryType
 
 
 def _name(image) -> str:
     return image.archive.name.split(".")[0]
 
 
-def _members(path) -> dict[str, bytes]:
-    """Every regular file of a (possibly compressed) archive, by name."""
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head == b"\x28\xb5\x2f\xfd":
-        import zstandard
-        with open(path, "rb") as f:
-            data = zstandard.ZstdDecompressor().decompressobj().decompress(f.read())
-        tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
-    else:
-        tf = tarfile.open(path, "r:gz" if head[:2] == b"\x1f\x8b" else "r:")
-    with tf:
-        return {m.name: tf.extractfile(m).read() for m in tf if m.isfile()}
-
-
 def _import(data: bytes, root, tags=("test/img:1",)):
     with Store(root) as store:
         (image,) = store.import_archive(io.BytesIO(data), tags=list(tags))
     return image
-
-
-def _saved_layers(path, fmt: str) -> list[bytes]:
-    files = _members(path)
-    if fmt == "docker":
-        (entry,) = json.loads(files["manifest.json"])
-        return [files[name] for name in entry["Layers"]]
-    index = json.loads(files["index.json"])
-    manifest = json.loads(files["blobs/sha256/" + index["manifests"][0]["digest"][7:]])
-    return [files["blobs/sha256/" + l["digest"][7:]] for l in manifest["layers"]]
 
 
 # ---- the corpus --------------------------------------------------------------------------------
@@ -85,7 +60,7 @@ def test_corpus_save_reimports_to_the_same_image(fmt, corpus_images, corpus_stor
             assert again.diff_ids == tuple(image.diff_ids)
             assert again.tags == got[name].tags
             if fmt == "docker":     # the very files the corpus archive holds
-                for layer, saved in zip(image.layers, _saved_layers(out, fmt)):
+                for layer, saved in zip(image.layers, saved_layers(out, fmt)):
                     assert saved == layer.read_bytes()
             out.unlink()
 
@@ -130,62 +105,42 @@ def test_corpus_export_equals_the_merged_tree(corpus_store, tmp_path):
 # ---- hand-made layers in every tar flavour ---------------------------------------------------
 
 
-def _tar(items, fmt, **kw) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=fmt, **kw) as tf:
-        for ti, content in items:
-            tf.addfile(ti, io.BytesIO(content) if ti.isfile() else None)
-    return buf.getvalue()
-
-
-def _ti(name, kind="f", content=b"", **attrs):
-    ti = tarfile.TarInfo(name)
-    ti.mtime = 1700000000
-    ti.type = {"f": tarfile.REGTYPE, "d": tarfile.DIRTYPE, "l": tarfile.SYMTYPE,
-               "h": tarfile.LNKTYPE, "c": tarfile.CHRTYPE, "b": tarfile.BLKTYPE,
-               "p": tarfile.FIFOTYPE}[kind]
-    ti.size = len(content) if kind == "f" else 0
-    for k, v in attrs.items():
-        setattr(ti, k, v)
-    return ti, content
-
-
 def _flavour_items(long: bool, pax: bool):
     deep = "/".join(["dir%02d" % i for i in range(12)]) if long else "d"
     items = [
-        _ti("d", "d", mode=0o755),
-        _ti("d/empty"),
-        _ti("d/small", content=b"hello\n", mode=0o4755, uid=1000, gid=1000, uname="u",
+        tarinfo("d", "d", mode=0o755),
+        tarinfo("d/empty"),
+        tarinfo("d/small", content=b"hello\n", mode=0o4755, uid=1000, gid=1000, uname="u",
             gname="g"),
-        _ti("d/big", content=os.urandom(300_000) + bytes(70_000)),
-        _ti("d/odd", content=os.urandom(513)),
-        _ti("d/link", "l", linkname="small"),
-        _ti("d/hard", "h", linkname="d/small"),
-        _ti("dev/null", "c", devmajor=1, devminor=3, mode=0o666),
-        _ti("dev/sda", "b", devmajor=8, devminor=0),
-        _ti("fifo", "p"),
+        tarinfo("d/big", content=os.urandom(300_000) + bytes(70_000)),
+        tarinfo("d/odd", content=os.urandom(513)),
+        tarinfo("d/link", "l", linkname="small"),
+        tarinfo("d/hard", "h", linkname="d/small"),
+        tarinfo("dev/null", "c", devmajor=1, devminor=3, mode=0o666),
+        tarinfo("dev/sda", "b", devmajor=8, devminor=0),
+        tarinfo("fifo", "p"),
     ]
     if long:
-        items += [_ti(f"{deep}/" + "n" * 90, content=b"long name"),
-                  _ti("longlink", "l", linkname=f"{deep}/" + "t" * 120),
-                  _ti(f"{deep}/hardlong", "h", linkname=f"{deep}/" + "n" * 90)]
+        items += [tarinfo(f"{deep}/" + "n" * 90, content=b"long name"),
+                  tarinfo("longlink", "l", linkname=f"{deep}/" + "t" * 120),
+                  tarinfo(f"{deep}/hardlong", "h", linkname=f"{deep}/" + "n" * 90)]
     if pax:
-        items += [_ti("x/caps", content=b"\x7fELF", pax_headers={
+        items += [tarinfo("x/caps", content=b"\x7fELF", pax_headers={
                       "SCHILY.xattr.security.capability": "\x01\x00\x00\x02\udcff",
                       "SCHILY.xattr.user.mime": "text/plain"}),
-                  _ti("x/\u00e9t\u00e9 \u2603", content=b"unicode"),
-                  _ti("x/frac", content=b"t", pax_headers={"mtime": "1700000000.123456789"}),
-                  _ti("x/bigid", content=b"i", uid=2**31 - 1, gid=2**30)]
+                  tarinfo("x/\u00e9t\u00e9 \u2603", content=b"unicode"),
+                  tarinfo("x/frac", content=b"t", pax_headers={"mtime": "1700000000.123456789"}),
+                  tarinfo("x/bigid", content=b"i", uid=2**31 - 1, gid=2**30)]
     return items
 
 
 FLAVOURS = {
-    "ustar": lambda: _tar(_flavour_items(False, False), tarfile.USTAR_FORMAT),
-    "gnu": lambda: _tar(_flavour_items(True, False), tarfile.GNU_FORMAT),
-    "pax": lambda: _tar(_flavour_items(True, True), tarfile.PAX_FORMAT),
-    "pax-global": lambda: _tar(_flavour_items(True, True), tarfile.PAX_FORMAT,
+    "ustar": lambda: tar_bytes(_flavour_items(False, False), tarfile.USTAR_FORMAT),
+    "gnu": lambda: tar_bytes(_flavour_items(True, False), tarfile.GNU_FORMAT),
+    "pax": lambda: tar_bytes(_flavour_items(True, True), tarfile.PAX_FORMAT),
+    "pax-global": lambda: tar_bytes(_flavour_items(True, True), tarfile.PAX_FORMAT,
                                pax_headers={"comment": "global", "uname": "everyone"}),
-    "no-end-blocks": lambda: _tar(_flavour_items(False, False), tarfile.USTAR_FORMAT)[:-1024],
+    "no-end-blocks": lambda: tar_bytes(_flavour_items(False, False), tarfile.USTAR_FORMAT)[:-1024],
     "layer-helper": lambda: A.layer(("d", "etc"), ("f", "etc/a", b"a" * 1000),
                                     ("wh", "etc/gone"), ("opq", "var")),
 }
@@ -220,7 +175,7 @@ def _roundtrip(layers: list[bytes], tmp_path, fmt="docker"):
     out = tmp_path / f"saved.{fmt}.tar"
     with Store(tmp_path / "store") as store:
         store.save(["test/img:1"], out, format=fmt)
-    saved = _saved_layers(out, fmt)
+    saved = saved_layers(out, fmt)
     for original, got, diff_id in zip(layers, saved, image.diff_ids):
         assert "sha256:" + hashlib.sha256(got).hexdigest() == diff_id
         assert got == original
@@ -258,7 +213,7 @@ def test_several_images_and_shared_layers(tmp_path):
         for fmt in ("docker", "oci"):
             out = tmp_path / f"both.{fmt}"
             store.save(["test/a:1", "test/b:1", images[0].id], out, format=fmt)
-            names = [n for n in _members(out) if n.endswith(".tar") or "blobs/" in n]
+            names = [n for n in archive_members(out) if n.endswith(".tar") or "blobs/" in n]
             assert len(names) == len(set(names))
             with Store(tmp_path / f"again-{fmt}") as again:
                 back = again.import_archive(out)
@@ -273,7 +228,7 @@ def test_save_to_a_stream(tmp_path):
     with Store(tmp_path / "store") as store:
         store.save("test/img:1", buf)
     (tmp_path / "s.tar").write_bytes(buf.getvalue())
-    assert _saved_layers(tmp_path / "s.tar", "docker") == layers
+    assert saved_layers(tmp_path / "s.tar", "docker") == layers
     assert image.id
 
 
@@ -284,7 +239,7 @@ def test_oci_save_of_a_compressed_oci_image_keeps_the_image_id(tmp_path):
     with Store(tmp_path / "store") as store:
         (image,) = store.import_archive(tmp_path / "layout")
         store.save([image.id], tmp_path / "o.tar", format="oci")
-    saved = _members(tmp_path / "o.tar")
+    saved = archive_members(tmp_path / "o.tar")
     index = json.loads(saved["index.json"])
     (desc,) = index["manifests"]
     assert desc["annotations"]["io.containerd.image.name"] == "docker.io/test/oci:2"
@@ -292,7 +247,7 @@ def test_oci_save_of_a_compressed_oci_image_keeps_the_image_id(tmp_path):
     assert manifest["config"]["digest"] == image.id
     assert [l["mediaType"] for l in manifest["layers"]] == [
         "application/vnd.oci.image.layer.v1.tar"] * 2
-    assert _saved_layers(tmp_path / "o.tar", "oci") == layers
+    assert saved_layers(tmp_path / "o.tar", "oci") == layers
     with Store(tmp_path / "again") as again:
         (back,) = again.import_archive(tmp_path / "o.tar")
     assert (back.id, back.diff_ids, back.tags) == (image.id, image.diff_ids, image.tags)

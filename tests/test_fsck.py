@@ -12,11 +12,10 @@ import textwrap
 import pytest
 
 import archives as A
-from conftest import need_root, need_tool, python_env
+from helpers import mount_or_skip, need_root, need_tool, python_env, run_on_terminal, state
 from layerstore import Store, _native
-from layerstore._model import Progress
+from layerstore import Progress
 from layerstore.cli import main
-from test_store import state
 
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"),
              ("f", "bin/sh", b"\x7fELF" * 300, 0o755), ("f", "etc/empty", b""))
@@ -222,14 +221,6 @@ def test_corpus_store_is_clean(corpus_images, tmp_path):
 
 # ---- damaged objects re-made from an object with the same content ---------------------------
 
-def mount_or_skip(mnt, *args) -> None:
-    """Mounts on mnt (made here), or skips the test where this machine lets nobody mount."""
-    mnt.mkdir()
-    proc = subprocess.run(["mount", *args, str(mnt)], capture_output=True, text=True)
-    if proc.returncode:
-        pytest.skip(f"cannot mount here: {proc.stderr.strip()}")
-
-
 HOLEY = bytes(1 << 16) + b"data" + bytes(1 << 16)
 # Another image holds bin/sh's and a holey file's bytes under other modes: other objects.
 L3 = A.layer(("f", "opt/sh", b"\x7fELF" * 300, 0o700), ("f", "opt/holey", HOLEY, 0o600))
@@ -376,28 +367,6 @@ def test_repair_on_a_filesystem_with_reflinks(tmp_path, capsysbinary):
 
 
 # ---- progress -------------------------------------------------------------------------------
-
-def run_on_terminal(root, *args) -> tuple[int, str]:
-    """Runs the CLI with stderr on a pseudo-terminal (stdout a pipe); returns its exit status
-    and what reached the terminal."""
-    import pty
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(root), *args],
-                            stdout=subprocess.PIPE, stderr=slave, env=python_env())
-    os.close(slave)
-    proc.stdout.read()
-    out = b""
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:     # EIO: the child is gone and everything was read
-            break
-        if not chunk:
-            break
-        out += chunk
-    os.close(master)
-    return proc.wait(), out.decode(errors="replace")
-
 
 def test_progress_reports_every_object_checked(store):
     sizes = [os.path.getsize(os.path.join(d, n))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import feed
 from layerstore import errors
-from tarhelpers import feed
 
 FIXTURES = sorted((Path(__file__).parent / "data" / "fuzz").glob("*"))
 

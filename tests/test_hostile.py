@@ -26,7 +26,7 @@ import pytest
 import zstandard
 
 import archives as A
-from conftest import python_env
+from helpers import python_env
 from layerstore import Store, errors
 
 TOKEN = f"layerstore-hostile-{os.getpid()}"     # an absolute host path no layer may create

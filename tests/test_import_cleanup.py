@@ -11,8 +11,7 @@ import time
 import pytest
 
 import archives as A
-from conftest import python_env
-from test_lifecycle import object_files
+from helpers import object_files, python_env
 from layerstore import Store, errors
 
 SHARED = A.layer(("f", "etc/os-release", b"NAME=test\n"), ("f", "bin/tool", b"\x7fELF" * 5000))

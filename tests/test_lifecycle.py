@@ -12,10 +12,8 @@ import time
 import pytest
 
 import archives as A
-from conftest import python_env
-from test_cli import one_line_error, run
-from test_store import state
-from treecompare import differences, snapshot
+from helpers import (differences, object_files, one_line_error, python_env, run, run_on_terminal,
+                     snapshot, state)
 from layerstore import Store, errors
 
 # L1 is shared by X and Y; X has L2, Y has L3.  "same" is one object in L2 and L3.
@@ -36,13 +34,6 @@ def archive(tmp_path, *images, name="a.tar"):
     path = tmp_path / name
     path.write_bytes(A.docker_archive(list(images)))
     return path
-
-
-def object_files(root) -> set[str]:
-    out = set()
-    for dirpath, _, names in os.walk(os.path.join(root, "objects")):
-        out.update(os.path.relpath(os.path.join(dirpath, n), root) for n in names)
-    return out
 
 
 def layer_objects(store, diff_id) -> set[str]:
@@ -477,7 +468,7 @@ def _leave_garbage(store):
 
 
 def test_gc_progress_counts_the_files_and_bytes_it_removes(both):
-    from layerstore._model import Progress
+    from layerstore import Progress
     _leave_garbage(both)
     seen = []
     assert both.gc(dry_run=True, progress=seen.append).files == 4 and seen == []
@@ -489,7 +480,6 @@ def test_gc_progress_counts_the_files_and_bytes_it_removes(both):
 
 
 def test_gc_progress_shows_on_a_terminal_only(both):
-    from test_fsck import run_on_terminal
     _leave_garbage(both)
     assert run_on_terminal(both.root, "gc", "--dry-run", "--json")[1] == ""
     status, shown = run_on_terminal(both.root, "gc")

@@ -15,9 +15,8 @@ import textwrap
 import blake3
 import pytest
 
-from conftest import need_root, python_env
+from helpers import feed, in_child_as, need_root, python_env
 from layerstore import _native, errors
-from tarhelpers import feed
 
 
 def make_tar(files, fmt=tarfile.PAX_FORMAT) -> bytes:
@@ -192,29 +191,6 @@ def test_concurrent_ingests_share_objects(store):
         t.join()
     assert sum(r.stats.new_objects for r in results) == 200
     assert len(objects_on_disk(store.root)) == 200
-
-
-def in_child_as(uid: int, fn) -> str:
-    """Runs fn in a forked child with uid and gid set to uid; returns what it returned, or the
-    child's error text."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:    # pragma: no cover - the child
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            msg = str(fn())
-        except BaseException as exc:    # noqa: BLE001 - reported to the parent
-            msg = f"{type(exc).__name__}: {exc}"
-        os.write(w, msg.encode())
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    os.waitpid(pid, 0)
-    return out
 
 
 @need_root("drops to an unprivileged user to take the non-root object path")

@@ -14,28 +14,11 @@ import tarfile
 import pytest
 
 import archives as A
+from helpers import differences, need_overlay, snapshot
 from layerstore import Store, errors
 from layerstore.runtimes import overlay as _overlay
 from layerstore.cli import main
-from treecompare import differences, snapshot
 
-
-def _overlay_available() -> bool:
-    if os.geteuid() != 0:
-        return False
-    try:
-        with open("/proc/filesystems") as f:
-            if "overlay" in f.read().split():
-                return True
-    except OSError:
-        return False
-    subprocess.run(["modprobe", "overlay"], check=False, capture_output=True)
-    with open("/proc/filesystems") as f:
-        return "overlay" in f.read().split()
-
-
-need_overlay = pytest.mark.skipif(not _overlay_available(),
-                                  reason="needs root and the overlay filesystem")
 
 BASE = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"),
                ("f", "etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),

@@ -10,8 +10,7 @@ import re
 import pytest
 
 import archives as A
-from clihelpers import error as _error
-from clihelpers import oci_tar as _oci
+from helpers import invoke_error as _error, oci_tar as _oci
 from layerstore import Store, errors
 
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"))

@@ -11,9 +11,9 @@ import os
 import pytest
 
 import archives as A
+from helpers import one_line_error, run
 from layerstore import Store, errors
-from layerstore._model import EntryType
-from test_cli import one_line_error, run
+from layerstore import EntryType
 
 TOOL = b"\x7fELF" + bytes(range(256)) * 40
 TOOL2 = b"\x7fELF new tool\n"

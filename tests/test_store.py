@@ -13,43 +13,8 @@ import textwrap
 import pytest
 
 import archives as A
-from conftest import python_env
+from helpers import python_env, state
 from layerstore import Store, errors
-
-
-_DUMP = textwrap.dedent("""
-    import json, os, sys, lmdb
-    env = lmdb.open(os.path.join(sys.argv[1], "index"), max_dbs=16, readonly=True, lock=False)
-    out = {}
-    with env.begin() as txn:
-        for name in ("images", "tags", "layers", "objects", "blobs"):
-            db = env.open_db(name.encode(), txn=txn, create=False)
-            rows = {}
-            for k, v in txn.cursor(db=db):
-                if name == "images":
-                    v = sorted(json.loads(v)["tags"])
-                elif name == "layers":
-                    v = json.loads(v)["refs"]
-                elif name == "objects":
-                    v = int.from_bytes(v[8:12], "little")
-                else:
-                    v = v.hex()
-                rows[k.hex()] = v
-            out[name] = rows
-    print(json.dumps(out))
-""")
-
-
-def state(root) -> dict:
-    """The index read straight from LMDB (not through the API, and in another process, since
-    LMDB allows one environment per file per process), plus the object files."""
-    out = json.loads(subprocess.run([sys.executable, "-c", _DUMP, str(root)], check=True,
-                                    capture_output=True, env=python_env()).stdout)
-    files = []
-    for dirpath, _, names in os.walk(os.path.join(root, "objects")):
-        files += names
-    out["object_files"] = len(files)
-    return out
 
 
 @pytest.fixture

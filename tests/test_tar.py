@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from conftest import need_tool
-from tarhelpers import entry_dict, feed, file_contents, oracle, rebuild, sha256_id
+from helpers import entry_dict, feed, file_contents, need_tool, oracle, rebuild, sha256_id
+
 
 # Name components: ASCII and some UTF-8, never "." or ".." alone (cleaning is tested apart).
 component = st.text(

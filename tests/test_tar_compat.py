@@ -32,10 +32,10 @@ from pathlib import Path
 import pytest
 
 import archives as A
+from helpers import clean, feed, sha256_id
 from layerstore import Store, _native, errors
 from tarcases import (GNU, V7, archive, ext, file, header, longname, member, pad, record,
                       records)
-from tarhelpers import clean, feed, sha256_id
 
 ROOT = os.geteuid() == 0
 

@@ -8,8 +8,8 @@ import tarfile
 
 import pytest
 
+from helpers import feed
 from layerstore import errors
-from tarhelpers import feed
 
 
 def checksum(block: bytearray) -> bytearray:

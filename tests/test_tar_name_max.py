@@ -10,7 +10,7 @@ import sys
 import pytest
 
 import archives as A
-from conftest import python_env
+from helpers import python_env
 from layerstore import Store, errors
 
 OK = "n" * 255

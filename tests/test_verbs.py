@@ -9,11 +9,8 @@ import os
 import pytest
 
 import archives as A
-from clihelpers import error as _error
-from clihelpers import oci_tar as _oci
-from clihelpers import run as _run
+from helpers import invoke as _run, invoke_error as _error, need_overlay, oci_tar as _oci
 from layerstore import HistoryEntry, Store, cli, errors
-from test_overlay import need_overlay
 
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"),
              ("f", "bin/sh", b"\x7fELF" * 300, 0o755))

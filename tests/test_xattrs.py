@@ -19,13 +19,9 @@ import tempfile
 import pytest
 
 import archives as A
-from conftest import need_root
+from helpers import in_child_as, mount_or_skip, need_root, saved_layers, tar_bytes, tarinfo
 from layerstore import Store, _native
 from layerstore.cli import main
-from test_export import _saved_layers, _tar, _ti
-from test_fsck import mount_or_skip
-from test_fsck import store  # noqa: F401 - the fixture, here over this module's archive
-from test_objects import in_child_as
 
 ROOT = os.geteuid() == 0
 # A file capability as the kernel stores it (v2: cap_net_raw permitted and effective).
@@ -52,7 +48,7 @@ def _pax(xattrs: dict) -> dict:
 
 
 def _layer() -> bytes:
-    items = [_ti("srv", "d", mode=0o755, pax_headers=_pax({**XATTRS["srv"],
+    items = [tarinfo("srv", "d", mode=0o755, pax_headers=_pax({**XATTRS["srv"],
                                                              "security.selinux": b"x_t"}))]
     for path, content in (("bin/ping", b"\x7fELF ping"), ("etc/passwd", b"root:x:0:0\n"),
                           ("srv/data", b"same bytes" * 50), ("srv/twin", b"same bytes" * 50),
@@ -61,12 +57,12 @@ def _layer() -> bytes:
         xattrs = {**XATTRS.get(path, {})}
         if path in LABELS:
             xattrs["security.selinux"] = LABELS[path]
-        items.append(_ti(path, content=content, mode=0o755, pax_headers=_pax(xattrs)))
+        items.append(tarinfo(path, content=content, mode=0o755, pax_headers=_pax(xattrs)))
     # Labelled entries that have no descriptor to set xattrs through: nothing to skip.
     label = _pax({"security.selinux": b"system_u:object_r:bin_t:s0\x00"})
-    items.append(_ti("bin/ping6", "l", linkname="ping", pax_headers=label))
-    items.append(_ti("srv/pipe", "p", mode=0o600, pax_headers=label))
-    return _tar(items, tarfile.PAX_FORMAT)
+    items.append(tarinfo("bin/ping6", "l", linkname="ping", pax_headers=label))
+    items.append(tarinfo("srv/pipe", "p", mode=0o600, pax_headers=label))
+    return tar_bytes(items, tarfile.PAX_FORMAT)
 
 
 LAYER = _layer()
@@ -87,6 +83,13 @@ def archive(tmp_path):
     path = tmp_path / "img.tar"
     path.write_bytes(A.docker_archive([([LAYER], ["test/labels:1"])]))
     return path
+
+
+@pytest.fixture
+def store(tmp_path, archive):
+    with Store(tmp_path / "store") as s:
+        s.import_archive(archive)
+        yield s
 
 
 def test_the_rule():
@@ -128,7 +131,7 @@ def test_labelled_image_imports_checks_out_and_is_fsck_clean(store, tmp_path, ca
 def test_save_gives_back_every_recorded_xattr(store, tmp_path):
     out = tmp_path / "saved.tar"
     store.save(["test/labels:1"], out)
-    assert _saved_layers(out, "docker") == [LAYER]
+    assert saved_layers(out, "docker") == [LAYER]
     entries = {e.path: dict(e.xattrs) for e in store.image_entries("test/labels:1")}
     assert entries["usr/bin/odd"] == {"security.selinux": LABELS["usr/bin/odd"]}
     assert entries["usr/bin/caps3"] == {"security.capability": CAP_V3_ROOT0}
@@ -199,7 +202,7 @@ def test_what_the_kernel_rewrites_or_refuses_is_recorded(store):
     records = _records(store)
     assert bool(records["usr/bin/caps3"] & _native.XATTRS_SKIPPED) == ROOT
     assert not records["bin/ping"] & _native.XATTRS_SKIPPED
-    big = _tar([_ti("big", content=b"b", pax_headers=_pax({"user.big": b"v" * 6000}))],
+    big = tar_bytes([tarinfo("big", content=b"b", pax_headers=_pax({"user.big": b"v" * 6000}))],
                tarfile.PAX_FORMAT)
     store.import_archive(io.BytesIO(A.docker_archive([([big], ["test/big:1"])])))
     assert store.fsck() == []
