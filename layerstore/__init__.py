@@ -6,22 +6,33 @@ Every distinct file is stored once, whatever layer or image it comes from:
     with Store() as store:
         images = store.import_archive("image.tar")
         store.checkout(images[0].id, "rootfs")
+
+The public API is what this module exports: Store, every type its methods return or hand to a
+callback, and errors.  The subpackages are the implementation (store/, formats/, runtimes/).
 """
 
 from . import errors
-from ._model import (CheckoutResult, Entry, EntryType, HistoryEntry, Image, IngestStats, Layer,
-                     Progress)
+from ._model import (CheckoutResult, DiffResult, DuResult, Entry, EntryType, GcResult,
+                     HistoryEntry, Image, ImageUsage, IngestStats, InspectResult, Layer, Mount,
+                     Problem, Progress)
 from ._store import Store, default_root
 from ._version import __version__
 
 __all__ = [
     "CheckoutResult",
+    "DiffResult",
+    "DuResult",
     "Entry",
     "EntryType",
+    "GcResult",
     "HistoryEntry",
     "Image",
+    "ImageUsage",
     "IngestStats",
+    "InspectResult",
     "Layer",
+    "Mount",
+    "Problem",
     "Progress",
     "Store",
     "default_root",

@@ -108,6 +108,28 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class InspectResult:
+    """Everything known of an image, as `layerstore inspect` prints it: the image, its config
+    and manifest as imported (manifest None when the archive had none, as a legacy
+    docker-archive), and its layers, bottom first."""
+
+    image: Image
+    config: dict
+    manifest: dict | None
+    layers: tuple[Layer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DiffResult:
+    """Paths (absolute, sorted) added, removed and changed from one image to another.
+    Changed: type, mode, owner, size, content, link target, xattrs or device differ."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Progress:
     """How far a long operation has got, handed to its progress callback: bytes and items
     done (files, entries or objects: each operation's docstring says which) and their totals
@@ -210,3 +232,19 @@ class Problem:
         """Files interrupted work left (a killed import or gc), which gc removes: a store with
         nothing else is whole."""
         return self.kind == "garbage"
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """A container `mount` made: active, or kept in a user's upper dir after umount."""
+
+    id: str
+    image: str                  # image id the container was made from
+    diff_ids: tuple[str, ...]
+    mountpoint: str | None      # None once unmounted (a kept upper dir)
+    upper: str
+    work: str
+    lowers: tuple[str, ...]     # layer dirs, topmost first (overlay's order)
+    kind: str                   # "overlay" or "fuse-overlayfs"
+    own_upper: bool             # upper dir made by layerstore (removed on umount)
+    created: str

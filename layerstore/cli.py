@@ -132,6 +132,28 @@ def _image_json(image) -> dict:
             "size": image.size, "created": image.created}
 
 
+def _inspect_json(r) -> dict:
+    """An InspectResult as `inspect` prints it (Docker's field names where Docker has them)."""
+    image = r.image
+    return {
+        "Id": image.id, "RepoTags": list(image.tags), "Created": image.created,
+        "Platform": image.platform, "Size": image.size, "SourceFormat": image.source_format,
+        "Config": r.config, "Manifest": r.manifest,
+        "Layers": [{"DiffID": l.diff_id, "Entries": l.entries, "Files": l.files,
+                    "Bytes": l.file_bytes, "TarBytes": l.stream_bytes,
+                    "NewBytes": l.new_bytes, "DedupBytes": l.file_bytes - l.new_bytes,
+                    "NewObjects": l.new_objects, "BlobDigests": list(l.blob_digests)}
+                   for l in r.layers],
+    }
+
+
+def _problems_json(problems) -> str:
+    return json.dumps([{"kind": p.kind, "subject": p.subject, "detail": p.detail,
+                        "repairable": p.repairable, "images": list(p.images), "fixed": p.fixed,
+                        "garbage": p.garbage}
+                       for p in problems], indent=2)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--root", envvar="LAYERSTORE_ROOT", type=click.Path(file_okay=False),
               help="Store directory (default: $XDG_DATA_HOME/layerstore).")
@@ -150,7 +172,7 @@ def cli(ctx: click.Context, root: str | None) -> None:
 
 
 def _platform(ctx, param, value: str | None) -> str | None:
-    from .formats.manifests import parse_platform
+    from .formats.platforms import parse_platform
     try:
         return None if value is None else parse_platform(value)
     except errors.InvalidPlatform as exc:
@@ -229,7 +251,7 @@ def inspect(open_store, refs):
     found, failed = [], []
     for ref in refs:
         try:
-            found.append(store.inspect(ref))
+            found.append(_inspect_json(store.inspect(ref)))
         except (errors.ImageNotFound, errors.InvalidReference) as exc:
             failed.append(exc)
     click.echo(json.dumps(found, indent=2))
@@ -458,10 +480,10 @@ def diff(open_store, image1, image2, as_json):
     """Paths added (A), removed (D) and changed (C) from IMAGE1 to IMAGE2."""
     d = open_store().diff(image1, image2)
     if as_json:
-        click.echo(json.dumps(d, indent=2))
+        click.echo(json.dumps(dataclasses.asdict(d), indent=2))
         return
-    lines = sorted([(p, "A") for p in d["added"]] + [(p, "D") for p in d["removed"]] +
-                   [(p, "C") for p in d["changed"]])
+    lines = sorted([(p, "A") for p in d.added] + [(p, "D") for p in d.removed] +
+                   [(p, "C") for p in d.changed])
     for p, mark in lines:
         click.echo(f"{mark} {p}")
 
@@ -557,7 +579,6 @@ def fsck(open_store, repair, verbose, as_json):
     """Check every object and the index; exit status 0 when the store is whole (garbage that
     interrupted work left aside: gc removes it), 1 when problems were found (even if --repair
     fixed them all)."""
-    from .store import fsck as _fsck
     store = open_store()
     progress = _Progress("checking", "objects", enabled=not as_json)
     try:
@@ -566,7 +587,7 @@ def fsck(open_store, repair, verbose, as_json):
         progress.done()
     status = 1 if any(not p.garbage for p in problems) else 0
     if as_json:
-        click.echo(_fsck.to_json(problems))
+        click.echo(_problems_json(problems))
         return status
     garbage = [p for p in problems if p.garbage]
     for p in problems:

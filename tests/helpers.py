@@ -162,6 +162,16 @@ def oci_tar(layers, tags, config: bytes) -> io.BytesIO:
 
 # ---- the store as the tests look inside it --------------------------------------------------
 
+def context(store):
+    """A Store's internals (store/context.py: index, objects): the tests' one way in."""
+    return store._ctx
+
+
+def lock(store):
+    """A Store's lock (store/lock.py), as the facade takes it."""
+    return store._lock
+
+
 _DUMP = textwrap.dedent("""
     import json, os, sys, lmdb
     env = lmdb.open(os.path.join(sys.argv[1], "index"), max_dbs=16, readonly=True, lock=False)

@@ -115,7 +115,7 @@ def test_interrupted_checkout_leaves_dest_as_it_was(how, where, store, tmp_path,
 
 def test_removal_never_follows_a_symlink(tmp_path):
     """The cleanup itself, on a tree with links out of it: what they point to stays."""
-    from layerstore.store.checkout import _remove
+    from layerstore.store.checkout import remove_tree
     outside = tmp_path / "outside"
     (outside / "dir").mkdir(parents=True)
     (outside / "dir" / "keep").write_text("keep")
@@ -127,9 +127,9 @@ def test_removal_never_follows_a_symlink(tmp_path):
     os.symlink("..", tree / "ro" / "up")
     os.chmod(tree / "ro" / "deep", 0o000)
     os.chmod(tree / "ro", 0o500)
-    _remove(str(tree), keep_top=True)
+    remove_tree(str(tree), keep_top=True)
     assert os.listdir(tree) == []
-    _remove(str(tree))
+    remove_tree(str(tree))
     assert not tree.exists()
     assert (outside / "dir" / "keep").read_text() == "keep"
     assert stat.S_IMODE(os.stat(outside / "dir").st_mode) == 0o555

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import archives as A
-from helpers import differences, need_root, python_env, snapshot
+from helpers import context, differences, need_root, python_env, snapshot
 from layerstore import Store, errors
 from layerstore.formats.reference import normalize_tag
 
@@ -115,7 +115,7 @@ def assert_whole(store, expected: set[str], refs: dict[str, dict], tmp_path,
     and the given ones identical to their reference checkouts."""
     problems = store.fsck()
     assert problems == [], problems[:5]
-    index = store._index
+    index = context(store).index
     with index.read() as txn:
         rows = {k.hex() for k, _ in index.rows(txn, "objects")}
     assert object_files(store.root) == rows, "object files and the index's objects differ"
@@ -143,6 +143,7 @@ def assert_whole(store, expected: set[str], refs: dict[str, dict], tmp_path,
 _ZYGOTE = textwrap.dedent("""
     import json, os, sys, time
     from layerstore import Store, errors
+    from layerstore.store.index import Index
     while True:
         line = sys.stdin.readline()
         if not line:
@@ -161,8 +162,9 @@ _ZYGOTE = textwrap.dedent("""
                     elif job["op"] == "checkout":     # hardlinks: the store's own inodes
                         s.checkout(*job["arg"], link=True)
                     elif job["op"] == "read":     # dies inside a read transaction
-                        txn = s._index.read()
-                        s._index.images(txn)
+                        index = Index(os.path.join(job["root"], "index"))
+                        txn = index.read()
+                        index.images(txn)
                         os.kill(os.getpid(), 9)
                     else:
                         s.gc()
@@ -313,8 +315,8 @@ def test_sigkill_importing_a_corpus_image(tmp_path, corpus_dir):
             (image,) = store.images()
             store.gc()
             assert_whole(store, {image.id}, {}, tmp_path)
-            with store._index.read() as txn:
-                assert store._index.object_count(txn) > 0
+            with context(store).index.read() as txn:
+                assert context(store).index.object_count(txn) > 0
     finally:
         zygote.close()
 
@@ -347,7 +349,8 @@ def test_sigkill_during_checkouts_and_reads(tmp_path, fast_root):
                 assert zygote.run("read", fast_root, None) == -9
             # Each child's open cleared the slots of those killed before it.
             assert zygote.run("gc", fast_root, None) == 0
-            pids = {int(line.split()[0]) for line in store._index.env.readers().splitlines()[1:]
+            readers = context(store).index.env.readers().splitlines()[1:]
+            pids = {int(line.split()[0]) for line in readers
                     if line.split() and line.split()[0].isdigit()}
             dead = [p for p in pids if not os.path.exists(f"/proc/{p}")]
             assert dead == [], f"stale LMDB reader slots of killed processes: {dead}"

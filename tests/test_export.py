@@ -18,7 +18,8 @@ import blake3
 import pytest
 
 import archives as A
-from helpers import archive_members, need_tool, python_env, saved_layers, tar_bytes, tarinfo
+from helpers import (archive_members, context, need_tool, python_env, saved_layers, tar_bytes,
+                     tarinfo)
 from layerstore import Store, cli, errors
 from layerstore import EntryType
 
@@ -283,7 +284,7 @@ def test_tampered_object_fails_save_clearly(size, tmp_path):
 
 def _layer_writer_input(store, diff_id):
     """What the C layer writer takes for a stored layer: objects dir, records, raw bytes."""
-    index = store._index
+    index = context(store).index
     with index.read() as txn:
         records = index.layer_data(txn, diff_id, "records")
         raw = index.layer_data(txn, diff_id, "raw")
@@ -474,8 +475,8 @@ def test_unwritable_output_is_named_as_the_user_gave_it(what, tmp_path, monkeypa
 
 def _every_update_reported(monkeypatch):
     """Every progress update reaches the callback (they are kept to ten a second)."""
-    from layerstore.formats import export as _export
-    monkeypatch.setattr(_export._Meter, "interval", 0.0)
+    from layerstore.formats import export
+    monkeypatch.setattr(export._Meter, "interval", 0.0)
 
 
 @pytest.mark.parametrize("what", ["save", "export"])

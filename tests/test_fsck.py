@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 import archives as A
-from helpers import mount_or_skip, need_root, need_tool, python_env, run_on_terminal, state
+from helpers import (context, mount_or_skip, need_root, need_tool, python_env, run_on_terminal,
+                     state)
 from layerstore import Store, _native
 from layerstore import Progress
 from layerstore.cli import main
@@ -187,8 +188,8 @@ def test_cli_json_and_exit_codes(store, capsys):
 def test_garbage_of_interrupted_work_leaves_the_store_whole(store, archive, capsys):
     """What a killed import leaves (its marker in pending/, objects no layer holds, a file in
     tmp/) is garbage: fsck exits 0 and says gc removes it, and gc does."""
-    from layerstore.store import lifecycle as _lifecycle
-    _lifecycle.import_started(store)            # never finished: the process "died"
+    from layerstore.store import lifecycle
+    lifecycle.import_started(store.root)            # never finished: the process "died"
     orphan = os.path.join(store.root, "objects", "cd", "e" * 62)
     for p in (orphan, os.path.join(store.root, "tmp", "obj-1-2")):
         with open(p, "w") as f:
@@ -258,8 +259,8 @@ def _assert_every_image_reads_right(store, capsysbinary):
 
 
 def _marks(store):
-    with store._index.read() as txn:
-        return store._index.reimport_marks(txn)
+    with context(store).index.read() as txn:
+        return context(store).index.reimport_marks(txn)
 
 
 def test_tampered_object_is_remade_from_its_twin(twins, tmp_path, capsysbinary):
@@ -325,13 +326,13 @@ def test_a_twin_that_changes_before_the_copy_falls_back_to_marking(twins, monkey
     sh = store.stat("test/app:1", "bin/sh").object_id
     twin = store.stat("test/other:1", "opt/sh").object_id
     _tamper(store.object_path(sh))
-    real = store._objects.restore
+    real = context(store).objects.restore
 
     def changed_meanwhile(oid, source, content_hash, *rest):
         _tamper(store.object_path(source), b"LATE")
         return real(oid, source, content_hash, *rest)
 
-    monkeypatch.setattr(store._objects, "restore", changed_meanwhile)
+    monkeypatch.setattr(context(store).objects, "restore", changed_meanwhile)
     (p,) = store.fsck(repair=True)
     assert p.subject == sh and not p.fixed
     assert _marks(store) == {store.image("test/app:1").diff_ids[0]}
@@ -390,9 +391,10 @@ def test_interrupt_stops_the_hashing_part_way(store, monkeypatch):
     for oid in ids:
         with open(os.path.join(store.root, "objects", _native.object_path(oid.hex())), "wb") as f:
             f.truncate(size)
-    with store._index.write() as txn:
+    index = context(store).index
+    with index.write() as txn:
         for oid in ids:
-            store._index.put_row(txn, "objects", oid, store._index.pack_object(size, 1))
+            index.put_row(txn, "objects", oid, index.pack_object(size, 1))
     outcome = []
     real = _native.check_objects
 

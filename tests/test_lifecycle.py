@@ -12,9 +12,10 @@ import time
 import pytest
 
 import archives as A
-from helpers import (differences, object_files, one_line_error, python_env, run, run_on_terminal,
-                     snapshot, state)
+from helpers import (context, differences, lock, object_files, one_line_error, python_env, run,
+                     run_on_terminal, snapshot, state)
 from layerstore import Store, errors
+from layerstore.store import pipeline
 
 # L1 is shared by X and Y; X has L2, Y has L3.  "same" is one object in L2 and L3.
 L1 = A.layer(("d", "etc"), ("f", "etc/os-release", b"NAME=test\n"), ("f", "bin/sh", b"\x7fELF" * 3000, 0o755),
@@ -65,9 +66,9 @@ def test_rm_tag_untags_and_last_tag_deletes(both):
     assert st["layers"][A.digest(L1).encode().hex()] == 1      # Y still holds L1
     assert st["layers"][A.digest(L2).encode().hex()] == 0      # gc's to free
     assert st["object_files"] == len(object_files(both.root))  # rm deletes no file
-    with both._index.read() as txn:
-        assert both._index.metadata(txn, x) is None
-        assert both._index.image_tree(txn, x) is None
+    with context(both).index.read() as txn:
+        assert context(both).index.metadata(txn, x) is None
+        assert context(both).index.image_tree(txn, x) is None
     assert [i.id for i in both.images()] == [image_id(Y[0])]
 
 
@@ -158,8 +159,8 @@ def test_gc_removes_garbage_files_of_a_killed_import(both):
     open(stray, "wb").close()
     with open(os.path.join(root, "tmp", "obj-4242-7"), "wb") as f:
         f.write(b"half")
-    from layerstore.store import lifecycle as _lifecycle
-    _lifecycle.import_started(both)
+    from layerstore.store import lifecycle
+    lifecycle.import_started(both.root)
     r = both.gc()
     assert r.scanned_objects
     assert (r.layers, r.objects, r.garbage_objects, r.garbage_bytes) == (0, 0, 2, 1234)
@@ -186,7 +187,7 @@ def test_failed_import_removes_its_objects_and_marker(tmp_path, both, monkeypatc
 
     def boom(*a, **k):
         raise errors.LayerstoreError("injected failure before the commit")
-    monkeypatch.setattr(Store, "_commit", boom)
+    monkeypatch.setattr(pipeline, "_commit", boom)
     with pytest.raises(errors.LayerstoreError):
         both.import_archive(archive(tmp_path, ([L1, L4], ["z:1"]), name="z.tar"))
     monkeypatch.undo()
@@ -210,7 +211,7 @@ def test_failed_import_beside_another_lock_holder_leaves_its_objects_to_gc(tmp_p
 
     def boom(*a, **k):
         raise errors.LayerstoreError("injected failure before the commit")
-    monkeypatch.setattr(Store, "_commit", boom)
+    monkeypatch.setattr(pipeline, "_commit", boom)
     other = os.open(os.path.join(both.root, "lock"), os.O_RDWR)
     try:
         fcntl.flock(other, fcntl.LOCK_SH)
@@ -232,12 +233,13 @@ def test_failed_import_beside_another_lock_holder_leaves_its_objects_to_gc(tmp_p
 _PAUSED_IMPORT = textwrap.dedent("""
     import sys
     from layerstore import Store
-    real = Store._commit
-    def paused(self, *a, **k):
+    from layerstore.store import pipeline
+    real = pipeline._commit
+    def paused(*a, **k):
         print("written", flush=True)        # objects on disk, index not yet committed
         sys.stdin.readline()
-        return real(self, *a, **k)
-    Store._commit = paused
+        return real(*a, **k)
+    pipeline._commit = paused
     with Store(sys.argv[1]) as s:
         s.import_archive(sys.argv[2])
     print("committed", flush=True)
@@ -291,7 +293,7 @@ def test_gc_is_not_starved_by_back_to_back_imports(both):
         time.sleep(k * 0.01)        # staggered: some holder always holds
         with Store(both.root) as s:
             while not gc_done.is_set():
-                with s._locked(exclusive=False):
+                with lock(s).shared():
                     entered.append(k)
                     time.sleep(0.03)
 
@@ -311,11 +313,11 @@ def test_gc_is_not_starved_by_back_to_back_imports(both):
 
 
 def test_store_lock_is_reentrant_in_a_thread(both):
-    with both._locked(exclusive=False):
-        with both._locked(exclusive=False):     # commit -> import_layer does this
+    with lock(both).shared():
+        with lock(both).shared():     # a progress callback that calls the store does this
             pass
         with pytest.raises(RuntimeError):
-            with both._locked(exclusive=True):
+            with lock(both).exclusive():
                 pass
     assert both.gc() is not None
 
@@ -327,11 +329,11 @@ def A_entries(layer_tar):
 
 
 def test_gc_removes_unused_overlay_layer_dirs(both):
-    # Layer dirs as _overlay.layer_dirs makes them (mounting needs root; made by hand here).
-    from layerstore.runtimes import overlay as _overlay
+    # Layer dirs as overlay.layer_dirs makes them (mounting needs root; made by hand here).
+    from layerstore.runtimes import overlay
     base = os.path.join(both.root, "layers")
     hexd = lambda l: A.digest(l)[7:]            # noqa: E731
-    chain_y = _overlay.chain_ids([A.digest(L1), A.digest(L3)])[1]
+    chain_y = overlay.chain_ids([A.digest(L1), A.digest(L3)])[1]
     names = [hexd(L1), hexd(L2), hexd(L3), "chain-" + chain_y[7:], "empty", ".tmp-dead",
              "chain-" + "9" * 64]
     for n in names:
@@ -456,7 +458,7 @@ def test_corpus_rm_one_gc_others_intact(tmp_path, corpus_dir):
 
 def _leave_garbage(store):
     """A dead image, an object file and a tmp/ directory a killed import left."""
-    from layerstore.store import lifecycle as _lifecycle
+    from layerstore.store import lifecycle
     store.remove("y:1")
     with open(os.path.join(store.root, "objects", "ab", "cd" * 31), "wb") as f:
         f.write(b"j" * 1234)
@@ -464,7 +466,7 @@ def _leave_garbage(store):
     for name, size in (("half/a", 10), ("half/sub/b", 20)):
         with open(os.path.join(store.root, "tmp", name), "wb") as f:
             f.write(b"t" * size)
-    _lifecycle.import_started(store)
+    lifecycle.import_started(store.root)
 
 
 def test_gc_progress_counts_the_files_and_bytes_it_removes(both):

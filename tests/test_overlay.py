@@ -16,7 +16,7 @@ import pytest
 import archives as A
 from helpers import differences, need_overlay, snapshot
 from layerstore import Store, errors
-from layerstore.runtimes import overlay as _overlay
+from layerstore.runtimes import overlay
 from layerstore.cli import main
 
 
@@ -181,7 +181,7 @@ def test_umount_cleans_up(store, tmp_path):
     store.umount(tmp_path / "c")
     assert not os.path.ismount(tmp_path / "c")
     assert not os.path.exists(cdir)
-    assert _overlay.mounts(store) == []
+    assert overlay.mounts(store.root) == []
     assert _mounted_under(str(tmp_path)) == []
     with pytest.raises(errors.MountError, match="not a layerstore mount"):
         store.umount(tmp_path / "c")
@@ -205,7 +205,7 @@ def test_user_upper_dir_is_kept_and_committable(store, tmp_path):
     store.mount("app:1", tmp_path / "c", upper=up)
     assert (tmp_path / "c" / "hello").read_text() == "hello\n"
     store.umount(tmp_path / "c")
-    assert len(_overlay.mounts(store)) == 1
+    assert len(overlay.mounts(store.root)) == 1
 
 
 @need_overlay
@@ -263,7 +263,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
     assert rc == 1 and err.count("\n") == 1 and "no such image" in err
     # Without root and without fuse-overlayfs it says so, and mounts nothing.
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setattr(_overlay.shutil, "which", lambda name: None)
+    monkeypatch.setattr(overlay.shutil, "which", lambda name: None)
     rc, out, err = _cli(capsys, "mount", "app:1", str(tmp_path / "d"))
     assert rc == 1 and err.startswith("layerstore: error: mount needs root") and \
         err.count("\n") == 1
@@ -275,7 +275,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
                     reason="needs root (to stand in for a user) and fuse-overlayfs")
 def test_fuse_overlayfs_without_kernel_overlay(store, tmp_path, monkeypatch):
     # What a user without root gets: fuse-overlayfs over layer dirs that keep ".wh." files.
-    monkeypatch.setattr(_overlay, "_kernel_mode", lambda: False)
+    monkeypatch.setattr(overlay, "_kernel_mode", lambda: False)
     m = store.mount("app:1", tmp_path / "c")
     assert m.kind == "fuse-overlayfs"
     top = m.lowers[0]
@@ -304,10 +304,10 @@ def test_a_mount_gone_behind_our_back_is_forgotten(store, tmp_path):
     m = store.mount("app:1", tmp_path / "c")
     assert libc.umount2(os.fsencode(m.mountpoint), 0) == 0     # as after a reboot
     m2 = store.mount("app:1", tmp_path / "c")
-    assert [x.id for x in _overlay.mounts(store)] == [m2.id]
+    assert [x.id for x in overlay.mounts(store.root)] == [m2.id]
     assert libc.umount2(os.fsencode(m2.mountpoint), 0) == 0
     store.umount(tmp_path / "c")
-    assert _overlay.mounts(store) == []
+    assert overlay.mounts(store.root) == []
 
 
 @need_overlay

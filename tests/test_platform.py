@@ -50,7 +50,7 @@ def test_unknown_platform_is_a_usage_error(store, tmp_path, value, message):
 def test_platforms_docker_accepts(value, canonical):
     """containerd's platform specifiers: os/arch[/variant], one part with the rest this
     machine's, and the names uname gives (x86_64, aarch64)."""
-    from layerstore.formats.manifests import parse_platform
+    from layerstore.formats.platforms import parse_platform
     assert parse_platform(value) == canonical
     assert parse_platform("linux").startswith("linux/")
 

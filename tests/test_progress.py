@@ -5,6 +5,7 @@ import os
 import pytest
 
 import archives as A
+from helpers import context
 from layerstore import Store, _native, errors
 
 FILES = 600     # over checkout's two-thread threshold (512 entries); 5 MB, more than a pipe holds
@@ -24,7 +25,7 @@ def stored(tmp_path):
 
 def _plan(store):
     from layerstore.store.checkout import plan
-    return plan(store._tree("img:1")[1])
+    return plan(context(store).tree("img:1"))
 
 
 def test_checkout_reports_every_entry(stored, tmp_path):
@@ -96,6 +97,6 @@ def test_interrupt_cancels_the_call_and_is_raised(stored, tmp_path):
 
 def _layer_parts(store):
     diff_id = store.image("img:1").diff_ids[0]
-    with store._index.read() as txn:
-        return (bytes(store._index.layer_data(txn, diff_id, "records")),
-                bytes(store._index.layer_data(txn, diff_id, "raw")))
+    with context(store).index.read() as txn:
+        return (bytes(context(store).index.layer_data(txn, diff_id, "records")),
+                bytes(context(store).index.layer_data(txn, diff_id, "raw")))

@@ -17,6 +17,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, invari
                                  precondition, rule)
 
 import archives as A
+from helpers import context
 from layerstore import Store, errors
 
 # (kind, path, ...) as archives.layer() takes them.  Whiteouts and opaque markers only hide
@@ -176,8 +177,8 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(full=st.booleans())
     def gc(self, full):
         self.store.gc(full=full)
-        with self.store._index.read() as txn:
-            assert not self.store._index.unreferenced_layers(txn)
+        with context(self.store).index.read() as txn:
+            assert not context(self.store).index.unreferenced_layers(txn)
 
     @rule()
     def fsck(self):

@@ -4,17 +4,21 @@ dedup, layer semantics and checkout."""
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
 import tarfile
 import textwrap
+import threading
 
 import pytest
 
 import archives as A
 from helpers import python_env, state
-from layerstore import Store, errors
+from layerstore import Store, _native, errors
+from layerstore.formats import archive
+from layerstore.store import pipeline
 
 
 @pytest.fixture
@@ -101,6 +105,51 @@ def test_metadata_may_come_first_or_last(store, tmp_path):
         data = A.compress(A.docker_archive([([L1], ["a:1"])], manifest_last=last), "zstd")
         (image,) = store.import_archive(io.BytesIO(data))
         assert image.diff_ids == (A.digest(L1),)
+
+
+def test_layers_read_side_by_side_make_the_same_image(store, tmp_path, monkeypatch):
+    """A source may let several threads read its blobs at once (a registry will fetch layers
+    in parallel): their chunks reach the ingest interleaved, one C ingest per layer in flight,
+    and the image is the one a serial read makes.  Here a seekable archive is read by two
+    threads, each held until the other is inside a layer too."""
+    rng = random.Random(11)
+    layers = [A.layer(("f", f"d{i}/big", rng.randbytes(3 << 20)), ("f", f"d{i}/small", b"s" * i),
+                      ("h", f"d{i}/link", f"d{i}/big")) for i in range(4)]
+    (tmp_path / "a.tar").write_bytes(A.docker_archive([(layers, ["side:1"])]))
+    with Store(tmp_path / "serial") as serial:
+        (want,) = serial.import_archive(tmp_path / "a.tar")
+        want_layers = sorted(serial.layers(), key=lambda layer: layer.diff_id)
+        want_entries = list(serial.image_entries(want.id))
+    both_inside = threading.Barrier(2, timeout=30)
+    readers = set()
+    read_blob = pipeline._read_blob
+
+    def side_by_side(blob, emit):
+        readers.add(threading.get_ident())
+        both_inside.wait()
+        read_blob(blob, emit)
+
+    in_flight = [0, 0]      # ingests open now, the most at once
+
+    class Counted(_native.LayerIngest):
+        def __init__(self, *a):
+            super().__init__(*a)
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+
+        def close(self):
+            in_flight[0] -= 1
+            super().close()
+
+    monkeypatch.setattr(archive.TarSource, "readers", 2)
+    monkeypatch.setattr(pipeline, "_read_blob", side_by_side)
+    monkeypatch.setattr(_native, "LayerIngest", Counted)
+    (got,) = store.import_archive(tmp_path / "a.tar")
+    assert len(readers) == 2 and in_flight == [0, 2]
+    assert got == want
+    assert sorted(store.layers(), key=lambda layer: layer.diff_id) == want_layers
+    assert list(store.image_entries(got.id)) == want_entries
+    assert store.fsck() == []
 
 
 def test_shared_layers_are_stored_once(store, tmp_path):

@@ -19,7 +19,8 @@ import tempfile
 import pytest
 
 import archives as A
-from helpers import in_child_as, mount_or_skip, need_root, saved_layers, tar_bytes, tarinfo
+from helpers import (context, in_child_as, mount_or_skip, need_root, saved_layers, tar_bytes,
+                     tarinfo)
 from layerstore import Store, _native
 from layerstore.cli import main
 
@@ -190,8 +191,8 @@ def test_a_filesystem_that_refuses_xattrs_keeps_the_store_clean(archive, tmp_pat
 def _records(store) -> dict:
     """{path: record flags} of the image's only layer."""
     (diff_id,) = store.image("test/labels:1").diff_ids
-    with store._index.read() as txn:
-        blob = bytes(store._index.layer_data(txn, diff_id, "records"))
+    with context(store).index.read() as txn:
+        blob = bytes(context(store).index.layer_data(txn, diff_id, "records"))
     return {r.entry.path: r.flags for r in _native.decode_records(blob)}
 
 

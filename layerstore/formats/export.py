@@ -38,6 +38,9 @@ import zstandard
 
 from .. import _native, errors
 from .._model import Entry, EntryType, Progress
+from ..store.context import Context
+from ..store.tree import Tree
+from .reference import DIGEST_RE, normalize_tag
 
 CHUNK = 1 << 20
 BIG = 256 << 10                 # objects at least this large are copied in the kernel
@@ -407,7 +410,9 @@ def write_layer(out: _Out, records: bytes, raw: _Raw, objects_fd: int, what: str
 
 
 @dataclass
-class _SaveImage:
+class SaveImage:
+    """An image to save, with the tags it is saved under."""
+
     id: str
     tags: list
     diff_ids: list
@@ -416,16 +421,29 @@ class _SaveImage:
     manifest_media_type: str | None
 
 
-def _layer_data(index, txn, diff_id: str, part: str) -> bytes:
-    """A layer's records or raw metadata as stored (zstd-compressed), so that raw can be
-    decompressed as it is written instead of whole."""
-    data = txn.get(f"{diff_id}/{part}".encode(), db=index.db["layer_data"])
-    if data is None:
-        raise errors.LayerstoreError(f"the index has no {part} for layer {diff_id}")
-    return data
+def images_to_save(ctx: Context, txn, refs) -> list[SaveImage]:
+    """The images refs name, each once: an image named by a tag is saved with that tag (the
+    tags of several refs to one image merged), one named by id with all its tags."""
+    images: dict[str, SaveImage] = {}
+    for ref in refs:
+        rec = ctx.resolve(txn, ref)
+        try:
+            by_tag = not DIGEST_RE.match(ref) and normalize_tag(ref) in rec.tags
+        except errors.InvalidReference:
+            by_tag = False
+        tags = [normalize_tag(ref)] if by_tag else list(rec.tags)
+        if rec.id in images:
+            images[rec.id].tags += [t for t in tags if t not in images[rec.id].tags]
+            continue
+        manifest = (ctx.index.metadata(txn, rec.manifest_digest)
+                    if rec.manifest_digest else None)
+        images[rec.id] = SaveImage(rec.id, tags, list(rec.diff_ids),
+                                   bytes(ctx.index.metadata(txn, rec.id)), manifest,
+                                   rec.manifest_media_type)
+    return list(images.values())
 
 
-def oci_manifest(image: _SaveImage, sizes: dict[str, int]) -> tuple[bytes, str]:
+def oci_manifest(image: SaveImage, sizes: dict[str, int]) -> tuple[bytes, str]:
     """The manifest for the OCI layout: the stored one when it already names the layers as
     saved (uncompressed, digest = diffID), else a new one over the same config (so the image
     id is unchanged) whose layers are the uncompressed tars."""
@@ -462,15 +480,15 @@ def _platform(config: bytes) -> dict | None:
     return p
 
 
-def save(store, images: list[_SaveImage], out, fmt: str, compress: str,
+def save(ctx: Context, images: list[SaveImage], out, fmt: str, compress: str,
          progress: Callable[[Progress], None] | None = None) -> None:
-    """Writes images (resolved by Store.save) to out: a path or a binary file object.
+    """Writes images (see images_to_save) to out: a path or a binary file object.
     progress: bytes and entries of the layer tars written, of their totals."""
     if fmt not in FORMATS:
         raise errors.UnsupportedFormat(f"unknown archive format {fmt!r} (docker or oci)")
     if compress not in COMPRESSIONS:
         raise errors.UnsupportedFormat(f"unknown compression {compress!r} (none, gzip, zstd)")
-    _write_to(out, "save", lambda f: _save_to(store, images, f, fmt, compress, progress))
+    _write_to(out, "save", lambda f: _save_to(ctx, images, f, fmt, compress, progress))
 
 
 def _write_to(out, what: str, write) -> None:
@@ -530,7 +548,7 @@ def _umask() -> int:
     return mask
 
 
-def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: str,
+def _save_to(ctx: Context, images: list[SaveImage], f: BinaryIO, fmt: str, compress: str,
              progress: Callable[[Progress], None] | None) -> None:
     closer = None
     if compress == "gzip":
@@ -544,9 +562,8 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
     else:
         fd = _regular_fd(f)
         out = _Out(fd=fd) if fd is not None else _Out(stream=f)
-    index = store._index
-    objects_fd = os.open(os.path.join(store.root, "objects"),
-                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    index = ctx.index
+    objects_fd = os.open(ctx.objects_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     hashers: list[tuple[str, _Hasher]] = []
     try:
         layers = {}
@@ -562,9 +579,9 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
         sizes: dict[str, int] = {}
         for diff_id, rec in layers.items():
             with index.read() as txn:
-                records = zstandard.ZstdDecompressor().decompress(
-                    _layer_data(index, txn, diff_id, "records"))
-                raw_stored = _layer_data(index, txn, diff_id, "raw")
+                records = index.layer_data(txn, diff_id, "records")
+                # As stored (zstd): decompressed as it is written instead of whole.
+                raw_stored = index.layer_data(txn, diff_id, "raw", compressed=True)
             sizes[diff_id] = rec.stream_bytes
             hexd = diff_id.split(":", 1)[1]
             out.member(f"{hexd}.tar" if fmt == "docker" else f"blobs/sha256/{hexd}",
@@ -576,7 +593,7 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
             tick = None if progress is None else (
                 lambda b, n: meter.at(base_bytes + b, base_items + n))
             if not (out.fd is not None and _write_layer_native(
-                    out, os.path.join(store.root, "objects"), records, raw_stored, what,
+                    out, ctx.objects_dir, records, raw_stored, what,
                     tick)):
                 while len(hashers) >= HASH_THREADS:
                     _verify(*hashers.pop(0))
@@ -604,7 +621,7 @@ def _save_to(store, images: list[_SaveImage], f: BinaryIO, fmt: str, compress: s
         f.flush()
         meter.report()
     except errors.DigestMismatch as exc:
-        raise _explain(store, exc) from None
+        raise _explain(ctx, exc) from None
     finally:
         for _, h in hashers:
             h.abandon()
@@ -653,17 +670,17 @@ def _verify(diff_id: str, hasher: _Hasher) -> None:
         raise exc
 
 
-def _explain(store, exc: errors.DigestMismatch) -> errors.DigestMismatch:
+def _explain(ctx: Context, exc: errors.DigestMismatch) -> errors.DigestMismatch:
     """Names the object whose content no longer matches, where one does not."""
     diff_id = getattr(exc, "diff_id", None)
     if diff_id is None:
         return exc
-    for entry in store.layer_entries(diff_id):
+    for entry in ctx.layer_entries(diff_id):
         if entry.type is not EntryType.FILE or not entry.size:
             continue
         h = _native.Blake3()
         try:
-            with open(store.object_path(entry.object_id), "rb") as f:
+            with open(ctx.object_path(entry.object_id), "rb") as f:
                 remaining = entry.size
                 while remaining:
                     data = f.read(min(remaining, CHUNK))
@@ -680,7 +697,7 @@ def _explain(store, exc: errors.DigestMismatch) -> errors.DigestMismatch:
     return exc
 
 
-def _docker_metadata(out: _Out, images: list[_SaveImage]) -> None:
+def _docker_metadata(out: _Out, images: list[SaveImage]) -> None:
     manifest = []
     written = set()
     for image in images:
@@ -702,7 +719,7 @@ def _docker_metadata(out: _Out, images: list[_SaveImage]) -> None:
         out.blob("repositories", json.dumps(repositories, separators=(",", ":")).encode())
 
 
-def _oci_metadata(out: _Out, images: list[_SaveImage], sizes: dict[str, int]) -> None:
+def _oci_metadata(out: _Out, images: list[SaveImage], sizes: dict[str, int]) -> None:
     descriptors = []
     written = set()
     for image in images:
@@ -765,23 +782,24 @@ def _tarinfo(entry: Entry, path: str) -> tarfile.TarInfo:
     return ti
 
 
-def export(store, tree, out, progress: Callable[[Progress], None] | None = None) -> None:
+def export(ctx: Context, tree: Tree, out,
+           progress: Callable[[Progress], None] | None = None) -> None:
     """Writes the merged tree as one tar (PAX where a field needs it) to out: a path or a
     binary file object.  An entry that shares an inode with an earlier one (a hardlink in any
     layer) is a hardlink to the first path written.  progress: content bytes of the files
     and entries written, of their totals."""
-    _write_to(out, "export", lambda f: _export_to(store, tree, f, progress))
+    _write_to(out, "export", lambda f: _export_to(ctx, tree, f, progress))
 
 
-def _export_to(store, tree, f: BinaryIO, progress: Callable[[Progress], None] | None) -> None:
+def _export_to(ctx: Context, tree: Tree, f: BinaryIO,
+               progress: Callable[[Progress], None] | None) -> None:
     fd = _regular_fd(f)
     out = _Out(fd=fd) if fd is not None else _Out(stream=f)
     nodes = list(tree.walk())
     inodes = {id(n.inode): n.inode.entry for n in nodes}
     meter = _Meter(progress, sum(e.size for e in inodes.values() if e.type is EntryType.FILE),
                    len(nodes))
-    objects_fd = os.open(os.path.join(store.root, "objects"),
-                         os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    objects_fd = os.open(ctx.objects_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     first: dict[int, str] = {}      # inode node -> the path it was written under
     try:
         for done, node in enumerate(nodes, 1):

@@ -3,23 +3,22 @@
 Read: docker-archive (legacy `docker save`: manifest.json, <id>.json, <id>/layer.tar or
 <hex>.tar; and Docker >= 25's OCI-based one, whose manifest.json points into blobs/), and the
 OCI image layout (oci-layout, index.json, blobs/sha256/...) with nested image indexes and
-platform selection.  Every digest is checked before it is used; every path named by metadata
-must stay inside the archive.
+platform selection (formats/platforms.py).  Every digest is checked before it is used;
+every path named by metadata must stay inside the archive.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
 import posixpath
-import re
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from .. import errors
-from .reference import check_digest, normalize_tag
 from ..errors import DigestMismatch, InvalidReference, MissingBlob
+from .platforms import host_platform, parse_platform, platform_matches, platform_of
+from .reference import check_digest, normalize_tag
 
 META_LIMIT = 16 << 20   # a config, manifest or index larger than this is not metadata
 
@@ -100,67 +99,7 @@ def _expect(cond: bool, msg: str) -> None:
         raise errors.CorruptArchive(msg)
 
 
-def host_platform() -> str:
-    machine = _platform.machine().lower()
-    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-            "armv7l": "arm/v7", "armv6l": "arm/v6", "i686": "386", "i386": "386",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
-    return f"linux/{arch}"
-
-
-# The values the OCI image index's platform.os and platform.architecture take: Go's GOOS and
-# GOARCH (https://go.dev/doc/install/source#environment), as the spec says.
-OSES = frozenset("aix android darwin dragonfly freebsd illumos ios js linux netbsd openbsd "
-                 "plan9 solaris wasip1 windows".split())
-ARCHES = frozenset("386 amd64 arm arm64 loong64 mips mipsle mips64 mips64le ppc64 ppc64le "
-                   "riscv64 s390x wasm".split())
-# What uname and Debian call them, which Docker (containerd's platforms) accepts too.
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386",
-                 "i486": "386", "i586": "386", "i686": "386", "armhf": "arm/v7",
-                 "armel": "arm/v6"}
-_PART = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
-
-
-def parse_platform(value: str) -> str:
-    """A --platform value as os/arch[/variant] (InvalidPlatform if it is none), as Docker
-    reads it: "linux/arm64/v8", "linux/amd64", or one part with the rest this machine's
-    ("arm64" is linux/arm64, "linux" is linux/<this machine's arch>)."""
-    parts = value.lower().split("/")
-    if len(parts) > 3 or not all(_PART.match(p) for p in parts):
-        raise errors.InvalidPlatform(f"invalid platform {value!r}: expected "
-                                     "os[/arch[/variant]], e.g. linux/amd64 or linux/arm64/v8")
-    if len(parts) == 1:
-        host_os, _, host_arch = host_platform().partition("/")
-        if parts[0] in OSES:
-            parts = [parts[0], *host_arch.split("/")]
-        else:
-            parts = [host_os, parts[0]]
-    os_, arch, *variant = parts
-    arch, _, implied = _ARCH_ALIASES.get(arch, arch).partition("/")
-    variant = variant or ([implied] if implied else [])
-    if os_ not in OSES:
-        raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown operating system "
-                                     f"{os_!r} (one of {', '.join(sorted(OSES))})")
-    if arch not in ARCHES:
-        raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown architecture "
-                                     f"{arch!r} (one of {', '.join(sorted(ARCHES))})")
-    return "/".join([os_, arch, *variant])
-
-
-def _platform_of(p: dict | None) -> str | None:
-    if not isinstance(p, dict) or "os" not in p or "architecture" not in p:
-        return None
-    s = f"{p['os']}/{p['architecture']}"
-    return f"{s}/{p['variant']}" if p.get("variant") else s
-
-
-def _platform_matches(have: str, want: str) -> bool:
-    # "linux/arm64" matches "linux/arm64/v8"; a wanted variant must match exactly.
-    h, w = have.split("/"), want.split("/")
-    return h[:2] == w[:2] and (len(w) < 3 or h[2:3] == w[2:3])
-
-
-def _parse_config(data: bytes, name: str, digest: str | None) -> tuple[str, dict]:
+def parse_config(data: bytes, name: str, digest: str | None) -> tuple[str, dict]:
     """Checks a config against the digest that names it; returns its digest and content."""
     actual = sha256_digest(data)
     if digest is not None and actual != digest:
@@ -173,6 +112,14 @@ def _parse_config(data: bytes, name: str, digest: str | None) -> tuple[str, dict
     for d in rootfs["diff_ids"]:
         check_digest(d, "diffID")
     return actual, config
+
+
+def _diff_ids(config: dict, name: str, layers: list, manifest: str) -> list[str]:
+    """The config's diffIDs, one for each layer the manifest lists."""
+    diff_ids = config["rootfs"]["diff_ids"]
+    _expect(len(diff_ids) == len(layers), f"{manifest} lists {len(layers)} layers, but config "
+            f"{name} has {len(diff_ids)} diffIDs")
+    return diff_ids
 
 
 def _tags(names, ignore_invalid: bool = False) -> list[str]:
@@ -201,11 +148,8 @@ def plan_docker_archive(files: ArchiveFiles) -> list[ImagePlan]:
         if named is not None:
             check_digest(named, "config digest")
         data = files.read(config_name)
-        digest, config = _parse_config(data, config_name, named)
-        diff_ids = config["rootfs"]["diff_ids"]
-        _expect(len(diff_ids) == len(entry["Layers"]),
-                f"manifest.json lists {len(entry['Layers'])} layers for {config_name}, but its "
-                f"config has {len(diff_ids)} diffIDs")
+        digest, config = parse_config(data, config_name, named)
+        diff_ids = _diff_ids(config, config_name, entry["Layers"], "manifest.json")
         layers = []
         for name, diff_id in zip(entry["Layers"], diff_ids):
             member = files.resolve(clean_member(name, "layer path"))
@@ -217,7 +161,7 @@ def plan_docker_archive(files: ArchiveFiles) -> list[ImagePlan]:
         fmt = "docker-archive-oci" if files.has("oci-layout") else "docker-archive"
         plans.append(ImagePlan(data, digest, layers, _tags(entry.get("RepoTags")),
                                source_format=fmt,
-                               platform=_platform_of({"os": config.get("os"),
+                               platform=platform_of({"os": config.get("os"),
                                                       "architecture": config.get("architecture"),
                                                       "variant": config.get("variant")})))
     return plans
@@ -272,10 +216,10 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
                 continue
             _expect(mt in MANIFEST_TYPES or (mt is None and "layers" in doc),
                     f"unsupported manifest media type {mt!r}")
-            plat = _platform_of(desc.get("platform"))
+            plat = platform_of(desc.get("platform"))
             if plat is not None:
                 seen_platforms.append(plat)
-                if not all_platforms and not _platform_matches(plat, want):
+                if not all_platforms and not platform_matches(plat, want):
                     continue
             found.append((top or desc, desc, data, plat))
 
@@ -294,12 +238,10 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
         _expect(isinstance(cdesc, dict) and isinstance(manifest.get("layers"), list),
                 f"manifest {desc['digest']} lacks config or layers")
         config_data = _read_blob(files, cdesc, "config")
-        config_digest, config = _parse_config(config_data, f"blob {cdesc['digest']}",
-                                              cdesc["digest"])
-        diff_ids = config["rootfs"]["diff_ids"]
-        _expect(len(diff_ids) == len(manifest["layers"]),
-                f"manifest {desc['digest']} lists {len(manifest['layers'])} layers but its "
-                f"config has {len(diff_ids)} diffIDs")
+        config_name = f"blob {cdesc['digest']}"
+        config_digest, config = parse_config(config_data, config_name, cdesc["digest"])
+        diff_ids = _diff_ids(config, config_name, manifest["layers"],
+                             f"manifest {desc['digest']}")
         layers = []
         for ldesc, diff_id in zip(manifest["layers"], diff_ids):
             _expect(isinstance(ldesc, dict), "layer descriptor is not an object")
@@ -316,14 +258,14 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
             names.append(ref)
         tags = _tags([n for n in names if n], ignore_invalid=True)
         if plat is None:
-            plat = _platform_of({"os": config.get("os"), "architecture":
+            plat = platform_of({"os": config.get("os"), "architecture":
                                  config.get("architecture"), "variant": config.get("variant")})
         plans.append(ImagePlan(config_data, config_digest, layers, tags, data, desc["digest"],
                                desc.get("mediaType") or manifest.get("mediaType"),
                                "oci", plat))
     if all_platforms:
         # A tag names one image: give it to the one for the wanted platform.
-        keep = next((p for p in plans if p.platform and _platform_matches(p.platform, want)),
+        keep = next((p for p in plans if p.platform and platform_matches(p.platform, want)),
                     plans[0])
         for p in plans:
             if p is not keep:
@@ -349,7 +291,7 @@ def plan_images(files: ArchiveFiles, platform: str | None = None,
                                        "found")
     if platform is None or all_platforms:
         return plans
-    kept = [p for p in plans if p.platform is None or _platform_matches(p.platform, platform)]
+    kept = [p for p in plans if p.platform is None or platform_matches(p.platform, platform)]
     if not kept:
         have = ", ".join(sorted({p.platform for p in plans}))
         raise errors.PlatformMismatch(f"the archive's image is for {have}, not for the platform "

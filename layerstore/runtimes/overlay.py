@@ -27,13 +27,17 @@ PATH (its layer dirs keep whiteouts as ".wh." files, which it understands, since
 0/0 device needs root), otherwise the error says that mount needs root.
 
 Commit writes the upper dir as a layer tar (tarfile, PAX where needed, names sorted, whole-
-second mtimes, so one upper dir always gives one diffID) into root/tmp, imports it with
-import_layer and adds an image whose config is the base's plus that diffID and a history entry.
+second mtimes, so one upper dir always gives one diffID) into root/tmp, imports it as a layer
+and adds an image whose config is the base's plus that diffID and a history entry.
 
 Each mount records itself in root/containers/<id>/container.json, so umount and commit find
 it by mountpoint or upper dir.  The upper and work dirs live in that directory unless the user
 gives an upper dir; then the work dir sits beside it (overlay needs both on one filesystem)
 and the upper dir is kept on umount, so it can still be committed.
+
+Overlay is a Runtime to store/lifecycle.py: rm keeps the image of a mounted container, and gc
+removes the layer dirs that no stored layer and no container needs.  The Store facade takes
+the store lock around mount (shared, while layer dirs are built) and commit (an import).
 """
 
 from __future__ import annotations
@@ -51,40 +55,21 @@ import stat
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from .. import _native, errors
+from .._model import EntryType, Image, Mount
 from ..errors import MountError
-from .._model import EntryType
-from ..store.tree import OPAQUE, WHITEOUT, Tree
+from ..store import pipeline
+from ..store.checkout import checkout, plan, remove_tree
+from ..store.context import Context
+from ..store.index import ImageRecord
+from ..store.tree import OPAQUE, WHITEOUT, Tree, build
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
 # Overlay's own bookkeeping (and fuse-overlayfs's): never part of a committed layer.
 _OPAQUE_XATTRS = (OPAQUE_XATTR, "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 _SHORT = 20     # hex digits of a layer's short link name
-
-
-@dataclass(frozen=True)
-class Mount:
-    """An active (or, with a user's upper dir, a kept) container."""
-
-    id: str
-    image: str                  # image id the container was made from
-    diff_ids: tuple[str, ...]
-    mountpoint: str | None      # None once unmounted (a kept upper dir)
-    upper: str
-    work: str
-    lowers: tuple[str, ...]     # layer dirs, topmost first (overlay's order)
-    kind: str                   # "overlay" or "fuse-overlayfs"
-    own_upper: bool             # upper dir made by layerstore (removed on umount)
-    created: str
-
-    @classmethod
-    def load(cls, path: str) -> "Mount":
-        with open(path) as f:
-            d = json.load(f)
-        d["diff_ids"], d["lowers"] = tuple(d["diff_ids"]), tuple(d["lowers"])
-        return cls(**d)
 
 
 def _err(message: str, code: int | None = None) -> MountError:
@@ -163,11 +148,10 @@ def _layer_tree(entries, lower) -> tuple[_LayerTree, list[str], list[str]]:
     return tree, whiteouts, opaques
 
 
-def _build_layer(store, entries, lower, tmp: str, kernel: bool) -> bool:
+def _build_layer(ctx: Context, entries, lower, tmp: str, kernel: bool) -> bool:
     """Makes tmp the layer dir.  Returns whether it needed lower layers (chainID keying)."""
-    from ..store.checkout import checkout, plan
     tree, whiteouts, opaques = _layer_tree(entries, lower)
-    checkout(plan(tree), tmp, os.path.join(store.root, "objects"), link=True)
+    checkout(plan(tree), tmp, ctx.objects_dir, link=True)
     touched = set()
     for p in whiteouts:
         path = os.path.join(tmp, p)
@@ -194,9 +178,9 @@ def _build_layer(store, entries, lower, tmp: str, kernel: bool) -> bool:
     return tree.used_lower
 
 
-def layer_dirs(store, diff_ids, kernel: bool = True) -> list[str]:
+def layer_dirs(ctx: Context, diff_ids, kernel: bool = True) -> list[str]:
     """The layer dirs of an image, bottom layer first; builds those not yet cached."""
-    base = os.path.join(store.root, "layers" if kernel else "layers-fuse")
+    base = os.path.join(ctx.root, "layers" if kernel else "layers-fuse")
     if not diff_ids:
         empty = os.path.join(base, "empty")
         os.makedirs(empty, mode=0o755, exist_ok=True)
@@ -216,30 +200,29 @@ def layer_dirs(store, diff_ids, kernel: bool = True) -> list[str]:
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=base)
         os.rmdir(tmp)       # checkout makes it
         try:
-            entries = store.layer_entries(diff_id)
-            from ..store.tree import build
-            lower = lambda i=i: build(store.layer_entries(d) for d in diff_ids[:i])  # noqa: E731
-            final = by_chain if _build_layer(store, entries, lower, tmp, kernel) else by_diff
+            entries = ctx.layer_entries(diff_id)
+            lower = lambda i=i: build(ctx.layer_entries(d) for d in diff_ids[:i])  # noqa: E731
+            final = by_chain if _build_layer(ctx, entries, lower, tmp, kernel) else by_diff
             try:
                 os.rename(tmp, final)
             except OSError as exc:
                 if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                _rmtree(tmp)    # another process built it first: theirs is as good
+                remove_tree(tmp)    # another process built it first: theirs is as good
         except BaseException:
             if os.path.lexists(tmp):
-                _rmtree(tmp)
+                remove_tree(tmp)
             raise
         out.append(final)
     return out
 
 
-def _short_link(store, layer_dir: str) -> str:
+def _short_link(root: str, layer_dir: str) -> str:
     """root/l/<20 hex> -> the layer dir; returns the path relative to the store root."""
     name = os.path.basename(layer_dir).removeprefix("chain-")[:_SHORT]
     rel = os.path.join("l", name)
-    target = os.path.relpath(layer_dir, os.path.join(store.root, "l"))
-    link = os.path.join(store.root, rel)
+    target = os.path.relpath(layer_dir, os.path.join(root, "l"))
+    link = os.path.join(root, rel)
     os.makedirs(os.path.dirname(link), mode=0o700, exist_ok=True)
     try:
         os.symlink(target, link)
@@ -248,11 +231,6 @@ def _short_link(store, layer_dir: str) -> str:
             raise _err(f"short layer link {link} points to {os.readlink(link)}, not "
                        f"{target}") from None
     return rel
-
-
-def _rmtree(path: str) -> None:
-    from ..store.checkout import _remove
-    _remove(path)
 
 
 # ---- mount(2) ---------------------------------------------------------------------------------
@@ -309,7 +287,7 @@ def _ensure_overlay_fs() -> None:
                    stderr=subprocess.DEVNULL)
 
 
-def _kernel_mount(store, lowers: list[str], upper: str, work: str, target: str) -> None:
+def _kernel_mount(root: str, lowers: list[str], upper: str, work: str, target: str) -> None:
     tail = [f"upperdir={_escape(upper)}", f"workdir={_escape(work)}", *_extra_options()]
     opts = ",".join(["lowerdir=" + ":".join(_escape(p) for p in reversed(lowers)), *tail])
     page = os.sysconf("SC_PAGE_SIZE")
@@ -324,7 +302,7 @@ def _kernel_mount(store, lowers: list[str], upper: str, work: str, target: str) 
             if rc != 0:
                 raise _mount_error(code, target)
         return
-    rel = [_short_link(store, p) for p in reversed(lowers)]
+    rel = [_short_link(root, p) for p in reversed(lowers)]
     opts = ",".join(["lowerdir=" + ":".join(rel), *tail])
     if len(opts) >= page:
         raise _err(f"mount {target}: the image has {len(lowers)} layers, too many for "
@@ -333,7 +311,7 @@ def _kernel_mount(store, lowers: list[str], upper: str, work: str, target: str) 
         raise _err(f"mount {target}: the image has {len(lowers)} layers, which needs "
                    "mount(8) (util-linux) to mount from the store root")
     r = subprocess.run(["mount", "-t", "overlay", "overlay", "-o", opts, target],
-                       cwd=store.root, capture_output=True, text=True)
+                       cwd=root, capture_output=True, text=True)
     if r.returncode != 0:
         msg = (r.stderr.strip().splitlines() or [""])[-1]
         code = errno.EPERM if "permission denied" in msg.lower() or "only root" in msg else None
@@ -376,13 +354,21 @@ def _unmount(m: Mount) -> None:
 
 # ---- containers -------------------------------------------------------------------------------
 
-def _containers(store) -> str:
-    return os.path.join(store.root, "containers")
+def _containers(root: str) -> str:
+    return os.path.join(root, "containers")
 
 
-def mounts(store) -> list[Mount]:
-    """Every recorded container (mounted, or kept in a user's upper dir)."""
-    base = _containers(store)
+def _load(path: str) -> Mount:
+    with open(path) as f:
+        d = json.load(f)
+    d["diff_ids"], d["lowers"] = tuple(d["diff_ids"]), tuple(d["lowers"])
+    return Mount(**d)
+
+
+def mounts(root: str) -> list[Mount]:
+    """Every container recorded in the store at root (mounted, or kept in a user's upper
+    dir)."""
+    base = _containers(root)
     out = []
     try:
         names = sorted(os.listdir(base))
@@ -391,33 +377,35 @@ def mounts(store) -> list[Mount]:
     for name in names:
         path = os.path.join(base, name, "container.json")
         try:
-            out.append(Mount.load(path))
+            out.append(_load(path))
         except (FileNotFoundError, NotADirectoryError):
             continue
     return out
 
 
-def _save(store, m: Mount) -> None:
-    d = os.path.join(_containers(store), m.id)
+def _save(root: str, m: Mount) -> None:
+    d = os.path.join(_containers(root), m.id)
     tmp = os.path.join(d, ".container.json.tmp")
     with open(tmp, "w") as f:
         json.dump(asdict(m), f, indent=1)
     os.replace(tmp, os.path.join(d, "container.json"))
 
 
-def _find(store, path: str) -> Mount | None:
+def find(root: str, path: str) -> Mount | None:
+    """The container whose mountpoint, else whose upper dir, path is."""
     real = os.path.realpath(path)
-    for m in mounts(store):
+    for m in mounts(root):
         if m.mountpoint == real:
             return m
-    for m in mounts(store):
+    for m in mounts(root):
         if m.upper == real:
             return m
     return None
 
 
-def mount(store, ref: str, mountpoint, upper=None) -> Mount:
-    image = store.image(ref)
+def mount(ctx: Context, image: ImageRecord, mountpoint, upper=None) -> Mount:
+    """See Store.mount; the caller holds the store lock shared."""
+    root = ctx.root
     kernel = _kernel_mode()
     if not kernel and shutil.which("fuse-overlayfs") is None:
         raise _err("mount needs root (or fuse-overlayfs on PATH for a mount without root)",
@@ -435,91 +423,135 @@ def mount(store, ref: str, mountpoint, upper=None) -> Mount:
     target = os.path.realpath(target)
     if os.path.ismount(target):
         raise _err(f"mount: {target} is already a mount point")
-    for old in mounts(store):
+    for old in mounts(root):
         if old.mountpoint == target:
-            _forget(store, old)     # its mount is gone (a reboot, a manual umount)
+            _forget(root, old)      # its mount is gone (a reboot, a manual umount)
     try:
-        return _mount(store, image, target, upper, kernel)
+        return _mount(ctx, image, target, upper, kernel)
     except BaseException:
         if made_target:
             os.rmdir(target)
         raise
 
 
-def _mount(store, image, target: str, upper, kernel: bool) -> Mount:
-    with store._locked(exclusive=False):
-        lowers = layer_dirs(store, image.diff_ids, kernel)
-        cid = secrets.token_hex(16)
-        cdir = os.path.join(_containers(store), cid)
-        os.makedirs(cdir, mode=0o700)
-        try:
-            if upper is None:
-                up, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
-                os.mkdir(up, 0o755)
-                os.mkdir(work, 0o700)
-            else:
-                up = os.path.realpath(os.fspath(upper))
-                old = _find(store, up)
-                if old is not None and old.upper == up:
-                    if old.mountpoint is not None and os.path.ismount(old.mountpoint):
-                        raise _err(f"mount: upper dir {up} is in use by the mount at "
-                                   f"{old.mountpoint}")
-                    _rmtree(os.path.dirname(_record(store, old)))    # re-mounted: one record
-                try:
-                    os.makedirs(up, mode=0o755, exist_ok=True)
-                except OSError as exc:
-                    raise errors.host_path_error(exc, upper, "make the upper dir") from None
-                parent, name = os.path.split(up)
-                work = os.path.join(parent, f".{name}.work")
-                if os.path.lexists(work):
-                    _rmtree(work)
-                os.mkdir(work, 0o700)
-            if not os.listdir(up):
-                # The merged root shows the upper dir's metadata: make it the image's.
-                st = os.stat(lowers[-1])
-                if kernel:
-                    os.chown(up, st.st_uid, st.st_gid)
-                os.chmod(up, stat.S_IMODE(st.st_mode))
-            m = Mount(cid, image.id, tuple(image.diff_ids), target, up, work,
-                      tuple(reversed(lowers)), "overlay" if kernel else "fuse-overlayfs",
-                      upper is None, _now())
-            _save(store, m)
+def _mount(ctx: Context, image: ImageRecord, target: str, upper, kernel: bool) -> Mount:
+    root = ctx.root
+    lowers = layer_dirs(ctx, image.diff_ids, kernel)
+    cid = secrets.token_hex(16)
+    cdir = os.path.join(_containers(root), cid)
+    os.makedirs(cdir, mode=0o700)
+    try:
+        if upper is None:
+            up, work = os.path.join(cdir, "upper"), os.path.join(cdir, "work")
+            os.mkdir(up, 0o755)
+            os.mkdir(work, 0o700)
+        else:
+            up = os.path.realpath(os.fspath(upper))
+            old = find(root, up)
+            if old is not None and old.upper == up:
+                if old.mountpoint is not None and os.path.ismount(old.mountpoint):
+                    raise _err(f"mount: upper dir {up} is in use by the mount at "
+                               f"{old.mountpoint}")
+                remove_tree(os.path.dirname(_record(root, old)))    # re-mounted: one record
+            try:
+                os.makedirs(up, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise errors.host_path_error(exc, upper, "make the upper dir") from None
+            parent, name = os.path.split(up)
+            work = os.path.join(parent, f".{name}.work")
+            if os.path.lexists(work):
+                remove_tree(work)
+            os.mkdir(work, 0o700)
+        if not os.listdir(up):
+            # The merged root shows the upper dir's metadata: make it the image's.
+            st = os.stat(lowers[-1])
             if kernel:
-                _kernel_mount(store, lowers, up, work, target)
-            else:
-                _fuse_mount(lowers, up, work, target)
-        except BaseException:
-            if upper is not None and "work" in locals() and os.path.lexists(work):
-                _rmtree(work)
-            _rmtree(cdir)
-            raise
+                os.chown(up, st.st_uid, st.st_gid)
+            os.chmod(up, stat.S_IMODE(st.st_mode))
+        m = Mount(cid, image.id, tuple(image.diff_ids), target, up, work,
+                  tuple(reversed(lowers)), "overlay" if kernel else "fuse-overlayfs",
+                  upper is None, _now())
+        _save(root, m)
+        if kernel:
+            _kernel_mount(root, lowers, up, work, target)
+        else:
+            _fuse_mount(lowers, up, work, target)
+    except BaseException:
+        if upper is not None and "work" in locals() and os.path.lexists(work):
+            remove_tree(work)
+        remove_tree(cdir)
+        raise
     return m
 
 
-def _record(store, m: Mount) -> str:
-    return os.path.join(_containers(store), m.id, "container.json")
+def _record(root: str, m: Mount) -> str:
+    return os.path.join(_containers(root), m.id, "container.json")
 
 
-def umount(store, mountpoint) -> Mount:
+def umount(root: str, mountpoint) -> Mount:
+    """See Store.umount."""
     target = os.path.realpath(os.fspath(mountpoint))
-    m = next((m for m in mounts(store) if m.mountpoint == target), None)
+    m = next((m for m in mounts(root) if m.mountpoint == target), None)
     if m is None:
         raise _err(f"umount: {target} is not a layerstore mount")
     _unmount(m)
-    return _forget(store, m)
+    return _forget(root, m)
 
 
-def _forget(store, m: Mount) -> Mount:
+def _forget(root: str, m: Mount) -> Mount:
     """After its mount is gone: a container in the store goes entirely; one in a user's
     upper dir keeps its record (mountpoint None), so the upper dir stays committable."""
     if m.own_upper:
-        _rmtree(os.path.join(_containers(store), m.id))
+        remove_tree(os.path.join(_containers(root), m.id))
         return m
     if os.path.lexists(m.work):
-        _rmtree(m.work)
+        remove_tree(m.work)
     m = Mount(**{**asdict(m), "mountpoint": None})
-    _save(store, m)
+    _save(root, m)
     return m
+
+
+class Overlay:
+    """The overlay runtime as rm and gc see it (store/lifecycle.py: Runtime)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    def mounted_at(self, image_id: str) -> str | None:
+        return next((m.mountpoint for m in mounts(self.ctx.root)
+                     if m.image == image_id and m.mountpoint is not None), None)
+
+    def unused_dirs(self, txn) -> list[str]:
+        """Cached layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no
+        recorded container needs: named by a diffID no longer indexed, or by a chainID no
+        stored image has, or half-built (.tmp-*: no build runs while gc holds the lock
+        exclusively)."""
+        index = self.ctx.index
+        keep = {_hex(r.diff_id) for r in index.layers(txn)}
+        keep |= {"chain-" + _hex(c) for r in index.images(txn) for c in chain_ids(r.diff_ids)}
+        keep.add("empty")
+        used = {p for m in mounts(self.ctx.root) for p in m.lowers}
+        out = []
+        for base in ("layers", "layers-fuse"):
+            d = os.path.join(self.ctx.root, base)
+            try:
+                names = os.listdir(d)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                path = os.path.join(d, name)
+                if name not in keep and path not in used:
+                    out.append(path)
+        return out
+
+    def dangling_links(self) -> list[str]:
+        """Short links root/l/* whose layer dirs are gone."""
+        d = os.path.join(self.ctx.root, "l")
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return []
+        return [os.path.join(d, n) for n in names if not os.path.exists(os.path.join(d, n))]
 
 
 # ---- commit ----------------------------------------------------------------------------------
@@ -648,28 +680,24 @@ def write_changeset(upper: str, out) -> int:
     return count
 
 
-def commit(store, path, tags=()):
-    m = _find(store, os.fspath(path))
-    if m is None:
-        raise errors.LayerstoreError(f"commit: {os.path.realpath(path)} is neither a layerstore "
-                                     "mount nor the upper dir of one")
-    config = store.config(m.image)
-    tmpdir = os.path.join(store.root, "tmp")
+def commit(ctx: Context, job: pipeline.Job, m: Mount, tags=()) -> Image:
+    """See Store.commit; the caller holds the store lock shared for the import (job)."""
+    config = ctx.config(m.image)
+    tmpdir = os.path.join(ctx.root, "tmp")
     os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-    with store._locked(exclusive=False):
-        # A temporary file, not a pipe to import_layer: tarfile and the C ingest would need
-        # a thread between them, and the changeset is usually small.
-        with tempfile.TemporaryFile(dir=tmpdir) as f:
-            write_changeset(m.upper, f)
-            f.seek(0)
-            layer = store.import_layer(f)
-        now = _now()
-        config = dict(config)
-        config["created"] = now
-        rootfs = dict(config.get("rootfs") or {"type": "layers"})
-        rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [layer.diff_id]
-        config["rootfs"] = rootfs
-        config["history"] = list(config.get("history") or []) + [
-            {"created": now, "created_by": "layerstore commit"}]
-        data = json.dumps(config, separators=(",", ":")).encode()
-        return store.add_image(data, tags=tags)
+    # A temporary file, not a pipe to the import: tarfile and the C ingest would need a
+    # thread between them, and the changeset is usually small.
+    with tempfile.TemporaryFile(dir=tmpdir) as f:
+        write_changeset(m.upper, f)
+        f.seek(0)
+        layer = pipeline.import_layer(ctx, job, f)
+    now = _now()
+    config = dict(config)
+    config["created"] = now
+    rootfs = dict(config.get("rootfs") or {"type": "layers"})
+    rootfs["diff_ids"] = list(rootfs.get("diff_ids", [])) + [layer.diff_id]
+    config["rootfs"] = rootfs
+    config["history"] = list(config.get("history") or []) + [
+        {"created": now, "created_by": "layerstore commit"}]
+    data = json.dumps(config, separators=(",", ":")).encode()
+    return pipeline.add_image(ctx, data, tags=tags)

@@ -1,12 +1,13 @@
 """Checkout: an image's merged tree made real in a directory, by the C core in one call.
 
 Python turns the merged tree into a plan (entry records, parents first; a second path of an
-inode becomes a hardlink to the first path made for it); csrc/checkout.c makes it, never
-through a symlink.  Its files are, by default, files of their own that are safe to write
-(reflinks of the objects where the filesystem has them, else copies, with the recorded
-mtimes); copy=True makes copies that share no blocks with the store; link=True hardlinks the
-objects, for read-only use (a write through such a file changes every image that holds it).
-An empty file is always made fresh.  A failed or interrupted checkout removes what it made.
+inode becomes a hardlink to the first path made for it), which an import keeps in the index
+for each new image (store/pipeline.py); csrc/checkout.c makes it, never through a symlink.
+Its files are, by default, files of their own that are safe to write (reflinks of the objects
+where the filesystem has them, else copies, with the recorded mtimes); copy=True makes copies
+that share no blocks with the store; link=True hardlinks the objects, for read-only use (a
+write through such a file changes every image that holds it).  An empty file is always made
+fresh.  A failed or interrupted checkout removes what it made.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def _undo(dest: str, found: os.stat_result | None) -> None:
     """Leaves dest as a failed checkout found it: absent, or empty with its mode, owner and
     times (the checkout gives DEST the image's, last)."""
     if found is None:
-        _remove(dest)
+        remove_tree(dest)
         return
-    _remove(dest, keep_top=True)
+    remove_tree(dest, keep_top=True)
     if os.geteuid() == 0:
         os.chown(dest, found.st_uid, found.st_gid, follow_symlinks=False)
     os.chmod(dest, stat.S_IMODE(found.st_mode))
@@ -132,7 +133,7 @@ def _entries(fd: int) -> list[os.DirEntry]:
         return list(it)
 
 
-def _remove(path: str, keep_top: bool = False) -> None:
+def remove_tree(path: str, keep_top: bool = False) -> None:
     """Removes path and everything under it (with keep_top, only what is under it).  Never
     follows a symlink: each directory is opened with O_NOFOLLOW relative to its parent's
     descriptor, and anything that is not a directory is unlinked.  Iterative, so a tree as

@@ -28,15 +28,15 @@ Speed: objects are read and hashed in C on every core, in one call per batch (fs
 from __future__ import annotations
 
 import errno
-import json
 import os
 import stat
 import threading
 from dataclasses import dataclass
 
 from .. import _native, errors
-from .index import ImageRecord, LayerRecord
 from .._model import Problem, Progress
+from .context import Context
+from .index import ImageRecord, LayerRecord
 
 _HEX = frozenset("0123456789abcdef")
 _FIXED = _native._RECORD     # the fixed part of an entry record
@@ -259,12 +259,12 @@ def _remove(path: str) -> None:
         pass
 
 
-def run(store, txn, repair: bool, progress=None) -> list[Problem]:
+def run(ctx: Context, txn, repair: bool, progress=None) -> list[Problem]:
     """Checks the store as txn sees the index (with repair, txn is the write transaction the
     fixes go into); the caller holds the store lock.  progress: see Store.fsck."""
-    index = store._index
-    owners = store._objects.owners
-    root = store.root
+    index = ctx.index
+    owners = ctx.objects.owners
+    root = ctx.root
     problems: list[Problem] = []
     fixes = []      # (problem index, callable) applied in order when repairing
 
@@ -392,7 +392,7 @@ def run(store, txn, repair: bool, progress=None) -> list[Problem]:
 
     # ---- the files ---------------------------------------------------------------------------
     # An object no layer holds is garbage when a marker in pending/ says an import or gc is
-    # running or was cut short (see _lifecycle): gc removes it once that work is over.  The
+    # running or was cut short (see store/lifecycle.py): gc removes it once that work is over.  The
     # markers are listed after the walk, so an import that wrote during it either still has
     # its marker or has committed, which a fresh look at the index shows (no repair only:
     # repair holds the store exclusively).  Without either, nothing explains the file.
@@ -440,7 +440,7 @@ def run(store, txn, repair: bool, progress=None) -> list[Problem]:
         if twin is not None:
             add(kind, oid, f"{detail}; repair copies its content from object {twin}", True,
                 affected, fix=lambda p=path, i=oid, t=twin, o=o, k=kind: _restore_object(
-                    store, txn, p, i, t, o, k, healed_marks, restored))
+                    ctx, txn, p, i, t, o, k, healed_marks, restored))
             continue
         healed_marks -= set(o.layers)
         note = "; re-import an image holding it" if affected else ""
@@ -454,7 +454,7 @@ def run(store, txn, repair: bool, progress=None) -> list[Problem]:
         if fix() is not False and problems[i].repairable:
             done.add(i)
     if restored:
-        store._objects.sync()       # before the index commit, as an import does
+        ctx.objects.sync()          # before the index commit, as an import does
     # A marked layer whose objects are all whole again (another image's re-import made them)
     # needs no re-ingest.
     for d in healed_marks:
@@ -463,17 +463,17 @@ def run(store, txn, repair: bool, progress=None) -> list[Problem]:
             for i, p in enumerate(problems)]
 
 
-def _restore_object(store, txn, path: str, oid: str, twin: str, o: _Obj, kind: str,
+def _restore_object(ctx: Context, txn, path: str, oid: str, twin: str, o: _Obj, kind: str,
                     healed_marks: set, restored: list) -> bool:
     """Re-makes a damaged or missing object from twin (whole bytes, other metadata); when
     that fails (the twin changed since it was read), marks its layers for re-import instead.
     Returns whether it healed the object."""
     _remove(path)
     try:
-        store._objects.restore(oid, twin, bytes.fromhex(o.content_hash), o.size, o.mode, o.uid,
-                               o.gid, o.xattrs)
+        ctx.objects.restore(oid, twin, bytes.fromhex(o.content_hash), o.size, o.mode, o.uid,
+                            o.gid, o.xattrs)
     except errors.LayerstoreError:
-        _forget_object(store._index, txn, path, o, kind)
+        _forget_object(ctx.index, txn, path, o, kind)
         healed_marks.difference_update(o.layers)
         return False
     restored.append(oid)
@@ -524,10 +524,3 @@ def _tag_image(index, txn, image_id: str, tag: str) -> None:
     if rec is not None and tag not in rec.tags:
         rec.tags.append(tag)
         index.put_row(txn, "images", image_id.encode(), rec.to_json())
-
-
-def to_json(problems: list[Problem]) -> str:
-    return json.dumps([{"kind": p.kind, "subject": p.subject, "detail": p.detail,
-                        "repairable": p.repairable, "images": list(p.images), "fixed": p.fixed,
-                        "garbage": p.garbage}
-                       for p in problems], indent=2)

@@ -9,7 +9,7 @@ Named databases (keys and values are bytes):
     layers      diffID -> JSON layer record (sizes, counts, blob digests, reference count)
     layer_data  diffID + b"/records" | b"/raw" -> zstd-compressed entry records / tar metadata
     image_trees image id -> zstd-compressed checkout plan: the merged tree as entry records
-                (computed once, at import; see layerstore/_checkout.py)
+                (computed once, at import; see store/checkout.py)
     blobs       compressed blob digest -> diffID it decompresses to
     objects     32-byte object id -> struct <QI: content size, reference count
 
@@ -23,6 +23,7 @@ the transaction that references them begins.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -181,11 +182,12 @@ class Index:
     def layers(self, txn) -> list[LayerRecord]:
         return [LayerRecord.from_json(v) for _, v in txn.cursor(db=self.db["layers"])]
 
-    def layer_data(self, txn, diff_id: str, part: str) -> bytes:
+    def layer_data(self, txn, diff_id: str, part: str, compressed: bool = False) -> bytes:
+        """A layer's "records" or "raw" tar metadata; with compressed, as stored (zstd)."""
         raw = txn.get(f"{diff_id}/{part}".encode(), db=self.db["layer_data"])
         if raw is None:
             raise errors.LayerstoreError(f"the index has no {part} for layer {diff_id}")
-        return zstandard.ZstdDecompressor().decompress(raw)
+        return raw if compressed else zstandard.ZstdDecompressor().decompress(raw)
 
     def image_tree(self, txn, image_id: str) -> bytes | None:
         raw = txn.get(image_id.encode(), db=self.db["image_trees"])
@@ -280,7 +282,7 @@ class Index:
         if tag not in image.tags:
             image.tags.append(tag)
 
-    # ---- lifecycle: rm and gc (logic in _lifecycle.py) -----------------------------------------
+    # ---- lifecycle: rm and gc (logic in store/lifecycle.py) ------------------------------------
 
     def remove_tag(self, txn, tag: str) -> str | None:
         """Deletes tag and takes it from its image's record.  Returns the image id it named."""
@@ -360,7 +362,7 @@ class Index:
     def object_count(self, txn) -> int:
         return txn.stat(self.db["objects"])["entries"]
 
-    # ---- fsck (layerstore/_fsck.py): raw rows and re-import marks ----------------------------
+    # ---- fsck (store/fsck.py): raw rows and re-import marks -----------------------------------
     # A layer whose objects fsck found missing or damaged gets a mark in meta,
     # b"reimport/<diffID>": import treats a marked layer as unknown and ingests it again, which
     # re-creates its objects, and add_layer drops the mark.  The layer's records, its objects'
@@ -409,3 +411,16 @@ class Index:
 def _records_objects(records: bytes) -> dict[bytes, int]:
     from .._native import record_objects     # the index stays importable without the C core
     return record_objects(records)
+
+
+def commit_error(exc: Exception, root: str) -> errors.StoreIOError:
+    """A failed index commit as a StoreIOError.  LMDB reports a write cut short by a full disk
+    as EIO, so a nearly full filesystem is taken for what it is."""
+    err = errno.EIO
+    try:
+        st = os.statvfs(root)
+        if st.f_bavail * st.f_frsize < (1 << 20) or "No space" in str(exc):
+            err = errno.ENOSPC
+    except OSError:
+        pass
+    return errors.StoreIOError(err, f"cannot commit to the index: {os.strerror(err)} ({exc})")

@@ -8,10 +8,15 @@ layers whose count is 0 (taking their references from their objects), objects wh
 reaches 0 (rows in the same transaction, files after it commits), and files no index row
 names.
 
-Locking.  gc holds the store lock exclusively.  Imports hold it shared from before they write
-their first object until their index commit, checkouts and readers of object files while they
-link or open them; so while gc holds it, no object file is about to be referenced by a commit
-and none is being read through a snapshot older than gc's.
+Locking (taken by the Store facade, see store/lock.py).  gc runs with the store lock held
+exclusively.  Imports hold it shared from before they write their first object until their
+index commit, checkouts and readers of object files while they link or open them; so while gc
+holds it, no object file is about to be referenced by a commit and none is being read through
+a snapshot older than gc's.
+
+Runtimes (runtimes/) keep what they serve from rm and gc through the Runtime interface below:
+rm does not delete an image a container is mounted from, and gc asks each runtime which of its
+cached directories no stored layer or container needs any more.
 
 Finding garbage cheaply.  An object file the index does not know comes only from an import
 that died or failed between writing objects and committing, or from a gc that died between its
@@ -36,32 +41,52 @@ import os
 import re
 import secrets
 import stat
+from typing import Protocol
 
 from .. import _native, errors
 from .._model import DuResult, GcResult, ImageUsage, Progress
 from ..formats.reference import DIGEST_RE, normalize_tag
+from .checkout import remove_tree
+from .context import Context
 
 _OBJECT_NAME = re.compile(r"[0-9a-f]{62}\Z")
 _FAN = re.compile(r"[0-9a-f]{2}\Z")
 _MARKER_SUFFIX = ".inprogress"
 
 
+class Runtime(Protocol):
+    """What rm and gc ask of a runtime that serves containers from the store's layers."""
+
+    def mounted_at(self, image_id: str) -> str | None:
+        """Where a container of the image is mounted, if one is: rm does not delete it."""
+        ...
+
+    def unused_dirs(self, txn) -> list[str]:
+        """The runtime's cached dirs that no stored layer and no container needs, judged
+        against the index as txn sees it: gc removes them."""
+        ...
+
+    def dangling_links(self) -> list[str]:
+        """The runtime's links whose targets are gone: gc removes them, after the dirs."""
+        ...
+
+
 # ---- markers of work that leaves garbage when interrupted ---------------------------------
 
-def _tmp(store) -> str:
-    return os.path.join(store.root, "tmp")
+def _tmp(root: str) -> str:
+    return os.path.join(root, "tmp")
 
 
-def _pending(store) -> str:
-    return os.path.join(store.root, "pending")
+def _pending(root: str) -> str:
+    return os.path.join(root, "pending")
 
 
-def import_started(store) -> str:
-    """Marks an import (or gc) in progress: called with the store lock held, before any object
-    is written.  Returns the marker's path for import_finished."""
-    path = os.path.join(_pending(store), f"import-{os.getpid()}-{secrets.token_hex(6)}"
-                                         f"{_MARKER_SUFFIX}")
-    os.makedirs(_pending(store), mode=0o700, exist_ok=True)
+def import_started(root: str) -> str:
+    """Marks an import (or gc) in progress in the store at root: called with the store lock
+    held, before any object is written.  Returns the marker's path for import_finished."""
+    path = os.path.join(_pending(root), f"import-{os.getpid()}-{secrets.token_hex(6)}"
+                                        f"{_MARKER_SUFFIX}")
+    os.makedirs(_pending(root), mode=0o700, exist_ok=True)
     os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
     _native.test_step()
     return path
@@ -78,18 +103,17 @@ def import_finished(marker: str) -> None:
 
 # ---- rm --------------------------------------------------------------------------------------
 
-def remove(store, refs, force: bool = False) -> list[tuple[str, str]]:
+def remove(ctx: Context, refs, force: bool, runtimes: list[Runtime]) -> list[tuple[str, str]]:
     """See Store.remove."""
-    from ..runtimes import overlay as _overlay
     if isinstance(refs, str):
         refs = [refs]
-    index = store._index
+    index = ctx.index
     actions: list[tuple[str, str]] = []
     with index.write() as txn:
         # Every reference resolves before anything changes: one unknown aborts them all.
         targets = []
         for ref in refs:
-            rec = store._resolve(txn, ref)
+            rec = ctx.resolve(txn, ref)
             tag = None
             if not DIGEST_RE.match(ref):
                 try:
@@ -114,13 +138,12 @@ def remove(store, refs, force: bool = False) -> list[tuple[str, str]]:
                     f"remove them one by one or use --force")
             else:
                 actions += [("untagged", t) for t in rec.tags]
-            used = [m for m in _overlay.mounts(store)
-                    if m.image == rec.id and m.mountpoint is not None]
+            used = [at for r in runtimes if (at := r.mounted_at(rec.id)) is not None]
             if used:
                 # As Docker for a running container, even with --force: the container's
                 # commit needs the image's config.
                 raise errors.LayerstoreError(
-                    f"image {rec.id} is used by the container mounted at {used[0].mountpoint}: "
+                    f"image {rec.id} is used by the container mounted at {used[0]}: "
                     f"umount it first")
             index.delete_image(txn, rec.id)
             actions.append(("deleted", rec.id))
@@ -166,44 +189,10 @@ def _tree_bytes(path: str) -> tuple[int, int]:
 
 
 def _remove_tree(path: str) -> None:
-    from .checkout import _remove
     try:
-        _remove(path)
+        remove_tree(path)
     except FileNotFoundError:
         pass
-
-
-def _layer_dirs_unused(store, index, txn) -> list[str]:
-    """Cached overlay layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no
-    recorded container needs: named by a diffID no longer indexed, or by a chainID no stored
-    image has, or half-built (.tmp-*: no build runs while gc holds the lock exclusively)."""
-    from ..runtimes import overlay as _overlay
-    keep = {_overlay._hex(r.diff_id) for r in index.layers(txn)}
-    keep |= {"chain-" + _overlay._hex(c) for r in index.images(txn)
-             for c in _overlay.chain_ids(r.diff_ids)}
-    keep.add("empty")
-    used = {p for m in _overlay.mounts(store) for p in m.lowers}
-    out = []
-    for base in ("layers", "layers-fuse"):
-        d = os.path.join(store.root, base)
-        try:
-            names = os.listdir(d)
-        except FileNotFoundError:
-            continue
-        for name in names:
-            path = os.path.join(d, name)
-            if name not in keep and path not in used:
-                out.append(path)
-    return out
-
-
-def _dangling_short_links(store) -> list[str]:
-    d = os.path.join(store.root, "l")
-    try:
-        names = os.listdir(d)
-    except FileNotFoundError:
-        return []
-    return [os.path.join(d, n) for n in names if not os.path.exists(os.path.join(d, n))]
 
 
 def _walk_garbage(objects_dir: str, index, txn, freed: dict) -> list[str]:
@@ -251,70 +240,69 @@ class _Removed:
             self.progress(Progress(self.done_bytes, self.size, self.done_files, self.files))
 
 
-def gc(store, dry_run: bool = False, full: bool = False, progress=None) -> GcResult:
+def gc(ctx: Context, dry_run: bool, full: bool, progress, runtimes: list[Runtime]) -> GcResult:
     """See Store.gc."""
-    index = store._index
-    objects_dir = os.path.join(store.root, "objects")
-    tmp = _tmp(store)
-    with store._locked(exclusive=True):
-        try:
-            tmp_entries = sorted(os.listdir(tmp))
-        except FileNotFoundError:
-            tmp_entries = []
-        pending = _listdir(_pending(store))
-        scan = full or bool(tmp_entries) or bool(pending)
-        marker = None
-        txn = index.write()
-        try:
-            dead = index.unreferenced_layers(txn)
-            freed: dict[bytes, int] = {}
-            for rec in dead:
-                freed.update(index.delete_layer(txn, rec))
-            # The layer dirs and garbage are judged against the index as it will be.
-            layer_dirs = _layer_dirs_unused(store, index, txn)
-            garbage = _walk_garbage(objects_dir, index, txn, freed) if scan else []
-            if dry_run or not dead:
-                txn.abort()
-            else:
-                # Dying after this commit and before the unlinks leaves files the index no
-                # longer names: the marker makes the next gc walk objects/ for them.
-                marker = import_started(store)
-                _native.test_step()
-                txn.commit()
-                _native.test_step()
-        except BaseException:
+    index = ctx.index
+    objects_dir = ctx.objects_dir
+    tmp = _tmp(ctx.root)
+    try:
+        tmp_entries = sorted(os.listdir(tmp))
+    except FileNotFoundError:
+        tmp_entries = []
+    pending = _listdir(_pending(ctx.root))
+    scan = full or bool(tmp_entries) or bool(pending)
+    marker = None
+    txn = index.write()
+    try:
+        dead = index.unreferenced_layers(txn)
+        freed: dict[bytes, int] = {}
+        for rec in dead:
+            freed.update(index.delete_layer(txn, rec))
+        # The layer dirs and garbage are judged against the index as it will be.
+        layer_dirs = [d for r in runtimes for d in r.unused_dirs(txn)]
+        garbage = _walk_garbage(objects_dir, index, txn, freed) if scan else []
+        if dry_run or not dead:
             txn.abort()
-            raise
-        object_bytes = sum(freed.values())
-        garbage_sizes = [_file_bytes(p) for p in garbage]
-        tmp_sizes = [_tree_bytes(os.path.join(tmp, name)) for name in tmp_entries]
-        tmp_files = sum(n for n, _ in tmp_sizes)
-        tmp_bytes = sum(b for _, b in tmp_sizes)
-        garbage_bytes = sum(garbage_sizes)
-        if not dry_run:
-            removed = _Removed(progress, len(freed) + len(garbage) + tmp_files,
-                               object_bytes + garbage_bytes + tmp_bytes)
-            for oid, size in freed.items():
-                _unlink(os.path.join(objects_dir, _native.object_path(oid.hex())))
-                removed(1, size)
-            for path, size in zip(garbage, garbage_sizes):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    _remove_tree(path)
-                else:
-                    _unlink(path)
-                removed(1, size)
-            for name, (n, size) in zip(tmp_entries, tmp_sizes):
-                _remove_tree(os.path.join(tmp, name))
-                removed(n, size)
-            for path in layer_dirs:
+        else:
+            # Dying after this commit and before the unlinks leaves files the index no
+            # longer names: the marker makes the next gc walk objects/ for them.
+            marker = import_started(ctx.root)
+            _native.test_step()
+            txn.commit()
+            _native.test_step()
+    except BaseException:
+        txn.abort()
+        raise
+    object_bytes = sum(freed.values())
+    garbage_sizes = [_file_bytes(p) for p in garbage]
+    tmp_sizes = [_tree_bytes(os.path.join(tmp, name)) for name in tmp_entries]
+    tmp_files = sum(n for n, _ in tmp_sizes)
+    tmp_bytes = sum(b for _, b in tmp_sizes)
+    garbage_bytes = sum(garbage_sizes)
+    if not dry_run:
+        removed = _Removed(progress, len(freed) + len(garbage) + tmp_files,
+                           object_bytes + garbage_bytes + tmp_bytes)
+        for oid, size in freed.items():
+            _unlink(os.path.join(objects_dir, _native.object_path(oid.hex())))
+            removed(1, size)
+        for path, size in zip(garbage, garbage_sizes):
+            if os.path.isdir(path) and not os.path.islink(path):
                 _remove_tree(path)
-            for path in _dangling_short_links(store):
+            else:
                 _unlink(path)
-            # Last: a marker must outlive the work it asks a later gc to redo.
-            for name in pending:
-                _unlink(os.path.join(_pending(store), name))
-            if marker is not None:
-                import_finished(marker)
+            removed(1, size)
+        for name, (n, size) in zip(tmp_entries, tmp_sizes):
+            _remove_tree(os.path.join(tmp, name))
+            removed(n, size)
+        for path in layer_dirs:
+            _remove_tree(path)
+        for path in [link for r in runtimes for link in r.dangling_links()]:
+            _unlink(path)
+        # Last: a marker must outlive the work it asks a later gc to redo.
+        for name in pending:
+            _unlink(os.path.join(_pending(ctx.root), name))
+        if marker is not None:
+            import_finished(marker)
     return GcResult(dry_run, len(dead), len(freed), object_bytes, len(garbage), garbage_bytes,
                     tmp_files, tmp_bytes, len(layer_dirs), scan,
                     files=len(freed) + len(garbage) + tmp_files,
@@ -331,31 +319,30 @@ def _blocks(path: str) -> tuple[tuple[int, int], int] | None:
     return (st.st_dev, st.st_ino), st.st_blocks * 512
 
 
-def du(store) -> DuResult:
+def du(ctx: Context) -> DuResult:
     """See Store.du."""
-    index = store._index
-    objects_dir = os.path.join(store.root, "objects")
-    with store._locked(exclusive=False):
-        with index.read() as txn:
-            images = sorted(index.images(txn), key=lambda r: r.id)
-            layer_objects: dict[str, dict[bytes, int]] = {}
-            layer_bytes = 0
-            for rec in index.layers(txn):
-                layer_bytes += rec.file_bytes
-                layer_objects[rec.diff_id] = _records_objects(index, txn, rec.diff_id)
-            n_objects = index.object_count(txn)
-        # Every file under objects/, each inode once: the store's truth, garbage included.
-        on_disk: dict[bytes, tuple[tuple[int, int], int]] = {}
-        inodes: dict[tuple[int, int], int] = {}
-        for fan in _listdir(objects_dir):
-            fdir = os.path.join(objects_dir, fan)
-            for name in _listdir(fdir):
-                got = _blocks(os.path.join(fdir, name))
-                if got is None:
-                    continue
-                inodes[got[0]] = got[1]
-                if _FAN.match(fan) and _OBJECT_NAME.match(name):
-                    on_disk[bytes.fromhex(fan + name)] = got
+    index = ctx.index
+    objects_dir = ctx.objects_dir
+    with index.read() as txn:
+        images = sorted(index.images(txn), key=lambda r: r.id)
+        layer_objects: dict[str, dict[bytes, int]] = {}
+        layer_bytes = 0
+        for rec in index.layers(txn):
+            layer_bytes += rec.file_bytes
+            layer_objects[rec.diff_id] = _records_objects(index, txn, rec.diff_id)
+        n_objects = index.object_count(txn)
+    # Every file under objects/, each inode once: the store's truth, garbage included.
+    on_disk: dict[bytes, tuple[tuple[int, int], int]] = {}
+    inodes: dict[tuple[int, int], int] = {}
+    for fan in _listdir(objects_dir):
+        fdir = os.path.join(objects_dir, fan)
+        for name in _listdir(fdir):
+            got = _blocks(os.path.join(fdir, name))
+            if got is None:
+                continue
+            inodes[got[0]] = got[1]
+            if _FAN.match(fan) and _OBJECT_NAME.match(name):
+                on_disk[bytes.fromhex(fan + name)] = got
     image_objects = {}
     holders: dict[bytes, int] = {}
     for rec in images:
@@ -380,7 +367,7 @@ def du(store) -> DuResult:
                                 len(image_objects[rec.id])))
     object_bytes = sum(inodes.values())
     index_bytes = 0
-    idir = os.path.join(store.root, "index")
+    idir = os.path.join(ctx.root, "index")
     for name in _listdir(idir):
         got = _blocks(os.path.join(idir, name))
         index_bytes += got[1] if got else 0

@@ -1,5 +1,6 @@
 """Reading an image without checking it out: resolve paths in the merged tree, list, stat,
-open file content straight from the object store, and diff two images.
+open file content straight from the object store, and diff two images; and what `inspect` and
+`history` show of an image's config, manifest and layers.
 
 Paths resolve as inside a chroot at the image root: ".." at the root stays there, an absolute
 symlink target starts again at the image root, so no symlink can lead out of the image.
@@ -9,13 +10,16 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import stat as _stat
 from dataclasses import replace
 from typing import Callable, Iterator
 
 from .. import errors
-from .._model import Entry, EntryType
+from .._model import DiffResult, Entry, EntryType, HistoryEntry, InspectResult
+from ..errors import LayerNotFound
+from .context import Context, image_of, layer_of
 from .tree import MAX_HOPS, Node, Tree
 
 _FMT = {EntryType.FILE: _stat.S_IFREG, EntryType.DIR: _stat.S_IFDIR,
@@ -151,7 +155,7 @@ def _signature(e: Entry) -> tuple:
             e.devmajor, e.devminor)
 
 
-def diff(a: Tree, b: Tree) -> dict[str, list[str]]:
+def diff(a: Tree, b: Tree) -> DiffResult:
     """Paths added, removed and changed from a to b (absolute, sorted)."""
     old = {e.path: e for e in a.entries()}
     new = {e.path: e for e in b.entries()}
@@ -159,18 +163,69 @@ def diff(a: Tree, b: Tree) -> dict[str, list[str]]:
     removed = sorted(display(p) for p in old.keys() - new.keys())
     changed = sorted(display(p) for p in old.keys() & new.keys()
                      if _signature(old[p]) != _signature(new[p]))
-    return {"added": added, "removed": removed, "changed": changed}
+    return DiffResult(tuple(added), tuple(removed), tuple(changed))
 
 
-class ClassOrInstance:
-    """A name that means one method on the class and another on an instance: Store.open(root)
-    opens a store, store.open(image, path) a file of an image."""
+# ---- an image's metadata ---------------------------------------------------------------------
 
-    def __init__(self, on_class, on_instance) -> None:
-        self.on_class, self.on_instance = on_class, on_instance
-        self.__doc__ = on_instance.__doc__
+def inspect(ctx: Context, ref: str) -> InspectResult:
+    """See Store.inspect."""
+    index = ctx.index
+    with index.read() as txn:
+        rec = ctx.resolve(txn, ref)
+        layers = []
+        for d in rec.diff_ids:
+            layer = index.layer(txn, d)
+            if layer is None:
+                raise LayerNotFound(f"no such layer: {d}")
+            layers.append(layer_of(layer))
+        return InspectResult(image_of(rec, ctx.platform(txn, rec)),
+                             json.loads(index.metadata(txn, rec.id)), _manifest(ctx, txn, rec),
+                             tuple(layers))
 
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return self.on_class.__get__(None, owner)
-        return self.on_instance.__get__(obj, owner)
+
+def manifest(ctx: Context, ref: str) -> dict | None:
+    """See Store.manifest."""
+    with ctx.index.read() as txn:
+        return _manifest(ctx, txn, ctx.resolve(txn, ref))
+
+
+def _manifest(ctx: Context, txn, rec) -> dict | None:
+    if rec.manifest_digest is None:
+        return None
+    return json.loads(ctx.index.metadata(txn, rec.manifest_digest))
+
+
+def history(ctx: Context, ref: str) -> list[HistoryEntry]:
+    """See Store.history."""
+    index = ctx.index
+    with index.read() as txn:
+        rec = ctx.resolve(txn, ref)
+        config = json.loads(index.metadata(txn, rec.id) or b"{}")
+        sizes = {}
+        for d in rec.diff_ids:
+            layer = index.layer(txn, d)
+            sizes[d] = layer.file_bytes if layer is not None else 0
+    steps = config.get("history") if isinstance(config, dict) else None
+    steps = [s for s in steps if isinstance(s, dict)] if isinstance(steps, list) else []
+    made = [i for i, s in enumerate(steps) if s.get("empty_layer") is not True]
+    paired = min(len(made), len(rec.diff_ids))
+    undescribed = len(rec.diff_ids) - paired
+    layer_of_step = dict(zip(made[len(made) - paired:], rec.diff_ids[undescribed:]))
+    rows = [HistoryEntry(None, None, "", "", False, d, sizes[d])
+            for d in rec.diff_ids[:undescribed]]
+    for i, step in enumerate(steps):
+        created, diff_id = step.get("created"), layer_of_step.get(i)
+        rows.append(HistoryEntry(None, created if isinstance(created, str) else None,
+                                 _text(step.get("created_by")), _text(step.get("comment")),
+                                 step.get("empty_layer") is True, diff_id,
+                                 sizes.get(diff_id, 0)))
+    rows.reverse()
+    if rows:
+        rows[0] = replace(rows[0], image_id=rec.id)
+    return rows
+
+
+def _text(value) -> str:
+    """A config field shown as text: absent is empty."""
+    return value if isinstance(value, str) else "" if value is None else str(value)
