@@ -802,8 +802,9 @@ static size_t middle(const co *c, size_t entries)
 {
     size_t seen = 0, used = 0;
     for (size_t off = 0; off < c->plan_len; off += used) {
-        used = ls_get32(c->plan + off);     /* the first pass checked every record */
-        if (in_pass(PASS_ENTRIES, c->plan[off + 4]) && ++seen > entries / 2)
+        /* The first pass checked every record. */
+        used = ls_get32(c->plan + off + LS_RECORD_OFF_LEN);
+        if (in_pass(PASS_ENTRIES, c->plan[off + LS_RECORD_OFF_TYPE]) && ++seen > entries / 2)
             return off;
     }
     return c->plan_len;
@@ -867,8 +868,8 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
 
     size_t entries = 0, used;
     for (size_t off = 0; off < plan_len; off += used) {
-        used = ls_get32(plan + off);
-        entries += in_pass(PASS_ENTRIES, plan[off + 4]);
+        used = ls_get32(plan + off + LS_RECORD_OFF_LEN);
+        entries += in_pass(PASS_ENTRIES, plan[off + LS_RECORD_OFF_TYPE]);
     }
     size_t mid = entries >= PARALLEL_MIN ? middle(&c, entries) : plan_len;
     pthread_t tid;

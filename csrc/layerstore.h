@@ -141,17 +141,38 @@ int ls_xattr_applies(const char *name, size_t len, int owners);
  *            padding, end-of-archive blocks), so the exact tar can be re-created from raw and
  *            the objects.
  *
- * Record layout, little-endian, no alignment; LS_RECORD_FIXED bytes then the variable parts:
- *   u32 record_len   u8 type (LS_ENTRY_*)   u8 flags (LS_RECORD_*)   u16 zero
- *   u32 mode (07777 bits)   u32 uid   u32 gid   u32 devmajor   u32 devminor   u32 mtime_nsec
- *   i64 mtime   u64 size (regular files: logical content length; others 0)
- *   u64 raw_len (raw bytes that precede this entry's content since the previous content)
- *   u8[32] object id   u8[32] BLAKE3 of the content   (regular files; zeros otherwise)
- *   u32 path_len   u32 link_len   u32 uname_len   u32 gname_len   u32 xattrs_len
+ * Record layout, little-endian, no alignment: LS_RECORD_FIXED bytes holding the fields below at
+ * their LS_RECORD_OFF_* offsets, then the variable parts, without separators, in this order:
  *   path (cleaned, relative, "." for the root), link (symlink target as written, or the
  *   cleaned hardlink target), uname, gname, xattrs.
  * xattrs encoding: for each attribute, sorted by name: u32 name_len, u32 value_len, name, value.
+ * These offsets are the one description of the layout: the C writer (ingest.c) and reader
+ * (record.c) and the Python codec (layerstore/_native.py, which reads them from here) use them.
  */
+
+enum {
+    LS_RECORD_OFF_LEN = 0,              /* u32: the whole record, variable parts included */
+    LS_RECORD_OFF_TYPE = 4,             /* u8: LS_ENTRY_* */
+    LS_RECORD_OFF_FLAGS = 5,            /* u8: LS_RECORD_* flags below; then u16 zero */
+    LS_RECORD_OFF_MODE = 8,             /* u32: the 07777 bits */
+    LS_RECORD_OFF_UID = 12,             /* u32 */
+    LS_RECORD_OFF_GID = 16,             /* u32 */
+    LS_RECORD_OFF_DEVMAJOR = 20,        /* u32 */
+    LS_RECORD_OFF_DEVMINOR = 24,        /* u32 */
+    LS_RECORD_OFF_MTIME_NSEC = 28,      /* u32 */
+    LS_RECORD_OFF_MTIME = 32,           /* i64: seconds */
+    LS_RECORD_OFF_SIZE = 40,            /* u64: regular files' logical content length, else 0 */
+    LS_RECORD_OFF_RAW_LEN = 48,         /* u64: raw bytes that precede this entry's content
+                                           since the previous content */
+    LS_RECORD_OFF_OBJECT_ID = 56,       /* u8[32]: regular files; zeros otherwise */
+    LS_RECORD_OFF_CONTENT_HASH = 88,    /* u8[32]: BLAKE3 of the content; zeros otherwise */
+    LS_RECORD_OFF_PATH_LEN = 120,       /* u32 each: the lengths of the variable parts */
+    LS_RECORD_OFF_LINK_LEN = 124,
+    LS_RECORD_OFF_UNAME_LEN = 128,
+    LS_RECORD_OFF_GNAME_LEN = 132,
+    LS_RECORD_OFF_XATTRS_LEN = 136,
+    LS_RECORD_FIXED = 140
+};
 
 enum {
     LS_ENTRY_FILE = 0,
@@ -164,7 +185,6 @@ enum {
 };
 
 enum {
-    LS_RECORD_FIXED = 140,
     LS_RECORD_NEW_OBJECT = 1,     /* this ingest wrote the object (it was not in the store) */
     LS_RECORD_SPARSE = 2,         /* stored sparse in the tar (GNU old, PAX 0.0, 0.1 or 1.0) */
     LS_RECORD_XATTRS_SKIPPED = 4  /* the filesystem refused some xattrs on the object */
