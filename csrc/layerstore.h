@@ -153,7 +153,8 @@ int ls_xattr_applies(const char *name, size_t len, int owners);
 enum {
     LS_RECORD_OFF_LEN = 0,              /* u32: the whole record, variable parts included */
     LS_RECORD_OFF_TYPE = 4,             /* u8: LS_ENTRY_* */
-    LS_RECORD_OFF_FLAGS = 5,            /* u8: LS_RECORD_* flags below; then u16 zero */
+    LS_RECORD_OFF_FLAGS = 5,            /* u8: LS_RECORD_* flags below */
+    LS_RECORD_OFF_RESERVED = 6,         /* u16: zero */
     LS_RECORD_OFF_MODE = 8,             /* u32: the 07777 bits */
     LS_RECORD_OFF_UID = 12,             /* u32 */
     LS_RECORD_OFF_GID = 16,             /* u32 */

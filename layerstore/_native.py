@@ -216,19 +216,24 @@ def xattr_applies(name: str, owners: bool) -> bool:
     return bool(lib.ls_xattr_applies(raw, len(raw), owners))
 
 
+_XATTR_HEAD = struct.Struct("<II")      # name_len, value_len (layerstore.h, "Records")
+
+
 def encode_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> bytes:
+    """xattrs in the core's encoding, sorted by name."""
     parts = []
     for name, value in sorted((os.fsencode(n), v) for n, v in xattrs):
-        parts.append(struct.pack("<II", len(name), len(value)) + name + value)
+        parts.append(_XATTR_HEAD.pack(len(name), len(value)) + name + value)
     return b"".join(parts)
 
 
-def _decode_xattrs(blob) -> tuple[tuple[str, bytes], ...]:
+def decode_xattrs(blob) -> tuple[tuple[str, bytes], ...]:
+    """The (name, value) pairs of encoded xattrs (encode_xattrs' inverse)."""
     out = []
     pos = 0
     while pos < len(blob):
-        nlen, vlen = struct.unpack_from("<II", blob, pos)
-        pos += 8
+        nlen, vlen = _XATTR_HEAD.unpack_from(blob, pos)
+        pos += _XATTR_HEAD.size
         name = os.fsdecode(bytes(blob[pos:pos + nlen]))
         pos += nlen
         out.append((name, bytes(blob[pos:pos + vlen])))
@@ -297,10 +302,42 @@ class ObjectStore:
             self._h = None
 
 
-# ---- Layer ingest ---------------------------------------------------------------------------
+# ---- Entry records: the one codec (layout and offsets in csrc/layerstore.h) -----------------
+#
+# No other module knows how a record is laid out.  Where each field of the fixed part sits
+# comes from the core (LS_RECORD_OFF_*); this side adds each field's width and sign as a struct
+# code, and checks that the fields tile the fixed part exactly.
 
-_RECORD = struct.Struct("<IBBHIIIIIIqQQ32s32sIIIII")
-assert _RECORD.size == lib.LS_RECORD_FIXED
+def _fixed(*fields: tuple[str, str], whole: bool = False) -> struct.Struct:
+    """A Struct of the named fields of a record's fixed part, in layout order, skipping the
+    bytes between them; whole: every field, none skipped."""
+    fmt, at = "<", 0
+    for name, code in fields:
+        offset = getattr(lib, "LS_RECORD_OFF_" + name)
+        if offset < at or (whole and offset != at):
+            raise ImportError(f"the record field {name} is not where layerstore.h puts it")
+        fmt += (f"{offset - at}x" if offset > at else "") + code
+        at = offset + struct.calcsize("<" + code)
+    layout = struct.Struct(fmt)
+    if whole and layout.size != lib.LS_RECORD_FIXED:
+        raise ImportError("the record fields do not fill LS_RECORD_FIXED bytes")
+    return layout
+
+
+_RECORD = _fixed(
+    ("LEN", "I"), ("TYPE", "B"), ("FLAGS", "B"), ("RESERVED", "2x"), ("MODE", "I"),
+    ("UID", "I"), ("GID", "I"), ("DEVMAJOR", "I"), ("DEVMINOR", "I"), ("MTIME_NSEC", "I"),
+    ("MTIME", "q"), ("SIZE", "Q"), ("RAW_LEN", "Q"), ("OBJECT_ID", "32s"),
+    ("CONTENT_HASH", "32s"), ("PATH_LEN", "I"), ("LINK_LEN", "I"), ("UNAME_LEN", "I"),
+    ("GNAME_LEN", "I"), ("XATTRS_LEN", "I"), whole=True)
+# What scan_records reads: the xattrs are the record's last bytes, the other variable parts
+# and the device numbers and mtime are not read at all.
+_SCAN = _fixed(
+    ("LEN", "I"), ("TYPE", "B"), ("FLAGS", "B"), ("MODE", "I"), ("UID", "I"), ("GID", "I"),
+    ("SIZE", "Q"), ("RAW_LEN", "Q"), ("OBJECT_ID", "32s"), ("CONTENT_HASH", "32s"),
+    ("XATTRS_LEN", "I"))
+_FIXED = lib.LS_RECORD_FIXED
+
 _TYPES = {
     lib.LS_ENTRY_FILE: EntryType.FILE,
     lib.LS_ENTRY_HARDLINK: EntryType.HARDLINK,
@@ -310,9 +347,16 @@ _TYPES = {
     lib.LS_ENTRY_DIR: EntryType.DIR,
     lib.LS_ENTRY_FIFO: EntryType.FIFO,
 }
+_TYPE_CODES = {v: k for k, v in _TYPES.items()}
+FILE = lib.LS_ENTRY_FILE            # the type code of regular files, as scan_records gives it
 NEW_OBJECT = lib.LS_RECORD_NEW_OBJECT
 SPARSE = lib.LS_RECORD_SPARSE
 XATTRS_SKIPPED = lib.LS_RECORD_XATTRS_SKIPPED
+_NO_ID = bytes(32)
+
+
+def _damaged(what: str) -> errors.CorruptArchive:
+    return errors.CorruptArchive(f"damaged entry records: {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,58 +369,106 @@ class Record:
 
 
 def decode_records(blob) -> Iterator[Record]:
-    """Decodes the C core's record batch (layout in csrc/layerstore.h)."""
+    """Decodes a record batch into entries."""
     view = memoryview(blob)
     pos, end = 0, len(view)
     unpack = _RECORD.unpack_from
-    fixed = _RECORD.size
     fsdecode = os.fsdecode
-    while pos < end:
-        (total, typ, flags, _, mode, uid, gid, major, minor, nsec, mtime, size, raw_len,
-         oid, chash, plen, llen, ulen, glen, xlen) = unpack(view, pos)
-        p = pos + fixed
-        path = fsdecode(bytes(view[p:p + plen]))
-        p += plen
-        link = fsdecode(bytes(view[p:p + llen])) if llen else None
-        p += llen
-        uname = bytes(view[p:p + ulen]).decode("utf-8", "surrogateescape")
-        p += ulen
-        gname = bytes(view[p:p + glen]).decode("utf-8", "surrogateescape")
-        p += glen
-        xattrs = _decode_xattrs(view[p:p + xlen]) if xlen else ()
-        etype = _TYPES[typ]
-        is_file = etype is EntryType.FILE
-        yield Record(
-            Entry(path, etype, mode, uid, gid, mtime * 1_000_000_000 + nsec, size, link,
-                  oid.hex() if is_file else None, chash.hex() if is_file else None,
-                  uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
-            flags, raw_len)
-        pos += total
+    try:
+        while pos < end:
+            (total, typ, flags, mode, uid, gid, major, minor, nsec, mtime, size, raw_len,
+             oid, chash, plen, llen, ulen, glen, xlen) = unpack(view, pos)
+            if total < _FIXED:
+                raise _damaged(f"a record of {total} bytes")
+            p = pos + _FIXED
+            path = fsdecode(bytes(view[p:p + plen]))
+            p += plen
+            link = fsdecode(bytes(view[p:p + llen])) if llen else None
+            p += llen
+            uname = bytes(view[p:p + ulen]).decode("utf-8", "surrogateescape")
+            p += ulen
+            gname = bytes(view[p:p + glen]).decode("utf-8", "surrogateescape")
+            p += glen
+            xattrs = decode_xattrs(view[p:p + xlen]) if xlen else ()
+            etype = _TYPES[typ]
+            is_file = etype is EntryType.FILE
+            yield Record(
+                Entry(path, etype, mode, uid, gid, mtime * 1_000_000_000 + nsec, size, link,
+                      oid.hex() if is_file else None, chash.hex() if is_file else None,
+                      uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
+                flags, raw_len)
+            pos += total
+    except (struct.error, KeyError) as exc:
+        raise _damaged(str(exc)) from None
 
 
-_TYPE_CODES = {v: k for k, v in _TYPES.items()}
-_NO_ID = bytes(32)
+def scan_records(blob) -> Iterator[tuple]:
+    """Reads a record batch without building entries, for the passes over every record of a
+    store (fsck, gc, du, save): yields, per record, the tuple
+        (type, flags, mode, uid, gid, size, raw_len, object_id, content_hash, xattrs)
+    where type is the core's code (FILE for regular files), object_id and content_hash are
+    32 bytes (zeros but for regular files), and xattrs is still encoded (decode_xattrs)."""
+    view = memoryview(blob)
+    pos, end = 0, len(view)
+    unpack = _SCAN.unpack_from
+    try:
+        while pos < end:
+            total, typ, flags, mode, uid, gid, size, raw_len, oid, chash, xlen = \
+                unpack(view, pos)
+            if total < _FIXED:
+                raise _damaged(f"a record of {total} bytes")
+            yield (typ, flags, mode, uid, gid, size, raw_len, oid, chash,
+                   view[pos + total - xlen:pos + total] if xlen else b"")
+            pos += total
+    except struct.error as exc:
+        raise _damaged(str(exc)) from None
 
 
 def encode_record(e: Entry, link: str | None = None) -> bytes:
-    """One record in the C core's layout (the inverse of decode_records); link overrides
-    e.link (a checkout plan names hardlink targets by the path it made them at)."""
+    """One record of e (the inverse of decode_records); link overrides e.link (a checkout
+    plan names hardlink targets by the path it made them at)."""
     path = os.fsencode(e.path)
     target = os.fsencode(link if link is not None else (e.link or ""))
     uname = e.uname.encode("utf-8", "surrogateescape")
     gname = e.gname.encode("utf-8", "surrogateescape")
     xattrs = encode_xattrs(e.xattrs) if e.xattrs else b""
     is_file = e.type is EntryType.FILE
-    total = _RECORD.size + len(path) + len(target) + len(uname) + len(gname) + len(xattrs)
+    total = _FIXED + len(path) + len(target) + len(uname) + len(gname) + len(xattrs)
     sec, nsec = divmod(e.mtime_ns, 1_000_000_000)
     typ = lib.LS_ENTRY_HARDLINK if link is not None else _TYPE_CODES[e.type]
     return b"".join((
-        _RECORD.pack(total, typ, SPARSE if e.sparse else 0, 0, e.mode, e.uid, e.gid,
+        _RECORD.pack(total, typ, SPARSE if e.sparse else 0, e.mode, e.uid, e.gid,
                      e.devmajor, e.devminor, nsec, sec, e.size if is_file else 0, 0,
                      bytes.fromhex(e.object_id) if is_file and e.object_id else _NO_ID,
                      bytes.fromhex(e.content_hash) if is_file and e.content_hash else _NO_ID,
                      len(path), len(target), len(uname), len(gname), len(xattrs)),
         path, target, uname, gname, xattrs))
+
+
+def plan_totals(plan) -> tuple[int, int]:
+    """The bytes of regular files and the number of entries of a checkout plan: the totals
+    of the progress checkout reports."""
+    nbytes = items = 0
+    for typ, _, _, _, _, size, _, _, _, _ in scan_records(plan):
+        if typ == FILE:
+            nbytes += size
+        items += 1
+    return nbytes, items
+
+
+def new_objects(blob) -> list[bytes]:
+    """The objects that the ingest which produced a record batch wrote (LS_RECORD_NEW_OBJECT)."""
+    return [oid for typ, flags, _, _, _, _, _, oid, _, _ in scan_records(blob)
+            if typ == FILE and flags & NEW_OBJECT]
+
+
+def record_objects(blob) -> dict[bytes, int]:
+    """The non-empty objects a record batch references: {object id: content size}."""
+    return {oid: size for typ, _, _, _, _, size, _, oid, _, _ in scan_records(blob)
+            if typ == FILE and size}
+
+
+# ---- Long calls: checkout, layer writes, object checks --------------------------------------
 
 
 def observed(call, report=None):
@@ -438,25 +530,6 @@ def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
         "skipped_specials", "skipped_owners", "skipped_xattrs")}
 
 
-_PLAN_HEAD = struct.Struct("<IB")                    # record_len, type
-_PLAN_SIZE = struct.Struct("<Q")
-_SIZE_AT = struct.calcsize("<IBBHIIIIIIq")           # the size field's offset in a record
-
-
-def plan_totals(plan) -> tuple[int, int]:
-    """The bytes of regular files and the number of entries of a checkout plan: the totals
-    of the progress checkout reports."""
-    view = memoryview(plan)
-    nbytes = items = pos = 0
-    while pos < len(view):
-        total, typ = _PLAN_HEAD.unpack_from(view, pos)
-        if typ == lib.LS_ENTRY_FILE:
-            nbytes += _PLAN_SIZE.unpack_from(view, pos + _SIZE_AT)[0]
-        items += 1
-        pos += total
-    return nbytes, items
-
-
 def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
                 report=None) -> int:
     """Writes a stored layer's exact tar to out_fd (see ls_layer_write); returns the bytes
@@ -511,32 +584,7 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
             for i, o in enumerate(objs)]
 
 
-def new_objects(blob) -> list[bytes]:
-    """The objects that the ingest which produced a record batch wrote (LS_RECORD_NEW_OBJECT)."""
-    view = memoryview(blob)
-    out = []
-    pos, end = 0, len(view)
-    while pos < end:
-        total, typ, flags = struct.unpack_from("<IBB", view, pos)
-        if typ == lib.LS_ENTRY_FILE and flags & lib.LS_RECORD_NEW_OBJECT:
-            out.append(bytes(view[pos + 56:pos + 88]))
-        pos += total
-    return out
-
-
-def record_objects(blob) -> dict[bytes, int]:
-    """The non-empty objects a record batch references: {object id: content size}."""
-    view = memoryview(blob)
-    out = {}
-    pos, end = 0, len(view)
-    while pos < end:
-        total, typ = struct.unpack_from("<IB", view, pos)
-        if typ == lib.LS_ENTRY_FILE:
-            (size,) = struct.unpack_from("<Q", view, pos + 40)
-            if size:
-                out[bytes(view[pos + 56:pos + 88])] = size
-        pos += total
-    return out
+# ---- Layer ingest ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
