@@ -328,8 +328,8 @@ static int on_entry_end(void *ctx)
         uint8_t *content_hash = h + LS_RECORD_OFF_CONTENT_HASH;
         g->meta.xattrs = g->cur.data + g->cur.len - g->meta.xattrs_len;
         ls_blake3_finalize(g->hasher, content_hash, 32);
-        ls_object_id(content_hash, g->meta.mode, g->meta.uid, g->meta.gid, g->meta.xattrs,
-                     g->meta.xattrs_len, id);
+        ls_object_make_id(content_hash, g->meta.mode, g->meta.uid, g->meta.gid,
+                          g->meta.xattrs, g->meta.xattrs_len, id);
         g->stats.files++;
         g->stats.file_bytes += g->size;
         if (g->store && g->size > 0) {      /* empty files are never shared: no object */
@@ -433,12 +433,12 @@ int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats)
     g->finished = 1;
     if (g->thread_state > 0)
         sha_drain(g);
-    ls_sha256_final(g->sha, g->stats.diff_id);
+    ls_sha256_finalize(g->sha, g->stats.diff_id);
     *stats = g->stats;
     return 0;
 }
 
-const char *ls_ingest_error(const ls_ingest *g)
+const char *ls_ingest_get_error(const ls_ingest *g)
 {
     return g->err.msg;
 }

@@ -42,10 +42,14 @@ typedef struct {
     int32_t cancel;
 } ls_progress;
 
+/* How the core was built (csrc/build_ffi.py says by which environment variables). */
+enum {
+    LS_BUILD_SANITIZED = 1      /* AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1) */
+};
 /* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
-const char *ls_version(void);
-/* 1 when built with AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1), so tests can insist. */
-int ls_sanitized(void);
+const char *ls_build_get_version(void);
+/* LS_BUILD_* flags, so that tests can insist on the build they need. */
+int ls_build_get_flags(void);
 /* Crash-test hook (tests/test_crash.py): counts a step (an object linked, an index transaction
  * begun or committed, a file unlinked) and SIGKILLs the process at the Nth step when the
  * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call; inert otherwise. */
@@ -76,8 +80,8 @@ void ls_blake3_hash(const void *data, size_t len, uint8_t *out);
 /* The backend is picked once from the CPU; tests and benchmarks may switch it for the whole
  * process (not while another thread hashes).  Returns 0, or LS_E_UNSUPPORTED when this CPU or
  * build lacks it. */
-int ls_blake3_backend(void);
-int ls_blake3_use_backend(int backend);
+int ls_blake3_get_backend(void);
+int ls_blake3_set_backend(int backend);
 
 /* ---- SHA-256 (sha256.c): the diffID of a layer stream ------------------------------------ */
 
@@ -88,11 +92,11 @@ typedef struct ls_sha256 ls_sha256;
 ls_sha256 *ls_sha256_new(void);
 void ls_sha256_update(ls_sha256 *h, const uint8_t *data, size_t len);
 /* Writes 32 bytes; h must be reset or freed afterwards. */
-void ls_sha256_final(ls_sha256 *h, uint8_t *out);
+void ls_sha256_finalize(ls_sha256 *h, uint8_t *out);
 void ls_sha256_reset(ls_sha256 *h);
 void ls_sha256_free(ls_sha256 *h);
-int ls_sha256_backend(void);
-int ls_sha256_use_backend(int backend);
+int ls_sha256_get_backend(void);
+int ls_sha256_set_backend(int backend);
 
 /* ---- Object store (objstore.c) ------------------------------------------------------------ */
 
@@ -114,10 +118,10 @@ void ls_store_close(ls_store *s);
  *   BLAKE3("layerstore-object-v1" || content_hash || le32 mode || le32 uid || le32 gid ||
  *          BLAKE3(xattrs))
  * where xattrs is the encoding described under "Records" (sorted by name). */
-void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
-                  const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
+void ls_object_make_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid,
+                       uint32_t gid, const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
 /* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */
-void ls_object_path(const uint8_t *id, char *out);
+void ls_object_make_path(const uint8_t *id, char *out);
 /* Re-creates object id, whose name must be free (fsck --repair removed the damaged file),
  * from object src_id, which holds the same content under other metadata: a reflink where the
  * filesystem has them, else a copy that keeps holes; checked against content_hash on the way
@@ -213,7 +217,7 @@ void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,
 /* Checks that the stream ended cleanly, completes the diffID and fills stats.  Records and raw
  * bytes produced by finishing must still be taken. */
 int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats);
-const char *ls_ingest_error(const ls_ingest *g);
+const char *ls_ingest_get_error(const ls_ingest *g);
 void ls_ingest_free(ls_ingest *g);
 
 /* ---- Checkout (checkout.c) ------------------------------------------------------------------
@@ -241,9 +245,9 @@ typedef struct {
     uint64_t skipped_xattrs;
 } ls_checkout_stats;
 
-int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
-                int flags, ls_checkout_stats *stats, ls_progress *progress, char *err,
-                size_t errlen);
+int ls_tree_checkout(const char *objects_dir, const char *dest, const uint8_t *plan,
+                     size_t plan_len, int flags, ls_checkout_stats *stats,
+                     ls_progress *progress, char *err, size_t errlen);
 
 /* ---- Layer export (export.c) ---------------------------------------------------------------
  *
@@ -277,7 +281,7 @@ typedef struct {
     uint8_t content_hash[32];
 } ls_object_check;
 
-int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
+int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
                      int flags, ls_progress *progress, char *err, size_t errlen);
 
 #endif

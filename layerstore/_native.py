@@ -23,16 +23,19 @@ try:
 except ImportError as exc:  # pragma: no cover - a broken install
     raise ImportError(f"layerstore's C core is not built: {exc}") from exc
 
-if ffi.string(lib.ls_version()).decode() != __version__:  # pragma: no cover
+if ffi.string(lib.ls_build_get_version()).decode() != __version__:  # pragma: no cover
     raise ImportError(
-        f"layerstore's C core was built for version {ffi.string(lib.ls_version()).decode()}, "
-        f"but the package is {__version__}: rebuild it (pip install .)"
+        "layerstore's C core was built for version "
+        f"{ffi.string(lib.ls_build_get_version()).decode()}, but the package is {__version__}: "
+        "rebuild it (pip install .)"
     )
+
+_BUILD_FLAGS = lib.ls_build_get_flags()
 
 
 def built_with_sanitizers() -> bool:
     """Whether the C core was built with AddressSanitizer + UBSan (for the test suite)."""
-    return bool(lib.ls_sanitized())
+    return bool(_BUILD_FLAGS & lib.LS_BUILD_SANITIZED)
 
 
 def test_step() -> None:
@@ -139,7 +142,7 @@ class Sha256:
     def digest(self) -> bytes:
         out = ffi.new("uint8_t[32]")
         with self._lock:
-            lib.ls_sha256_final(self._h, out)
+            lib.ls_sha256_finalize(self._h, out)
             lib.ls_sha256_reset(self._h)
         return ffi.buffer(out)[:]
 
@@ -154,12 +157,12 @@ def _available(names: dict, use, current) -> list[str]:
 
 def blake3_backends() -> list[str]:
     """The BLAKE3 implementations this CPU can run, portable first."""
-    return _available(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend)
+    return _available(_BLAKE3_BACKENDS, lib.ls_blake3_set_backend, lib.ls_blake3_get_backend)
 
 
 def sha256_backends() -> list[str]:
     """The SHA-256 implementations this CPU can run, portable first."""
-    return _available(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend)
+    return _available(_SHA256_BACKENDS, lib.ls_sha256_set_backend, lib.ls_sha256_get_backend)
 
 
 @contextlib.contextmanager
@@ -179,16 +182,16 @@ def _switch(names: dict, use, current, name: str):
 
 def blake3_backend(name: str):
     """Context manager: hash with one BLAKE3 backend process-wide (tests and benchmarks)."""
-    return _switch(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend, name)
+    return _switch(_BLAKE3_BACKENDS, lib.ls_blake3_set_backend, lib.ls_blake3_get_backend, name)
 
 
 def sha256_backend(name: str):
     """Context manager: use one SHA-256 backend process-wide (tests and benchmarks)."""
-    return _switch(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend, name)
+    return _switch(_SHA256_BACKENDS, lib.ls_sha256_set_backend, lib.ls_sha256_get_backend, name)
 
 
 def current_blake3_backend() -> str:
-    code = lib.ls_blake3_backend()
+    code = lib.ls_blake3_get_backend()
     return next(n for n, c in _BLAKE3_BACKENDS.items() if c == code)
 
 
@@ -200,7 +203,7 @@ def object_id(content_hash: bytes, mode: int, uid: int, gid: int,
     """The identity of an object: its content hash and the metadata a hardlink shares."""
     blob = encode_xattrs(xattrs)
     out = ffi.new("uint8_t[32]")
-    lib.ls_object_id(content_hash, mode & 0o7777, uid, gid, blob, len(blob), out)
+    lib.ls_object_make_id(content_hash, mode & 0o7777, uid, gid, blob, len(blob), out)
     return ffi.buffer(out)[:].hex()
 
 
@@ -515,13 +518,13 @@ CHECKOUT_MODES = {"reflink": 0, "copy": lib.LS_CHECKOUT_COPY, "link": lib.LS_CHE
 
 def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
              report=None) -> dict:
-    """Makes the existing, empty dest the tree plan describes (see ls_checkout), its files made
+    """Makes the existing, empty dest the tree plan describes (see ls_tree_checkout), its files made
     as mode says (a key of CHECKOUT_MODES); returns the counts of what was made and skipped.
     report: see observed (items: entries made)."""
     stats = ffi.new("ls_checkout_stats *")
     err = ffi.new("char[]", 1024)
     flags = CHECKOUT_MODES[mode] | (lib.LS_CHECKOUT_OWNERS if owners else 0)
-    rc = observed(lambda progress: lib.ls_checkout(
+    rc = observed(lambda progress: lib.ls_tree_checkout(
         os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags, stats, progress,
         err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
@@ -546,7 +549,7 @@ def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
 
 @dataclass(frozen=True)
 class ObjectCheck:
-    """What ls_check_objects found for one object file."""
+    """What ls_objects_check found for one object file."""
     err: int                # 0, an errno (ENOENT: missing), or NOT_REGULAR
     mode: int
     uid: int
@@ -562,7 +565,7 @@ NOT_REGULAR = lib.LS_CHECK_NOT_REGULAR
 
 def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
                   report=None) -> list[ObjectCheck]:
-    """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_check_objects),
+    """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_objects_check),
     in the order given (biggest first spreads the work best), and counts their xattrs that
     xattr_applies(name, owners) names.  report: see observed (items: objects checked)."""
     if not ids:
@@ -571,7 +574,7 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
     for o, oid in zip(objs, ids):
         o.id = oid
     err = ffi.new("char[]", 1024)
-    rc = observed(lambda progress: lib.ls_check_objects(
+    rc = observed(lambda progress: lib.ls_objects_check(
         os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
         lib.LS_CHECK_XATTRS | (lib.LS_CHECK_OWNERS if owners else 0), progress, err, 1024),
         report)
@@ -627,7 +630,7 @@ class LayerIngest:
             self._raw += ffi.buffer(self._take[1], self._take_len[1])
 
     def _fail(self, rc: int) -> None:
-        _check(rc, ffi.string(lib.ls_ingest_error(self._h)).decode("utf-8", "replace"))
+        _check(rc, ffi.string(lib.ls_ingest_get_error(self._h)).decode("utf-8", "replace"))
 
     def feed(self, data) -> None:
         with self._lock:
