@@ -44,7 +44,8 @@ typedef struct {
 
 /* How the core was built (csrc/build_ffi.py says by which environment variables). */
 enum {
-    LS_BUILD_SANITIZED = 1      /* AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1) */
+    LS_BUILD_SANITIZED = 1,     /* AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1) */
+    LS_BUILD_TEST_HOOKS = 2     /* ls_test_step kills (LAYERSTORE_TEST_HOOKS=1): test builds */
 };
 /* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
 const char *ls_build_get_version(void);
@@ -52,7 +53,8 @@ const char *ls_build_get_version(void);
 int ls_build_get_flags(void);
 /* Crash-test hook (tests/test_crash.py): counts a step (an object linked, an index transaction
  * begun or committed, a file unlinked) and SIGKILLs the process at the Nth step when the
- * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call; inert otherwise. */
+ * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call.  Compiled only into test
+ * builds (LS_BUILD_TEST_HOOKS); in any other it does nothing, whatever the environment says. */
 void ls_test_step(void);
 
 /* ---- BLAKE3 (blake3.c, blake3_portable.c, blake3_sse41.c, blake3_avx2.c) ----------------- */

@@ -11,5 +11,8 @@ int ls_build_get_flags(void)
 #ifdef LS_SANITIZED
     flags |= LS_BUILD_SANITIZED;
 #endif
+#ifdef LS_TEST_HOOKS
+    flags |= LS_BUILD_TEST_HOOKS;
+#endif
     return flags;
 }

@@ -38,10 +38,17 @@ def built_with_sanitizers() -> bool:
     return bool(_BUILD_FLAGS & lib.LS_BUILD_SANITIZED)
 
 
+def built_with_test_hooks() -> bool:
+    """Whether the C core is a test build, with the crash-test hook (LAYERSTORE_TEST_HOOKS=1
+    when it was built)."""
+    return bool(_BUILD_FLAGS & lib.LS_BUILD_TEST_HOOKS)
+
+
 def test_step() -> None:
-    """The crash tests' kill point (see ls_test_step): inert unless LAYERSTORE_TEST_KILL_AFTER
-    is set."""
-    lib.ls_test_step()
+    """The crash tests' kill point (see ls_test_step): does something only in a test build
+    whose process has LAYERSTORE_TEST_KILL_AFTER set."""
+    if _BUILD_FLAGS & lib.LS_BUILD_TEST_HOOKS:
+        lib.ls_test_step()
 
 
 _ERRORS = {
