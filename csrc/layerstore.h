@@ -286,4 +286,12 @@ typedef struct {
 int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
                      int flags, ls_progress *progress, char *err, size_t errlen);
 
+/* ---- Overlay mounts (mount.c) ---------------------------------------------------------------
+ *
+ * mount(2) of an overlay filesystem at target with the given options (lowerdir=..., built and
+ * escaped by the caller; at most a page), and umount2(2) of what is mounted at target.  Each
+ * returns 0 or -errno, which the caller turns into a message: these need root (CAP_SYS_ADMIN). */
+int ls_overlay_mount(const char *target, const char *options);
+int ls_overlay_unmount(const char *target);
+
 #endif

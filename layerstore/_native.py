@@ -594,6 +594,21 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
             for i, o in enumerate(objs)]
 
 
+# ---- Overlay mounts -------------------------------------------------------------------------
+
+
+def overlay_mount(target: str, options: str) -> int:
+    """Mounts an overlay at target with the given options (see ls_overlay_mount): 0, or the
+    errno of mount(2)."""
+    return -lib.ls_overlay_mount(os.fsencode(target), os.fsencode(options))
+
+
+def overlay_unmount(target: str) -> int:
+    """Unmounts what is mounted at target (see ls_overlay_unmount): 0, or the errno of
+    umount2(2)."""
+    return -lib.ls_overlay_unmount(os.fsencode(target))
+
+
 # ---- Layer ingest ---------------------------------------------------------------------------
 
 
