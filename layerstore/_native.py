@@ -525,9 +525,9 @@ CHECKOUT_MODES = {"reflink": 0, "copy": lib.LS_CHECKOUT_COPY, "link": lib.LS_CHE
 
 def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
              report=None) -> dict:
-    """Makes the existing, empty dest the tree plan describes (see ls_tree_checkout), its files made
-    as mode says (a key of CHECKOUT_MODES); returns the counts of what was made and skipped.
-    report: see observed (items: entries made)."""
+    """Makes the existing, empty dest the tree plan describes (see ls_tree_checkout), its
+    files made as mode says (a key of CHECKOUT_MODES); returns the counts of what was made
+    and skipped.  report: see observed (items: entries made)."""
     stats = ffi.new("ls_checkout_stats *")
     err = ffi.new("char[]", 1024)
     flags = CHECKOUT_MODES[mode] | (lib.LS_CHECKOUT_OWNERS if owners else 0)
