@@ -13,7 +13,7 @@ pull and push.
 - FaultProxy: an HTTP proxy in front of a registry that logs each request and, for requests
   that match a rule, answers a status of its own (429 + Retry-After, 5xx, 416, 401),
   resets the connection after N bytes of the body, forwards without the Range header (a
-  server that ignores Range), replaces the body, or adds headers.
+  server that ignores Range), replaces the body, or sets headers.
 - Seeds: small images built here as OCI layouts and pushed with `skopeo copy` (Docker v2
   schema 2 and OCI), a two-platform index with a BuildKit-style attestation entry and an OCI
   artifact pushed by hand; corpus images as Docker gzip and OCI zstd (slow: marked so).
@@ -377,7 +377,7 @@ class Fault:
     kind: "status" answers status/headers/body itself (after forwarding the request when
     forward is true, so the registry did act on it); "reset" forwards and cuts the
     connection after `after` bytes of the answer's body; "ignore_range" forwards without the
-    Range header; "headers" forwards and adds headers to the answer; "body" forwards and
+    Range header; "headers" forwards and sets headers of the answer; "body" forwards and
     replaces the answer's body (keeping status and the other headers).
     """
 
@@ -461,6 +461,8 @@ class FaultProxy(ThreadServer):
             entry["location"] = resp.getheader("Location")
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
             if fault and fault.kind == "headers":
+                names = {k.lower() for k in fault.headers}
+                out = [(k, v) for k, v in out if k.lower() not in names]
                 out += list(fault.headers.items())
             if fault and fault.kind == "body":
                 resp.read()

@@ -10,7 +10,7 @@ import logging
 
 import pytest
 from registry_servers import (IDENTITY_TOKEN, PASSWORD, SERVICE, USER, FakeClock, Fault,
-                              make_client)
+                              ThreadServer, _Handler, make_client)
 
 from layerstore import errors
 from layerstore.registry.auth import Challenge, check_realm, merge_scopes, parse_challenges
@@ -286,6 +286,38 @@ def test_a_blob_redirected_to_the_cdn_goes_without_authorization(cdn_registry, s
     # The registry itself does require a token (else the test would prove nothing).
     assert Transport().request("GET", f"http://{registry.host}/v2/seed/app/blobs/{digest}"
                                ).status == 401
+
+
+class _RecordHandler(_Handler):
+    def _any(self):
+        self.body()
+        self.owner.log.append((self.command, self.headers.get("Authorization")))
+        self.reply(202, headers={"Location": self.path, "Range": "0-0"})
+
+    do_PATCH = do_PUT = do_GET = _any
+
+
+class Recorder(ThreadServer):
+    handler = _RecordHandler
+
+    def __init__(self):
+        self.log = []
+        super().__init__()
+
+
+def test_an_upload_location_on_another_host_gets_no_authorization(token_proxy, token_server):
+    """The registry may send uploads elsewhere (a storage service): the token stays home."""
+    other = Recorder()
+    try:
+        token_proxy.add(Fault("headers", "POST", "/blobs/uploads/",
+                              headers={"Location": f"{other.url}/upload/1?state=x"}))
+        with make_client(token_proxy.host, credentials=ALICE, allow_private_realm=True) as c:
+            upload = c.start_upload("test/elsewhere")
+            upload.patch(b"x")
+        assert [e["authorization"] for e in token_proxy.log if e["method"] == "POST"] == [True]
+        assert other.log == [("PATCH", None)]
+    finally:
+        other.stop()
 
 
 # -- secrets --------------------------------------------------------------------------------

@@ -341,6 +341,8 @@ def test_bytes_that_do_not_hash_to_the_digest_never_reach_the_end(proxy, seed):
         with pytest.raises(errors.DigestMismatch, match=f"{size} bytes hash to sha256:"):
             _read_all(r)
         assert not r.verified
+        with pytest.raises(errors.DigestMismatch):      # and never an end of file after it
+            r.read(1)
 
 
 @pytest.mark.parametrize("delta", [-1, 1])

@@ -422,6 +422,7 @@ class BlobReader(io.RawIOBase):
         self.requests = 0
         self.resumes = 0
         self.verified = False
+        self._failed: Exception | None = None    # raised again by every later read
         self._open_at, self._transport = open_at, transport
         self._hash = hashlib.sha256()
         self._offset = 0
@@ -434,6 +435,8 @@ class BlobReader(io.RawIOBase):
     def readinto(self, b) -> int:
         if self.closed:
             raise ValueError("read of a closed BlobReader")
+        if self._failed is not None:
+            raise self._failed
         view = memoryview(b).cast("B")
         while True:
             if self.size is not None and self._offset >= self.size:
@@ -519,8 +522,9 @@ class BlobReader(io.RawIOBase):
     def _check_digest(self) -> None:
         got = "sha256:" + self._hash.hexdigest()
         if got != self.digest:
-            raise errors.DigestMismatch(f"{self.label}: the blob's {self._offset} bytes hash "
-                                        f"to {got}")
+            self._failed = errors.DigestMismatch(f"{self.label}: the blob's {self._offset} "
+                                                 f"bytes hash to {got}")
+            raise self._failed
         self.verified = True
 
     def close(self) -> None:
