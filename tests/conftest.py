@@ -5,6 +5,10 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+# The registry tests' servers (docker-registry, token server, CDN, fault proxy) and their
+# fixtures; session-scoped and started only by a test that asks for one.
+pytest_plugins = ["registry_servers"]
+
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("LAYERSTORE_CORPUS", REPO.parent / "shared" / "corpus"))
 
