@@ -68,7 +68,7 @@ def contestants_sha256():
 
     def thin(data):
         lib.ls_sha256_update(ctx, data, len(data))
-        lib.ls_sha256_final(ctx, out)
+        lib.ls_sha256_finalize(ctx, out)
         lib.ls_sha256_reset(ctx)
 
     rows = []

@@ -114,12 +114,12 @@ static inline const b3_backend *b3_backend_now(void)
     return __atomic_load_n(&b3_active, __ATOMIC_RELAXED);
 }
 
-int ls_blake3_backend(void)
+int ls_blake3_get_backend(void)
 {
     return b3_backend_now()->id;
 }
 
-int ls_blake3_use_backend(int backend)
+int ls_blake3_set_backend(int backend)
 {
     if (backend < LS_BLAKE3_PORTABLE || backend > LS_BLAKE3_AVX512)
         return LS_E_STATE;

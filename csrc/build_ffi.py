@@ -5,6 +5,11 @@ build works from any current directory.  Environment:
   LAYERSTORE_WERROR=1    compile with -Werror (CI does)
   LAYERSTORE_SANITIZE=1  compile and link with AddressSanitizer + UBSan (CI runs the native tests
                          once this way, with libasan preloaded into Python)
+  LAYERSTORE_TEST_HOOKS=1  a test build: compile in the crash-test hook (ls_test_step), which
+                         SIGKILLs the process at a chosen step; tests/test_crash.py needs it, and
+                         the installed product never has it
+A changed variable does not make setuptools rebuild what it built before: add --force
+(`python setup.py build_ext --inplace --force`), or build from a clean tree as CI does.
 """
 
 import glob
@@ -30,6 +35,10 @@ def _cdef(header_path):
 
 def _sanitize():
     return os.environ.get("LAYERSTORE_SANITIZE") == "1"
+
+
+def _test_hooks():
+    return os.environ.get("LAYERSTORE_TEST_HOOKS") == "1"
 
 
 def _flags():
@@ -58,7 +67,8 @@ def make_builder(absolute: bool) -> FFI:
         sources=sources if absolute else [os.path.relpath(p, ROOT) for p in sources],
         include_dirs=[HERE],
         define_macros=[("LS_VERSION", '"%s"' % _version()), ("_GNU_SOURCE", "1")]
-        + ([("LS_SANITIZED", "1")] if _sanitize() else []),
+        + ([("LS_SANITIZED", "1")] if _sanitize() else [])
+        + ([("LS_TEST_HOOKS", "1")] if _test_hooks() else []),
         extra_compile_args=cflags,
         extra_link_args=ldflags,
     )

@@ -9,7 +9,7 @@
  * component with O_NOFOLLOW from DEST's descriptor (and the plan's parents are directories
  * this call made), and everything is made with *at() calls relative to those descriptors.  The
  * open directories of the current path are kept on a stack, so a plan in tree order opens
- * each directory about once per pass.  The work is done in passes (see ls_checkout), the
+ * each directory about once per pass.  The work is done in passes (see ls_tree_checkout), the
  * largest of them on two threads.
  *
  * A file is, by default, an inode of its own with its record's metadata, so that writing to
@@ -442,7 +442,7 @@ static int make_file(co *c, const char *name, const rec *r)
     if (r->size == 0)
         return make_copy(c, -1, name, r);
     char obj[66];
-    ls_object_path(r->object_id, obj);
+    ls_object_make_path(r->object_id, obj);
     if (c->flags & LS_CHECKOUT_LINK) {
         if (linkat(c->objects_fd, obj, here(c), name, 0) == 0) {
             c->st->hardlinked++;
@@ -802,8 +802,9 @@ static size_t middle(const co *c, size_t entries)
 {
     size_t seen = 0, used = 0;
     for (size_t off = 0; off < c->plan_len; off += used) {
-        used = ls_get32(c->plan + off);     /* the first pass checked every record */
-        if (in_pass(PASS_ENTRIES, c->plan[off + 4]) && ++seen > entries / 2)
+        /* The first pass checked every record. */
+        used = ls_get32(c->plan + off + LS_RECORD_OFF_LEN);
+        if (in_pass(PASS_ENTRIES, c->plan[off + LS_RECORD_OFF_TYPE]) && ++seen > entries / 2)
             return off;
     }
     return c->plan_len;
@@ -819,9 +820,9 @@ static size_t middle(const co *c, size_t entries)
  */
 #define PARALLEL_MIN 512
 
-int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
-                int flags, ls_checkout_stats *stats, ls_progress *progress, char *err,
-                size_t errlen)
+int ls_tree_checkout(const char *objects_dir, const char *dest, const uint8_t *plan,
+                     size_t plan_len, int flags, ls_checkout_stats *stats,
+                     ls_progress *progress, char *err, size_t errlen)
 {
     ls_err e;
     co c = {0};
@@ -867,8 +868,8 @@ int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, 
 
     size_t entries = 0, used;
     for (size_t off = 0; off < plan_len; off += used) {
-        used = ls_get32(plan + off);
-        entries += in_pass(PASS_ENTRIES, plan[off + 4]);
+        used = ls_get32(plan + off + LS_RECORD_OFF_LEN);
+        entries += in_pass(PASS_ENTRIES, plan[off + LS_RECORD_OFF_TYPE]);
     }
     size_t mid = entries >= PARALLEL_MIN ? middle(&c, entries) : plan_len;
     pthread_t tid;

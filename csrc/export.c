@@ -211,7 +211,7 @@ static int emit(wr *w, const uint8_t *p, size_t n)
 static int modified(ls_err *e, const ls_record *r)
 {
     char obj[66];
-    ls_object_path(r->object_id, obj);
+    ls_object_make_path(r->object_id, obj);
     return ls_fail(e, LS_E_CORRUPT, "object %s of %.*s does not match its content hash "
                    "(modified through a hardlinked checkout?): run layerstore fsck", obj,
                    (int)(r->path_len > 300 ? 300 : r->path_len), r->path);
@@ -222,7 +222,7 @@ static int modified(ls_err *e, const ls_record *r)
 static int write_object(wr *w, int objects_fd, const uint8_t *recp, const ls_record *r)
 {
     char obj[66];
-    ls_object_path(r->object_id, obj);
+    ls_object_make_path(r->object_id, obj);
     int fd = openat(objects_fd, obj, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT

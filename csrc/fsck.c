@@ -79,7 +79,7 @@ static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t 
 {
     char path[66];
     struct stat st;
-    ls_object_path(o->id, path);
+    ls_object_make_path(o->id, path);
     int fd = openat(b->objects_fd, path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0) {
         o->err = errno == ELOOP ? LS_CHECK_NOT_REGULAR : errno;
@@ -123,7 +123,7 @@ static void *work(void *arg)
     return NULL;
 }
 
-int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
+int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
                      int flags, ls_progress *progress, char *err, size_t errlen)
 {
     batch b = {.objs = objs, .n = n, .flags = flags, .progress = progress};

@@ -212,17 +212,17 @@ static int on_entry(void *ctx, const ls_tar_entry *e)
         return ls_fail(&g->err, LS_E_NOMEM, "out of memory");
     uint8_t *h = r->data;
     memset(h, 0, LS_RECORD_FIXED);
-    h[4] = (uint8_t)e->type;
-    h[5] = e->sparse ? LS_RECORD_SPARSE : 0;
-    ls_put32(h + 8, e->mode);
-    ls_put32(h + 12, e->uid);
-    ls_put32(h + 16, e->gid);
-    ls_put32(h + 20, e->devmajor);
-    ls_put32(h + 24, e->devminor);
-    ls_put32(h + 28, e->mtime_nsec);
-    ls_put64(h + 32, (uint64_t)e->mtime);
-    ls_put64(h + 40, e->size);
-    ls_put64(h + 48, g->raw_pending);
+    h[LS_RECORD_OFF_TYPE] = (uint8_t)e->type;
+    h[LS_RECORD_OFF_FLAGS] = e->sparse ? LS_RECORD_SPARSE : 0;
+    ls_put32(h + LS_RECORD_OFF_MODE, e->mode);
+    ls_put32(h + LS_RECORD_OFF_UID, e->uid);
+    ls_put32(h + LS_RECORD_OFF_GID, e->gid);
+    ls_put32(h + LS_RECORD_OFF_DEVMAJOR, e->devmajor);
+    ls_put32(h + LS_RECORD_OFF_DEVMINOR, e->devminor);
+    ls_put32(h + LS_RECORD_OFF_MTIME_NSEC, e->mtime_nsec);
+    ls_put64(h + LS_RECORD_OFF_MTIME, (uint64_t)e->mtime);
+    ls_put64(h + LS_RECORD_OFF_SIZE, e->size);
+    ls_put64(h + LS_RECORD_OFF_RAW_LEN, g->raw_pending);
     g->raw_pending = 0;
     r->len = LS_RECORD_FIXED;
 
@@ -252,11 +252,11 @@ static int on_entry(void *ctx, const ls_tar_entry *e)
         ls_buf_append(r, e->xattrs, e->xattrs_len))
         return ls_fail(&g->err, LS_E_NOMEM, "out of memory");
     h = r->data;
-    ls_put32(h + 120, (uint32_t)path_len);
-    ls_put32(h + 124, (uint32_t)link_len);
-    ls_put32(h + 128, (uint32_t)e->uname_len);
-    ls_put32(h + 132, (uint32_t)e->gname_len);
-    ls_put32(h + 136, (uint32_t)e->xattrs_len);
+    ls_put32(h + LS_RECORD_OFF_PATH_LEN, (uint32_t)path_len);
+    ls_put32(h + LS_RECORD_OFF_LINK_LEN, (uint32_t)link_len);
+    ls_put32(h + LS_RECORD_OFF_UNAME_LEN, (uint32_t)e->uname_len);
+    ls_put32(h + LS_RECORD_OFF_GNAME_LEN, (uint32_t)e->gname_len);
+    ls_put32(h + LS_RECORD_OFF_XATTRS_LEN, (uint32_t)e->xattrs_len);
 
     g->type = e->type;
     g->size = e->size;
@@ -324,11 +324,12 @@ static int on_entry_end(void *ctx)
     uint8_t *h = g->cur.data;
     g->stats.entries++;
     if (g->type == LS_ENTRY_FILE) {
-        uint8_t *id = h + 56, *content_hash = h + 88;
+        uint8_t *id = h + LS_RECORD_OFF_OBJECT_ID;
+        uint8_t *content_hash = h + LS_RECORD_OFF_CONTENT_HASH;
         g->meta.xattrs = g->cur.data + g->cur.len - g->meta.xattrs_len;
         ls_blake3_finalize(g->hasher, content_hash, 32);
-        ls_object_id(content_hash, g->meta.mode, g->meta.uid, g->meta.gid, g->meta.xattrs,
-                     g->meta.xattrs_len, id);
+        ls_object_make_id(content_hash, g->meta.mode, g->meta.uid, g->meta.gid,
+                          g->meta.xattrs, g->meta.xattrs_len, id);
         g->stats.files++;
         g->stats.file_bytes += g->size;
         if (g->store && g->size > 0) {      /* empty files are never shared: no object */
@@ -337,15 +338,15 @@ static int on_entry_end(void *ctx)
             if (rc < 0)
                 return rc;
             if (rc == 1) {
-                h[5] |= LS_RECORD_NEW_OBJECT;
+                h[LS_RECORD_OFF_FLAGS] |= LS_RECORD_NEW_OBJECT;
                 g->stats.new_objects++;
                 g->stats.new_bytes += g->size;
             }
             if (skipped)
-                h[5] |= LS_RECORD_XATTRS_SKIPPED;
+                h[LS_RECORD_OFF_FLAGS] |= LS_RECORD_XATTRS_SKIPPED;
         }
     }
-    ls_put32(h, (uint32_t)g->cur.len);
+    ls_put32(h + LS_RECORD_OFF_LEN, (uint32_t)g->cur.len);
     if (ls_buf_append(&g->records, g->cur.data, g->cur.len))
         return ls_fail(&g->err, LS_E_NOMEM, "out of memory");
     return 0;
@@ -432,12 +433,12 @@ int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats)
     g->finished = 1;
     if (g->thread_state > 0)
         sha_drain(g);
-    ls_sha256_final(g->sha, g->stats.diff_id);
+    ls_sha256_finalize(g->sha, g->stats.diff_id);
     *stats = g->stats;
     return 0;
 }
 
-const char *ls_ingest_error(const ls_ingest *g)
+const char *ls_ingest_get_error(const ls_ingest *g)
 {
     return g->err.msg;
 }

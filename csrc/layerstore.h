@@ -42,13 +42,19 @@ typedef struct {
     int32_t cancel;
 } ls_progress;
 
+/* How the core was built (csrc/build_ffi.py says by which environment variables). */
+enum {
+    LS_BUILD_SANITIZED = 1,     /* AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1) */
+    LS_BUILD_TEST_HOOKS = 2     /* ls_test_step kills (LAYERSTORE_TEST_HOOKS=1): test builds */
+};
 /* The package version stamped in at build time; layerstore/_native.py refuses a stale build. */
-const char *ls_version(void);
-/* 1 when built with AddressSanitizer + UBSan (LAYERSTORE_SANITIZE=1), so tests can insist. */
-int ls_sanitized(void);
+const char *ls_build_get_version(void);
+/* LS_BUILD_* flags, so that tests can insist on the build they need. */
+int ls_build_get_flags(void);
 /* Crash-test hook (tests/test_crash.py): counts a step (an object linked, an index transaction
  * begun or committed, a file unlinked) and SIGKILLs the process at the Nth step when the
- * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call; inert otherwise. */
+ * environment sets LAYERSTORE_TEST_KILL_AFTER=N at its first call.  Compiled only into test
+ * builds (LS_BUILD_TEST_HOOKS); in any other it does nothing, whatever the environment says. */
 void ls_test_step(void);
 
 /* ---- BLAKE3 (blake3.c, blake3_portable.c, blake3_sse41.c, blake3_avx2.c) ----------------- */
@@ -76,8 +82,8 @@ void ls_blake3_hash(const void *data, size_t len, uint8_t *out);
 /* The backend is picked once from the CPU; tests and benchmarks may switch it for the whole
  * process (not while another thread hashes).  Returns 0, or LS_E_UNSUPPORTED when this CPU or
  * build lacks it. */
-int ls_blake3_backend(void);
-int ls_blake3_use_backend(int backend);
+int ls_blake3_get_backend(void);
+int ls_blake3_set_backend(int backend);
 
 /* ---- SHA-256 (sha256.c): the diffID of a layer stream ------------------------------------ */
 
@@ -88,11 +94,11 @@ typedef struct ls_sha256 ls_sha256;
 ls_sha256 *ls_sha256_new(void);
 void ls_sha256_update(ls_sha256 *h, const uint8_t *data, size_t len);
 /* Writes 32 bytes; h must be reset or freed afterwards. */
-void ls_sha256_final(ls_sha256 *h, uint8_t *out);
+void ls_sha256_finalize(ls_sha256 *h, uint8_t *out);
 void ls_sha256_reset(ls_sha256 *h);
 void ls_sha256_free(ls_sha256 *h);
-int ls_sha256_backend(void);
-int ls_sha256_use_backend(int backend);
+int ls_sha256_get_backend(void);
+int ls_sha256_set_backend(int backend);
 
 /* ---- Object store (objstore.c) ------------------------------------------------------------ */
 
@@ -114,10 +120,10 @@ void ls_store_close(ls_store *s);
  *   BLAKE3("layerstore-object-v1" || content_hash || le32 mode || le32 uid || le32 gid ||
  *          BLAKE3(xattrs))
  * where xattrs is the encoding described under "Records" (sorted by name). */
-void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
-                  const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
+void ls_object_make_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid,
+                       uint32_t gid, const uint8_t *xattrs, size_t xattrs_len, uint8_t *out);
 /* Writes the object's path relative to objects/ ("ab/cdef...", 65 chars and a NUL). */
-void ls_object_path(const uint8_t *id, char *out);
+void ls_object_make_path(const uint8_t *id, char *out);
 /* Re-creates object id, whose name must be free (fsck --repair removed the damaged file),
  * from object src_id, which holds the same content under other metadata: a reflink where the
  * filesystem has them, else a copy that keeps holes; checked against content_hash on the way
@@ -141,17 +147,39 @@ int ls_xattr_applies(const char *name, size_t len, int owners);
  *            padding, end-of-archive blocks), so the exact tar can be re-created from raw and
  *            the objects.
  *
- * Record layout, little-endian, no alignment; LS_RECORD_FIXED bytes then the variable parts:
- *   u32 record_len   u8 type (LS_ENTRY_*)   u8 flags (LS_RECORD_*)   u16 zero
- *   u32 mode (07777 bits)   u32 uid   u32 gid   u32 devmajor   u32 devminor   u32 mtime_nsec
- *   i64 mtime   u64 size (regular files: logical content length; others 0)
- *   u64 raw_len (raw bytes that precede this entry's content since the previous content)
- *   u8[32] object id   u8[32] BLAKE3 of the content   (regular files; zeros otherwise)
- *   u32 path_len   u32 link_len   u32 uname_len   u32 gname_len   u32 xattrs_len
+ * Record layout, little-endian, no alignment: LS_RECORD_FIXED bytes holding the fields below at
+ * their LS_RECORD_OFF_* offsets, then the variable parts, without separators, in this order:
  *   path (cleaned, relative, "." for the root), link (symlink target as written, or the
  *   cleaned hardlink target), uname, gname, xattrs.
  * xattrs encoding: for each attribute, sorted by name: u32 name_len, u32 value_len, name, value.
+ * These offsets are the one description of the layout: the C writer (ingest.c) and reader
+ * (record.c) and the Python codec (layerstore/_native.py, which reads them from here) use them.
  */
+
+enum {
+    LS_RECORD_OFF_LEN = 0,              /* u32: the whole record, variable parts included */
+    LS_RECORD_OFF_TYPE = 4,             /* u8: LS_ENTRY_* */
+    LS_RECORD_OFF_FLAGS = 5,            /* u8: LS_RECORD_* flags below */
+    LS_RECORD_OFF_RESERVED = 6,         /* u16: zero */
+    LS_RECORD_OFF_MODE = 8,             /* u32: the 07777 bits */
+    LS_RECORD_OFF_UID = 12,             /* u32 */
+    LS_RECORD_OFF_GID = 16,             /* u32 */
+    LS_RECORD_OFF_DEVMAJOR = 20,        /* u32 */
+    LS_RECORD_OFF_DEVMINOR = 24,        /* u32 */
+    LS_RECORD_OFF_MTIME_NSEC = 28,      /* u32 */
+    LS_RECORD_OFF_MTIME = 32,           /* i64: seconds */
+    LS_RECORD_OFF_SIZE = 40,            /* u64: regular files' logical content length, else 0 */
+    LS_RECORD_OFF_RAW_LEN = 48,         /* u64: raw bytes that precede this entry's content
+                                           since the previous content */
+    LS_RECORD_OFF_OBJECT_ID = 56,       /* u8[32]: regular files; zeros otherwise */
+    LS_RECORD_OFF_CONTENT_HASH = 88,    /* u8[32]: BLAKE3 of the content; zeros otherwise */
+    LS_RECORD_OFF_PATH_LEN = 120,       /* u32 each: the lengths of the variable parts */
+    LS_RECORD_OFF_LINK_LEN = 124,
+    LS_RECORD_OFF_UNAME_LEN = 128,
+    LS_RECORD_OFF_GNAME_LEN = 132,
+    LS_RECORD_OFF_XATTRS_LEN = 136,
+    LS_RECORD_FIXED = 140
+};
 
 enum {
     LS_ENTRY_FILE = 0,
@@ -164,7 +192,6 @@ enum {
 };
 
 enum {
-    LS_RECORD_FIXED = 140,
     LS_RECORD_NEW_OBJECT = 1,     /* this ingest wrote the object (it was not in the store) */
     LS_RECORD_SPARSE = 2,         /* stored sparse in the tar (GNU old, PAX 0.0, 0.1 or 1.0) */
     LS_RECORD_XATTRS_SKIPPED = 4  /* the filesystem refused some xattrs on the object */
@@ -192,7 +219,7 @@ void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,
 /* Checks that the stream ended cleanly, completes the diffID and fills stats.  Records and raw
  * bytes produced by finishing must still be taken. */
 int ls_ingest_finish(ls_ingest *g, ls_ingest_stats *stats);
-const char *ls_ingest_error(const ls_ingest *g);
+const char *ls_ingest_get_error(const ls_ingest *g);
 void ls_ingest_free(ls_ingest *g);
 
 /* ---- Checkout (checkout.c) ------------------------------------------------------------------
@@ -220,9 +247,9 @@ typedef struct {
     uint64_t skipped_xattrs;
 } ls_checkout_stats;
 
-int ls_checkout(const char *objects_dir, const char *dest, const uint8_t *plan, size_t plan_len,
-                int flags, ls_checkout_stats *stats, ls_progress *progress, char *err,
-                size_t errlen);
+int ls_tree_checkout(const char *objects_dir, const char *dest, const uint8_t *plan,
+                     size_t plan_len, int flags, ls_checkout_stats *stats,
+                     ls_progress *progress, char *err, size_t errlen);
 
 /* ---- Layer export (export.c) ---------------------------------------------------------------
  *
@@ -256,7 +283,15 @@ typedef struct {
     uint8_t content_hash[32];
 } ls_object_check;
 
-int ls_check_objects(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
+int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
                      int flags, ls_progress *progress, char *err, size_t errlen);
+
+/* ---- Overlay mounts (mount.c) ---------------------------------------------------------------
+ *
+ * mount(2) of an overlay filesystem at target with the given options (lowerdir=..., built and
+ * escaped by the caller; at most a page), and umount2(2) of what is mounted at target.  Each
+ * returns 0 or -errno, which the caller turns into a message: these need root (CAP_SYS_ADMIN). */
+int ls_overlay_mount(const char *target, const char *options);
+int ls_overlay_unmount(const char *target);
 
 #endif

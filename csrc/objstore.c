@@ -57,7 +57,7 @@ struct ls_store {
 
 static const char hexdigits[] = "0123456789abcdef";
 
-void ls_object_path(const uint8_t *id, char *out)
+void ls_object_make_path(const uint8_t *id, char *out)
 {
     char *o = out;
     for (int i = 0; i < 32; i++) {
@@ -69,8 +69,8 @@ void ls_object_path(const uint8_t *id, char *out)
     *o = 0;
 }
 
-void ls_object_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid, uint32_t gid,
-                  const uint8_t *xattrs, size_t xattrs_len, uint8_t *out)
+void ls_object_make_id(const uint8_t *content_hash, uint32_t mode, uint32_t uid,
+                       uint32_t gid, const uint8_t *xattrs, size_t xattrs_len, uint8_t *out)
 {
     static const char tag[20] = "layerstore-object-v1";
     uint8_t buf[sizeof tag + 32 + 12 + 32];
@@ -180,7 +180,7 @@ int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e)
 {
     char path[66];
     struct stat st;
-    ls_object_path(id, path);
+    ls_object_make_path(id, path);
     if (fstatat(s->objects_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0)
         /* A wrong type or size is damage (fsck reports it); the writer replaces it. */
         return S_ISREG(st.st_mode) && (uint64_t)st.st_size == size;
@@ -364,7 +364,7 @@ int ls_store_spill_commit(ls_store *s, ls_spill *sp, const uint8_t *id, const ls
 {
     char path[66];
     int rc = 0;
-    ls_object_path(id, path);
+    ls_object_make_path(id, path);
     /* Content that ends in skipped zeros gets its size from a hole at the end; before the
      * mode, as truncating drops setuid bits like writing does. */
     if (sp->written_end < size && ftruncate(sp->fd, (off_t)size)) {
@@ -476,7 +476,7 @@ int ls_store_restore(ls_store *s, const uint8_t *id, const uint8_t *src_id,
     ls_err e;
     char src_path[66];
     int rc;
-    ls_object_path(src_id, src_path);
+    ls_object_make_path(src_id, src_path);
     int src = openat(s->objects_fd, src_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (src < 0) {
         rc = os_fail(&e, errno, "cannot open object", src_path);

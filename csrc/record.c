@@ -8,32 +8,38 @@
 
 #include "ls_internal.h"
 
+_Static_assert(LS_RECORD_OFF_XATTRS_LEN + 4 == LS_RECORD_FIXED,
+               "the last fixed field ends the fixed part");
+
 int ls_record_parse(const uint8_t *p, size_t left, ls_record *r, size_t *used,
                     const char *what, ls_err *e)
 {
     if (left < LS_RECORD_FIXED)
         return ls_fail(e, LS_E_CORRUPT, "%s: truncated record", what);
-    uint32_t len = ls_get32(p);
-    uint32_t plen = ls_get32(p + 120), llen = ls_get32(p + 124), ulen = ls_get32(p + 128),
-             glen = ls_get32(p + 132), x = ls_get32(p + 136);
+    uint32_t len = ls_get32(p + LS_RECORD_OFF_LEN);
+    uint32_t plen = ls_get32(p + LS_RECORD_OFF_PATH_LEN),
+             llen = ls_get32(p + LS_RECORD_OFF_LINK_LEN),
+             ulen = ls_get32(p + LS_RECORD_OFF_UNAME_LEN),
+             glen = ls_get32(p + LS_RECORD_OFF_GNAME_LEN),
+             x = ls_get32(p + LS_RECORD_OFF_XATTRS_LEN);
     if (len < LS_RECORD_FIXED || len > left)
         return ls_fail(e, LS_E_CORRUPT, "%s: bad record length", what);
     if ((uint64_t)plen + llen + ulen + glen + x != len - LS_RECORD_FIXED || plen == 0 ||
         plen > LS_MAX_PATH || llen > LS_MAX_PATH)
         return ls_fail(e, LS_E_CORRUPT, "%s: bad record lengths", what);
-    r->type = p[4];
-    r->flags = p[5];
-    r->mode = ls_get32(p + 8);
-    r->uid = ls_get32(p + 12);
-    r->gid = ls_get32(p + 16);
-    r->devmajor = ls_get32(p + 20);
-    r->devminor = ls_get32(p + 24);
-    r->mtime_nsec = ls_get32(p + 28);
-    r->mtime = (int64_t)ls_get64(p + 32);
-    r->size = ls_get64(p + 40);
-    r->raw_before = ls_get64(p + 48);
-    r->object_id = p + 56;
-    r->content_hash = p + 88;
+    r->type = p[LS_RECORD_OFF_TYPE];
+    r->flags = p[LS_RECORD_OFF_FLAGS];
+    r->mode = ls_get32(p + LS_RECORD_OFF_MODE);
+    r->uid = ls_get32(p + LS_RECORD_OFF_UID);
+    r->gid = ls_get32(p + LS_RECORD_OFF_GID);
+    r->devmajor = ls_get32(p + LS_RECORD_OFF_DEVMAJOR);
+    r->devminor = ls_get32(p + LS_RECORD_OFF_DEVMINOR);
+    r->mtime_nsec = ls_get32(p + LS_RECORD_OFF_MTIME_NSEC);
+    r->mtime = (int64_t)ls_get64(p + LS_RECORD_OFF_MTIME);
+    r->size = ls_get64(p + LS_RECORD_OFF_SIZE);
+    r->raw_before = ls_get64(p + LS_RECORD_OFF_RAW_LEN);
+    r->object_id = p + LS_RECORD_OFF_OBJECT_ID;
+    r->content_hash = p + LS_RECORD_OFF_CONTENT_HASH;
     r->path = (const char *)p + LS_RECORD_FIXED;
     r->path_len = plen;
     r->link = r->path + plen;

@@ -6,7 +6,7 @@
  *   shani     the x86 SHA extensions: SHA256RNDS2 does two rounds per instruction and
  *             SHA256MSG1/MSG2 compute four words of the message schedule at a time.
  * The best one the CPU has is picked when the library loads; tests switch with
- * ls_sha256_use_backend.  Ingest runs this on a helper thread, next to BLAKE3 on another.
+ * ls_sha256_set_backend.  Ingest runs this on a helper thread, next to BLAKE3 on another.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -230,12 +230,12 @@ __attribute__((constructor)) static void sha256_pick_backend(void)
 #endif
 }
 
-int ls_sha256_backend(void)
+int ls_sha256_get_backend(void)
 {
     return sha256_now()->id;
 }
 
-int ls_sha256_use_backend(int backend)
+int ls_sha256_set_backend(int backend)
 {
     switch (backend) {
     case LS_SHA256_PORTABLE:
@@ -310,7 +310,7 @@ void ls_sha256_update(ls_sha256 *s, const uint8_t *data, size_t len)
         memcpy(s->buf, data, len);
 }
 
-void ls_sha256_final(ls_sha256 *s, uint8_t *out)
+void ls_sha256_finalize(ls_sha256 *s, uint8_t *out)
 {
     sha256_blocks_fn *blocks = sha256_now()->blocks;
     /* Padding (FIPS 180-4, 5.1.1): a 1 bit, zeros up to 56 bytes mod 64, then the length in

@@ -109,10 +109,11 @@ struct ls_tar {
     ls_err *err;
     enum tar_state state;
     int code;                       /* the error that stopped the reader */
-    uint64_t offset;                /* stream bytes consumed */
+    uint64_t offset;                /* stream bytes consumed: only consume() moves it */
 
     uint8_t block[512];             /* a header or sparse block arriving in pieces */
     size_t block_len;
+    uint64_t block_offset;          /* where the block being collected or read started */
     uint64_t remaining;             /* bytes left in the current area */
     uint64_t padding;               /* padding that follows the current area */
 
@@ -529,10 +530,10 @@ static int numeric_field(ls_tar *t, const char *f, size_t width, const char *wha
 {
     if (parse_number(f, width, out) || *out > max)
         return fail(t, LS_E_CORRUPT, "bad %s field in the header at offset %llu", what,
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     if (*out < 0)
         return fail(t, LS_E_CORRUPT, "negative %s in the header at offset %llu", what,
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     return 0;
 }
 
@@ -731,7 +732,7 @@ static int start_entry(ls_tar *t, const struct tar_header *h)
     t->stored = (uint64_t)v;
     if (parse_number(h->mtime, 12, &v))     /* mtime alone may be negative (before 1970) */
         return fail(t, LS_E_CORRUPT, "bad mtime field in the header at offset %llu",
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     e->mtime = v;
     if (h->typeflag == '3' || h->typeflag == '4') {
         if ((rc = numeric_field(t, h->devmajor, 8, "devmajor", UINT32_MAX, &v)))
@@ -844,7 +845,7 @@ static int check_checksum(ls_tar *t, const uint8_t *b)
     int64_t want;
     if (parse_number((const char *)b + 148, 8, &want))
         return fail(t, LS_E_CORRUPT, "bad checksum field in the header at offset %llu",
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     int64_t usum = 8 * ' ', ssum = 8 * ' ';
     for (int i = 0; i < 512; i++) {
         if (i >= 148 && i < 156)
@@ -854,7 +855,7 @@ static int check_checksum(ls_tar *t, const uint8_t *b)
     }
     if (want != usum && want != ssum)
         return fail(t, LS_E_CORRUPT, "bad header checksum at offset %llu",
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     return 0;
 }
 
@@ -864,7 +865,7 @@ static int on_header(ls_tar *t, const uint8_t *b)
     if (is_zero(b, 512)) {
         if (t->pending)
             return fail(t, LS_E_CORRUPT, "end-of-archive marker at offset %llu right after an "
-                        "extended header", (unsigned long long)(t->offset - 512));
+                        "extended header", (unsigned long long)t->block_offset);
         t->state = S_END;
         return 0;
     }
@@ -872,7 +873,7 @@ static int on_header(ls_tar *t, const uint8_t *b)
     if (rc)
         return rc;
     if (!t->pending)
-        t->entry_offset = t->offset - 512;
+        t->entry_offset = t->block_offset;
     switch (h->typeflag) {
     case 'x': case 'X': case 'g': case 'L': case 'K': {
         int64_t size;
@@ -880,12 +881,12 @@ static int on_header(ls_tar *t, const uint8_t *b)
             return rc;
         if ((uint64_t)size > LS_MAX_PAX)
             return fail(t, LS_E_LIMIT, "extended header of %lld bytes at offset %llu (limit "
-                        "%u)", (long long)size, (unsigned long long)(t->offset - 512),
+                        "%u)", (long long)size, (unsigned long long)t->block_offset,
                         LS_MAX_PAX);
         if (h->typeflag == 'g' && (uint64_t)size > LS_MAX_GLOBAL)
             return fail(t, LS_E_LIMIT, "global extended header of %lld bytes at offset %llu "
                         "(limit %u: its records apply to every later entry)", (long long)size,
-                        (unsigned long long)(t->offset - 512), LS_MAX_GLOBAL);
+                        (unsigned long long)t->block_offset, LS_MAX_GLOBAL);
         t->ext_type = h->typeflag == 'X' ? 'x' : h->typeflag;  /* Solaris' name for 'x' */
         t->ext.len = 0;
         if (h->typeflag != 'g')
@@ -900,7 +901,7 @@ static int on_header(ls_tar *t, const uint8_t *b)
          * another volume. */
         return fail(t, LS_E_UNSUPPORTED, "unsupported GNU tar entry type 'M' (the rest of a "
                     "file from another volume of a multi-volume archive) at offset %llu",
-                    (unsigned long long)(t->offset - 512));
+                    (unsigned long long)t->block_offset);
     default:
         return start_entry(t, h);
     }
@@ -1051,7 +1052,14 @@ static size_t content(ls_tar *t, const uint8_t *p, size_t n)
     return used;
 }
 
-/* ---- The feed loop ------------------------------------------------------------------------ */
+/* ---- The feed loop ------------------------------------------------------------------------
+ *
+ * Each state has one step, which takes what it can use from the front of the unread stream,
+ * hands raw bytes to the raw callback before acting on them (a header's bytes precede the entry
+ * they announce) and says how many it took; consume() alone counts them, so that t->offset is
+ * always where the unread stream starts.  Messages about a header name where its block started
+ * (block_offset), however the stream was split.
+ */
 
 static int raw(ls_tar *t, const uint8_t *p, size_t n)
 {
@@ -1063,142 +1071,135 @@ static int raw(ls_tar *t, const uint8_t *p, size_t n)
     return rc;
 }
 
-/* Collects a 512-byte block that may arrive in pieces; returns it once whole, else NULL. */
-static const uint8_t *collect_block(ls_tar *t, const uint8_t *p, size_t n, size_t *used)
+/* A 512-byte block - a header, an old GNU sparse block, the block after a lone zero block -
+ * that may arrive in pieces: on_block runs once it is whole. */
+static int take_block(ls_tar *t, const uint8_t *p, size_t n, size_t *used,
+                      int (*on_block)(ls_tar *t, const uint8_t *b))
 {
-    if (t->block_len == 0 && n >= 512) {
-        *used = 512;
-        return p;
-    }
-    size_t k = 512 - t->block_len;
-    if (k > n)
-        k = n;
-    memcpy(t->block + t->block_len, p, k);
-    t->block_len += k;
-    *used = k;
+    *used = 512 - t->block_len < n ? 512 - t->block_len : n;
+    if (t->block_len == 0)
+        t->block_offset = t->offset;
+    if (raw(t, p, *used))
+        return t->code;
+    if (t->block_len == 0 && *used == 512)
+        return on_block(t, p);
+    memcpy(t->block + t->block_len, p, *used);
+    t->block_len += *used;
     if (t->block_len < 512)
-        return NULL;
+        return 0;
     t->block_len = 0;
-    return t->block;
+    return on_block(t, t->block);
+}
+
+/* After one zero block: a second one ends the archive. */
+static int on_end_block(ls_tar *t, const uint8_t *b)
+{
+    if (!is_zero(b, 512))
+        return fail(t, LS_E_CORRUPT, "a lone zero block at offset %llu is followed by data",
+                    (unsigned long long)(t->block_offset - 512));
+    t->state = S_TRAILER;
+    return 0;
+}
+
+/* An area of known length that is not content - an extended header's body (kept in keep),
+ * data to skip, padding - and what follows its end. */
+static int take_area(ls_tar *t, const uint8_t *p, size_t n, size_t *used, ls_buf *keep,
+                     int (*on_end)(ls_tar *t))
+{
+    *used = n < t->remaining ? n : (size_t)t->remaining;
+    if (raw(t, p, *used))
+        return t->code;
+    if (keep && ls_buf_append(keep, p, *used))
+        return fail(t, LS_E_NOMEM, "out of memory");
+    t->remaining -= *used;
+    return t->remaining == 0 ? on_end(t) : 0;
+}
+
+static int on_skipped(ls_tar *t)
+{
+    next_area(t);
+    return 0;
+}
+
+static int on_padded(ls_tar *t)
+{
+    t->state = S_HEADER;
+    return 0;
+}
+
+/* The PAX 1.0 sparse map at the start of the content area: decimal text, then padding to the
+ * next block boundary, all raw; the content follows. */
+static int take_sparse_map(ls_tar *t, const uint8_t *p, size_t n, size_t *used)
+{
+    size_t avail = n < t->remaining ? n : (size_t)t->remaining;
+    int rc;
+    *used = 0;
+    if (t->map_numbers == 1 + 2 * t->map_count)     /* it runs on to a block boundary */
+        *used = avail < pad512(t->map_bytes) ? avail : (size_t)pad512(t->map_bytes);
+    else if ((rc = sparse_map_bytes(t, p, avail, used)))
+        return rc;
+    if (raw(t, p, *used))
+        return t->code;
+    t->map_bytes += *used;
+    t->remaining -= *used;
+    if (t->map_numbers == 1 + 2 * t->map_count && t->map_bytes % 512 == 0) {
+        t->stored = t->remaining;
+        return begin_content(t);
+    }
+    if (t->remaining == 0)
+        return fail(t, LS_E_CORRUPT, "PAX 1.0 sparse map of the entry at offset %llu runs "
+                    "past its content", (unsigned long long)t->entry_offset);
+    return 0;
+}
+
+/* What follows the end-of-archive marker, up to a bound. */
+static int take_trailer(ls_tar *t, const uint8_t *p, size_t n, size_t *used)
+{
+    *used = n;
+    if (raw(t, p, n))
+        return t->code;
+    t->trailer += n;
+    if (t->trailer > LS_MAX_TRAILER)
+        return fail(t, LS_E_LIMIT, "more than %u bytes follow the end-of-archive marker",
+                    LS_MAX_TRAILER);
+    return 0;
+}
+
+static int step(ls_tar *t, const uint8_t *p, size_t n, size_t *used)
+{
+    switch (t->state) {
+    case S_CONTENT:
+        *used = content(t, p, n);
+        return t->state == S_FAILED ? t->code : 0;
+    case S_HEADER:     return take_block(t, p, n, used, on_header);
+    case S_GNU_SPARSE: return take_block(t, p, n, used, on_gnu_sparse_block);
+    case S_END:        return take_block(t, p, n, used, on_end_block);
+    case S_EXTENSION:  return take_area(t, p, n, used, &t->ext, on_extension_done);
+    case S_SKIP:       return take_area(t, p, n, used, NULL, on_skipped);
+    case S_PADDING:    return take_area(t, p, n, used, NULL, on_padded);
+    case S_SPARSE_MAP: return take_sparse_map(t, p, n, used);
+    case S_TRAILER:    return take_trailer(t, p, n, used);
+    default:           return t->code;  /* S_FAILED */
+    }
+}
+
+/* Counts the bytes a step took: the one place that does, as libarchive's
+ * __archive_read_consume is. */
+static void consume(ls_tar *t, const uint8_t **p, size_t *n, size_t used)
+{
+    t->offset += used;
+    *p += used;
+    *n -= used;
 }
 
 int ls_tar_feed(ls_tar *t, const uint8_t *p, size_t n)
 {
-    while (n > 0) {
+    while (n > 0 && t->state != S_FAILED) {
         size_t used = 0;
-        const uint8_t *b;
-        int rc = 0;
-        enum tar_state st = t->state;
-        if (st == S_FAILED)
-            return t->code;
-        if (st == S_CONTENT) {
-            used = content(t, p, n);
-            t->offset += used;
-            if (t->state == S_FAILED)
-                return t->code;
-            p += used;
-            n -= used;
-            continue;
-        }
-        /* Everything else is raw: hand it over before acting on it, so that a header's bytes
-         * precede the entry they announce. */
-        switch (st) {
-        case S_HEADER: case S_GNU_SPARSE: case S_END:
-            used = 512 - t->block_len < n ? 512 - t->block_len : n;
-            break;
-        case S_EXTENSION: case S_SKIP: case S_PADDING:
-            used = n < t->remaining ? n : (size_t)t->remaining;
-            break;
-        case S_SPARSE_MAP:
-            break;      /* sized by the parser below */
-        case S_TRAILER:
-            used = n;
-            break;
-        default:
-            break;
-        }
-        if (st == S_SPARSE_MAP) {
-            size_t avail = n < t->remaining ? n : (size_t)t->remaining;
-            int complete = t->map_numbers == 1 + 2 * t->map_count;
-            if (!complete && (rc = sparse_map_bytes(t, p, avail, &used)))
-                return rc;
-            if (complete)   /* the map runs on to the next block boundary */
-                used = avail < pad512(t->map_bytes) ? avail : (size_t)pad512(t->map_bytes);
-            if (raw(t, p, used))
-                return t->code;
-            t->map_bytes += used;
-            t->remaining -= used;
-            t->offset += used;
-            p += used;
-            n -= used;
-            if (t->map_numbers == 1 + 2 * t->map_count && t->map_bytes % 512 == 0) {
-                t->stored = t->remaining;
-                if ((rc = begin_content(t)))
-                    return rc;
-            } else if (t->remaining == 0) {
-                return fail(t, LS_E_CORRUPT, "PAX 1.0 sparse map of the entry at offset %llu "
-                            "runs past its content", (unsigned long long)t->entry_offset);
-            }
-            continue;
-        }
-        if (raw(t, p, used))
-            return t->code;
-        switch (st) {
-        case S_HEADER:
-            t->offset += used;
-            b = collect_block(t, p, used, &used);
-            if (b)
-                rc = on_header(t, b);
-            break;
-        case S_GNU_SPARSE:
-            t->offset += used;
-            b = collect_block(t, p, used, &used);
-            if (b)
-                rc = on_gnu_sparse_block(t, b);
-            break;
-        case S_END:
-            t->offset += used;
-            b = collect_block(t, p, used, &used);
-            if (b && !is_zero(b, 512))
-                rc = fail(t, LS_E_CORRUPT, "a lone zero block at offset %llu is followed by "
-                          "data", (unsigned long long)(t->offset - 1024));
-            else if (b)
-                t->state = S_TRAILER;
-            break;
-        case S_EXTENSION:
-            if (ls_buf_append(&t->ext, p, used))
-                return fail(t, LS_E_NOMEM, "out of memory");
-            t->offset += used;
-            t->remaining -= used;
-            if (t->remaining == 0)
-                rc = on_extension_done(t);
-            break;
-        case S_SKIP:
-            t->offset += used;
-            t->remaining -= used;
-            if (t->remaining == 0)
-                next_area(t);
-            break;
-        case S_PADDING:
-            t->offset += used;
-            t->remaining -= used;
-            if (t->remaining == 0)
-                t->state = S_HEADER;
-            break;
-        case S_TRAILER:
-            t->offset += used;
-            t->trailer += used;
-            if (t->trailer > LS_MAX_TRAILER)
-                rc = fail(t, LS_E_LIMIT, "more than %u bytes follow the end-of-archive marker",
-                          LS_MAX_TRAILER);
-            break;
-        default:
-            break;
-        }
+        int rc = step(t, p, n, &used);
+        consume(t, &p, &n, used);
         if (rc)
             return rc;
-        p += used;
-        n -= used;
     }
     return t->state == S_FAILED ? t->code : 0;
 }
@@ -1211,7 +1212,7 @@ int ls_tar_finish(ls_tar *t)
     case S_HEADER:
         if (t->block_len)
             return fail(t, LS_E_TRUNCATED, "truncated tar archive: the stream ends inside a "
-                        "header at offset %llu", (unsigned long long)(t->offset - t->block_len));
+                        "header at offset %llu", (unsigned long long)t->block_offset);
         if (t->pending)
             return fail(t, LS_E_TRUNCATED, "truncated tar archive: the stream ends after an "
                         "extended header, before its entry");

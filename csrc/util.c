@@ -117,6 +117,7 @@ uint32_t ls_umask(void)
 
 void ls_test_step(void)
 {
+#ifdef LS_TEST_HOOKS
     /* -2: the variable not read yet, -1: inert; else the steps left before the kill. */
     static long left = -2;
     long n = __atomic_load_n(&left, __ATOMIC_RELAXED);
@@ -132,4 +133,5 @@ void ls_test_step(void)
     }
     if (__atomic_sub_fetch(&left, 1, __ATOMIC_RELAXED) == 0)
         kill(getpid(), SIGKILL);
+#endif
 }

@@ -1,15 +1,18 @@
 #include "layerstore.h"
 
-const char *ls_version(void)
+const char *ls_build_get_version(void)
 {
     return LS_VERSION;
 }
 
-int ls_sanitized(void)
+int ls_build_get_flags(void)
 {
+    int flags = 0;
 #ifdef LS_SANITIZED
-    return 1;
-#else
-    return 0;
+    flags |= LS_BUILD_SANITIZED;
 #endif
+#ifdef LS_TEST_HOOKS
+    flags |= LS_BUILD_TEST_HOOKS;
+#endif
+    return flags;
 }

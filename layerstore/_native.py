@@ -23,22 +23,32 @@ try:
 except ImportError as exc:  # pragma: no cover - a broken install
     raise ImportError(f"layerstore's C core is not built: {exc}") from exc
 
-if ffi.string(lib.ls_version()).decode() != __version__:  # pragma: no cover
+if ffi.string(lib.ls_build_get_version()).decode() != __version__:  # pragma: no cover
     raise ImportError(
-        f"layerstore's C core was built for version {ffi.string(lib.ls_version()).decode()}, "
-        f"but the package is {__version__}: rebuild it (pip install .)"
+        "layerstore's C core was built for version "
+        f"{ffi.string(lib.ls_build_get_version()).decode()}, but the package is {__version__}: "
+        "rebuild it (pip install .)"
     )
+
+_BUILD_FLAGS = lib.ls_build_get_flags()
 
 
 def built_with_sanitizers() -> bool:
     """Whether the C core was built with AddressSanitizer + UBSan (for the test suite)."""
-    return bool(lib.ls_sanitized())
+    return bool(_BUILD_FLAGS & lib.LS_BUILD_SANITIZED)
+
+
+def built_with_test_hooks() -> bool:
+    """Whether the C core is a test build, with the crash-test hook (LAYERSTORE_TEST_HOOKS=1
+    when it was built)."""
+    return bool(_BUILD_FLAGS & lib.LS_BUILD_TEST_HOOKS)
 
 
 def test_step() -> None:
-    """The crash tests' kill point (see ls_test_step): inert unless LAYERSTORE_TEST_KILL_AFTER
-    is set."""
-    lib.ls_test_step()
+    """The crash tests' kill point (see ls_test_step): does something only in a test build
+    whose process has LAYERSTORE_TEST_KILL_AFTER set."""
+    if _BUILD_FLAGS & lib.LS_BUILD_TEST_HOOKS:
+        lib.ls_test_step()
 
 
 _ERRORS = {
@@ -139,7 +149,7 @@ class Sha256:
     def digest(self) -> bytes:
         out = ffi.new("uint8_t[32]")
         with self._lock:
-            lib.ls_sha256_final(self._h, out)
+            lib.ls_sha256_finalize(self._h, out)
             lib.ls_sha256_reset(self._h)
         return ffi.buffer(out)[:]
 
@@ -154,12 +164,12 @@ def _available(names: dict, use, current) -> list[str]:
 
 def blake3_backends() -> list[str]:
     """The BLAKE3 implementations this CPU can run, portable first."""
-    return _available(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend)
+    return _available(_BLAKE3_BACKENDS, lib.ls_blake3_set_backend, lib.ls_blake3_get_backend)
 
 
 def sha256_backends() -> list[str]:
     """The SHA-256 implementations this CPU can run, portable first."""
-    return _available(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend)
+    return _available(_SHA256_BACKENDS, lib.ls_sha256_set_backend, lib.ls_sha256_get_backend)
 
 
 @contextlib.contextmanager
@@ -179,16 +189,16 @@ def _switch(names: dict, use, current, name: str):
 
 def blake3_backend(name: str):
     """Context manager: hash with one BLAKE3 backend process-wide (tests and benchmarks)."""
-    return _switch(_BLAKE3_BACKENDS, lib.ls_blake3_use_backend, lib.ls_blake3_backend, name)
+    return _switch(_BLAKE3_BACKENDS, lib.ls_blake3_set_backend, lib.ls_blake3_get_backend, name)
 
 
 def sha256_backend(name: str):
     """Context manager: use one SHA-256 backend process-wide (tests and benchmarks)."""
-    return _switch(_SHA256_BACKENDS, lib.ls_sha256_use_backend, lib.ls_sha256_backend, name)
+    return _switch(_SHA256_BACKENDS, lib.ls_sha256_set_backend, lib.ls_sha256_get_backend, name)
 
 
 def current_blake3_backend() -> str:
-    code = lib.ls_blake3_backend()
+    code = lib.ls_blake3_get_backend()
     return next(n for n, c in _BLAKE3_BACKENDS.items() if c == code)
 
 
@@ -200,7 +210,7 @@ def object_id(content_hash: bytes, mode: int, uid: int, gid: int,
     """The identity of an object: its content hash and the metadata a hardlink shares."""
     blob = encode_xattrs(xattrs)
     out = ffi.new("uint8_t[32]")
-    lib.ls_object_id(content_hash, mode & 0o7777, uid, gid, blob, len(blob), out)
+    lib.ls_object_make_id(content_hash, mode & 0o7777, uid, gid, blob, len(blob), out)
     return ffi.buffer(out)[:].hex()
 
 
@@ -216,19 +226,24 @@ def xattr_applies(name: str, owners: bool) -> bool:
     return bool(lib.ls_xattr_applies(raw, len(raw), owners))
 
 
+_XATTR_HEAD = struct.Struct("<II")      # name_len, value_len (layerstore.h, "Records")
+
+
 def encode_xattrs(xattrs: tuple[tuple[str, bytes], ...]) -> bytes:
+    """xattrs in the core's encoding, sorted by name."""
     parts = []
     for name, value in sorted((os.fsencode(n), v) for n, v in xattrs):
-        parts.append(struct.pack("<II", len(name), len(value)) + name + value)
+        parts.append(_XATTR_HEAD.pack(len(name), len(value)) + name + value)
     return b"".join(parts)
 
 
-def _decode_xattrs(blob) -> tuple[tuple[str, bytes], ...]:
+def decode_xattrs(blob) -> tuple[tuple[str, bytes], ...]:
+    """The (name, value) pairs of encoded xattrs (encode_xattrs' inverse)."""
     out = []
     pos = 0
     while pos < len(blob):
-        nlen, vlen = struct.unpack_from("<II", blob, pos)
-        pos += 8
+        nlen, vlen = _XATTR_HEAD.unpack_from(blob, pos)
+        pos += _XATTR_HEAD.size
         name = os.fsdecode(bytes(blob[pos:pos + nlen]))
         pos += nlen
         out.append((name, bytes(blob[pos:pos + vlen])))
@@ -297,10 +312,42 @@ class ObjectStore:
             self._h = None
 
 
-# ---- Layer ingest ---------------------------------------------------------------------------
+# ---- Entry records: the one codec (layout and offsets in csrc/layerstore.h) -----------------
+#
+# No other module knows how a record is laid out.  Where each field of the fixed part sits
+# comes from the core (LS_RECORD_OFF_*); this side adds each field's width and sign as a struct
+# code, and checks that the fields tile the fixed part exactly.
 
-_RECORD = struct.Struct("<IBBHIIIIIIqQQ32s32sIIIII")
-assert _RECORD.size == lib.LS_RECORD_FIXED
+def _fixed(*fields: tuple[str, str], whole: bool = False) -> struct.Struct:
+    """A Struct of the named fields of a record's fixed part, in layout order, skipping the
+    bytes between them; whole: every field, none skipped."""
+    fmt, at = "<", 0
+    for name, code in fields:
+        offset = getattr(lib, "LS_RECORD_OFF_" + name)
+        if offset < at or (whole and offset != at):
+            raise ImportError(f"the record field {name} is not where layerstore.h puts it")
+        fmt += (f"{offset - at}x" if offset > at else "") + code
+        at = offset + struct.calcsize("<" + code)
+    layout = struct.Struct(fmt)
+    if whole and layout.size != lib.LS_RECORD_FIXED:
+        raise ImportError("the record fields do not fill LS_RECORD_FIXED bytes")
+    return layout
+
+
+_RECORD = _fixed(
+    ("LEN", "I"), ("TYPE", "B"), ("FLAGS", "B"), ("RESERVED", "2x"), ("MODE", "I"),
+    ("UID", "I"), ("GID", "I"), ("DEVMAJOR", "I"), ("DEVMINOR", "I"), ("MTIME_NSEC", "I"),
+    ("MTIME", "q"), ("SIZE", "Q"), ("RAW_LEN", "Q"), ("OBJECT_ID", "32s"),
+    ("CONTENT_HASH", "32s"), ("PATH_LEN", "I"), ("LINK_LEN", "I"), ("UNAME_LEN", "I"),
+    ("GNAME_LEN", "I"), ("XATTRS_LEN", "I"), whole=True)
+# What scan_records reads: the xattrs are the record's last bytes, the other variable parts
+# and the device numbers and mtime are not read at all.
+_SCAN = _fixed(
+    ("LEN", "I"), ("TYPE", "B"), ("FLAGS", "B"), ("MODE", "I"), ("UID", "I"), ("GID", "I"),
+    ("SIZE", "Q"), ("RAW_LEN", "Q"), ("OBJECT_ID", "32s"), ("CONTENT_HASH", "32s"),
+    ("XATTRS_LEN", "I"))
+_FIXED = lib.LS_RECORD_FIXED
+
 _TYPES = {
     lib.LS_ENTRY_FILE: EntryType.FILE,
     lib.LS_ENTRY_HARDLINK: EntryType.HARDLINK,
@@ -310,9 +357,16 @@ _TYPES = {
     lib.LS_ENTRY_DIR: EntryType.DIR,
     lib.LS_ENTRY_FIFO: EntryType.FIFO,
 }
+_TYPE_CODES = {v: k for k, v in _TYPES.items()}
+FILE = lib.LS_ENTRY_FILE            # the type code of regular files, as scan_records gives it
 NEW_OBJECT = lib.LS_RECORD_NEW_OBJECT
 SPARSE = lib.LS_RECORD_SPARSE
 XATTRS_SKIPPED = lib.LS_RECORD_XATTRS_SKIPPED
+_NO_ID = bytes(32)
+
+
+def _damaged(what: str) -> errors.CorruptArchive:
+    return errors.CorruptArchive(f"damaged entry records: {what}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,58 +379,106 @@ class Record:
 
 
 def decode_records(blob) -> Iterator[Record]:
-    """Decodes the C core's record batch (layout in csrc/layerstore.h)."""
+    """Decodes a record batch into entries."""
     view = memoryview(blob)
     pos, end = 0, len(view)
     unpack = _RECORD.unpack_from
-    fixed = _RECORD.size
     fsdecode = os.fsdecode
-    while pos < end:
-        (total, typ, flags, _, mode, uid, gid, major, minor, nsec, mtime, size, raw_len,
-         oid, chash, plen, llen, ulen, glen, xlen) = unpack(view, pos)
-        p = pos + fixed
-        path = fsdecode(bytes(view[p:p + plen]))
-        p += plen
-        link = fsdecode(bytes(view[p:p + llen])) if llen else None
-        p += llen
-        uname = bytes(view[p:p + ulen]).decode("utf-8", "surrogateescape")
-        p += ulen
-        gname = bytes(view[p:p + glen]).decode("utf-8", "surrogateescape")
-        p += glen
-        xattrs = _decode_xattrs(view[p:p + xlen]) if xlen else ()
-        etype = _TYPES[typ]
-        is_file = etype is EntryType.FILE
-        yield Record(
-            Entry(path, etype, mode, uid, gid, mtime * 1_000_000_000 + nsec, size, link,
-                  oid.hex() if is_file else None, chash.hex() if is_file else None,
-                  uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
-            flags, raw_len)
-        pos += total
+    try:
+        while pos < end:
+            (total, typ, flags, mode, uid, gid, major, minor, nsec, mtime, size, raw_len,
+             oid, chash, plen, llen, ulen, glen, xlen) = unpack(view, pos)
+            if total < _FIXED:
+                raise _damaged(f"a record of {total} bytes")
+            p = pos + _FIXED
+            path = fsdecode(bytes(view[p:p + plen]))
+            p += plen
+            link = fsdecode(bytes(view[p:p + llen])) if llen else None
+            p += llen
+            uname = bytes(view[p:p + ulen]).decode("utf-8", "surrogateescape")
+            p += ulen
+            gname = bytes(view[p:p + glen]).decode("utf-8", "surrogateescape")
+            p += glen
+            xattrs = decode_xattrs(view[p:p + xlen]) if xlen else ()
+            etype = _TYPES[typ]
+            is_file = etype is EntryType.FILE
+            yield Record(
+                Entry(path, etype, mode, uid, gid, mtime * 1_000_000_000 + nsec, size, link,
+                      oid.hex() if is_file else None, chash.hex() if is_file else None,
+                      uname, gname, xattrs, major, minor, bool(flags & SPARSE)),
+                flags, raw_len)
+            pos += total
+    except (struct.error, KeyError) as exc:
+        raise _damaged(str(exc)) from None
 
 
-_TYPE_CODES = {v: k for k, v in _TYPES.items()}
-_NO_ID = bytes(32)
+def scan_records(blob) -> Iterator[tuple]:
+    """Reads a record batch without building entries, for the passes over every record of a
+    store (fsck, gc, du, save): yields, per record, the tuple
+        (type, flags, mode, uid, gid, size, raw_len, object_id, content_hash, xattrs)
+    where type is the core's code (FILE for regular files), object_id and content_hash are
+    32 bytes (zeros but for regular files), and xattrs is still encoded (decode_xattrs)."""
+    view = memoryview(blob)
+    pos, end = 0, len(view)
+    unpack = _SCAN.unpack_from
+    try:
+        while pos < end:
+            total, typ, flags, mode, uid, gid, size, raw_len, oid, chash, xlen = \
+                unpack(view, pos)
+            if total < _FIXED:
+                raise _damaged(f"a record of {total} bytes")
+            yield (typ, flags, mode, uid, gid, size, raw_len, oid, chash,
+                   view[pos + total - xlen:pos + total] if xlen else b"")
+            pos += total
+    except struct.error as exc:
+        raise _damaged(str(exc)) from None
 
 
 def encode_record(e: Entry, link: str | None = None) -> bytes:
-    """One record in the C core's layout (the inverse of decode_records); link overrides
-    e.link (a checkout plan names hardlink targets by the path it made them at)."""
+    """One record of e (the inverse of decode_records); link overrides e.link (a checkout
+    plan names hardlink targets by the path it made them at)."""
     path = os.fsencode(e.path)
     target = os.fsencode(link if link is not None else (e.link or ""))
     uname = e.uname.encode("utf-8", "surrogateescape")
     gname = e.gname.encode("utf-8", "surrogateescape")
     xattrs = encode_xattrs(e.xattrs) if e.xattrs else b""
     is_file = e.type is EntryType.FILE
-    total = _RECORD.size + len(path) + len(target) + len(uname) + len(gname) + len(xattrs)
+    total = _FIXED + len(path) + len(target) + len(uname) + len(gname) + len(xattrs)
     sec, nsec = divmod(e.mtime_ns, 1_000_000_000)
     typ = lib.LS_ENTRY_HARDLINK if link is not None else _TYPE_CODES[e.type]
     return b"".join((
-        _RECORD.pack(total, typ, SPARSE if e.sparse else 0, 0, e.mode, e.uid, e.gid,
+        _RECORD.pack(total, typ, SPARSE if e.sparse else 0, e.mode, e.uid, e.gid,
                      e.devmajor, e.devminor, nsec, sec, e.size if is_file else 0, 0,
                      bytes.fromhex(e.object_id) if is_file and e.object_id else _NO_ID,
                      bytes.fromhex(e.content_hash) if is_file and e.content_hash else _NO_ID,
                      len(path), len(target), len(uname), len(gname), len(xattrs)),
         path, target, uname, gname, xattrs))
+
+
+def plan_totals(plan) -> tuple[int, int]:
+    """The bytes of regular files and the number of entries of a checkout plan: the totals
+    of the progress checkout reports."""
+    nbytes = items = 0
+    for typ, _, _, _, _, size, _, _, _, _ in scan_records(plan):
+        if typ == FILE:
+            nbytes += size
+        items += 1
+    return nbytes, items
+
+
+def new_objects(blob) -> list[bytes]:
+    """The objects that the ingest which produced a record batch wrote (LS_RECORD_NEW_OBJECT)."""
+    return [oid for typ, flags, _, _, _, _, _, oid, _, _ in scan_records(blob)
+            if typ == FILE and flags & NEW_OBJECT]
+
+
+def record_objects(blob) -> dict[bytes, int]:
+    """The non-empty objects a record batch references: {object id: content size}."""
+    return {oid: size for typ, _, _, _, _, size, _, oid, _, _ in scan_records(blob)
+            if typ == FILE and size}
+
+
+# ---- Long calls: checkout, layer writes, object checks --------------------------------------
 
 
 def observed(call, report=None):
@@ -423,38 +525,19 @@ CHECKOUT_MODES = {"reflink": 0, "copy": lib.LS_CHECKOUT_COPY, "link": lib.LS_CHE
 
 def checkout(objects_dir: str, dest: str, plan: bytes, mode: str, owners: bool,
              report=None) -> dict:
-    """Makes the existing, empty dest the tree plan describes (see ls_checkout), its files made
-    as mode says (a key of CHECKOUT_MODES); returns the counts of what was made and skipped.
-    report: see observed (items: entries made)."""
+    """Makes the existing, empty dest the tree plan describes (see ls_tree_checkout), its
+    files made as mode says (a key of CHECKOUT_MODES); returns the counts of what was made
+    and skipped.  report: see observed (items: entries made)."""
     stats = ffi.new("ls_checkout_stats *")
     err = ffi.new("char[]", 1024)
     flags = CHECKOUT_MODES[mode] | (lib.LS_CHECKOUT_OWNERS if owners else 0)
-    rc = observed(lambda progress: lib.ls_checkout(
+    rc = observed(lambda progress: lib.ls_tree_checkout(
         os.fsencode(objects_dir), os.fsencode(dest), plan, len(plan), flags, stats, progress,
         err, 1024), report)
     _check(rc, ffi.string(err).decode(errors="replace"))
     return {name: getattr(stats, name) for name in (
         "files", "dirs", "symlinks", "hardlinked", "reflinked", "copied", "specials",
         "skipped_specials", "skipped_owners", "skipped_xattrs")}
-
-
-_PLAN_HEAD = struct.Struct("<IB")                    # record_len, type
-_PLAN_SIZE = struct.Struct("<Q")
-_SIZE_AT = struct.calcsize("<IBBHIIIIIIq")           # the size field's offset in a record
-
-
-def plan_totals(plan) -> tuple[int, int]:
-    """The bytes of regular files and the number of entries of a checkout plan: the totals
-    of the progress checkout reports."""
-    view = memoryview(plan)
-    nbytes = items = pos = 0
-    while pos < len(view):
-        total, typ = _PLAN_HEAD.unpack_from(view, pos)
-        if typ == lib.LS_ENTRY_FILE:
-            nbytes += _PLAN_SIZE.unpack_from(view, pos + _SIZE_AT)[0]
-        items += 1
-        pos += total
-    return nbytes, items
 
 
 def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
@@ -473,7 +556,7 @@ def write_layer(objects_dir: str, records: bytes, raw: bytes, out_fd: int,
 
 @dataclass(frozen=True)
 class ObjectCheck:
-    """What ls_check_objects found for one object file."""
+    """What ls_objects_check found for one object file."""
     err: int                # 0, an errno (ENOENT: missing), or NOT_REGULAR
     mode: int
     uid: int
@@ -489,7 +572,7 @@ NOT_REGULAR = lib.LS_CHECK_NOT_REGULAR
 
 def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
                   report=None) -> list[ObjectCheck]:
-    """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_check_objects),
+    """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_objects_check),
     in the order given (biggest first spreads the work best), and counts their xattrs that
     xattr_applies(name, owners) names.  report: see observed (items: objects checked)."""
     if not ids:
@@ -498,7 +581,7 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
     for o, oid in zip(objs, ids):
         o.id = oid
     err = ffi.new("char[]", 1024)
-    rc = observed(lambda progress: lib.ls_check_objects(
+    rc = observed(lambda progress: lib.ls_objects_check(
         os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
         lib.LS_CHECK_XATTRS | (lib.LS_CHECK_OWNERS if owners else 0), progress, err, 1024),
         report)
@@ -511,32 +594,22 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
             for i, o in enumerate(objs)]
 
 
-def new_objects(blob) -> list[bytes]:
-    """The objects that the ingest which produced a record batch wrote (LS_RECORD_NEW_OBJECT)."""
-    view = memoryview(blob)
-    out = []
-    pos, end = 0, len(view)
-    while pos < end:
-        total, typ, flags = struct.unpack_from("<IBB", view, pos)
-        if typ == lib.LS_ENTRY_FILE and flags & lib.LS_RECORD_NEW_OBJECT:
-            out.append(bytes(view[pos + 56:pos + 88]))
-        pos += total
-    return out
+# ---- Overlay mounts -------------------------------------------------------------------------
 
 
-def record_objects(blob) -> dict[bytes, int]:
-    """The non-empty objects a record batch references: {object id: content size}."""
-    view = memoryview(blob)
-    out = {}
-    pos, end = 0, len(view)
-    while pos < end:
-        total, typ = struct.unpack_from("<IB", view, pos)
-        if typ == lib.LS_ENTRY_FILE:
-            (size,) = struct.unpack_from("<Q", view, pos + 40)
-            if size:
-                out[bytes(view[pos + 56:pos + 88])] = size
-        pos += total
-    return out
+def overlay_mount(target: str, options: str) -> int:
+    """Mounts an overlay at target with the given options (see ls_overlay_mount): 0, or the
+    errno of mount(2)."""
+    return -lib.ls_overlay_mount(os.fsencode(target), os.fsencode(options))
+
+
+def overlay_unmount(target: str) -> int:
+    """Unmounts what is mounted at target (see ls_overlay_unmount): 0, or the errno of
+    umount2(2)."""
+    return -lib.ls_overlay_unmount(os.fsencode(target))
+
+
+# ---- Layer ingest ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -579,7 +652,7 @@ class LayerIngest:
             self._raw += ffi.buffer(self._take[1], self._take_len[1])
 
     def _fail(self, rc: int) -> None:
-        _check(rc, ffi.string(lib.ls_ingest_error(self._h)).decode("utf-8", "replace"))
+        _check(rc, ffi.string(lib.ls_ingest_get_error(self._h)).decode("utf-8", "replace"))
 
     def feed(self, data) -> None:
         with self._lock:

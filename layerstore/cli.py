@@ -460,7 +460,7 @@ def ls(open_store, image, path, long_, as_json):
 def cat(open_store, image, path):
     """Write a file of an image to standard output (symlinks followed inside the image)."""
     import shutil
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     with open_store().open(image, path) as f:
         try:
             shutil.copyfileobj(f, out, 1 << 20)

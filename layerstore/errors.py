@@ -31,6 +31,16 @@ __all__ = [
     "NotAFile",
     "HostPathError",
     "HostPathNotFound",
+    "RegistryError",
+    "RegistryUnreachable",
+    "RangeUnsupported",
+    "AuthenticationRequired",
+    "AccessDenied",
+    "RateLimited",
+    "ManifestUnknown",
+    "BlobUnknown",
+    "UnsupportedManifest",
+    "CredentialError",
 ]
 
 
@@ -127,6 +137,67 @@ class HostPathError(LayerstoreError, OSError):
 
 class HostPathNotFound(HostPathError, FileNotFoundError):
     """That path, or the directory it should be made in, does not exist."""
+
+
+class RegistryError(LayerstoreError, OSError):
+    """A registry refused or failed a request.  status is the HTTP status and code the error
+    code of the registry's error JSON (MANIFEST_INVALID, DIGEST_INVALID, ...), when there was
+    one.  The message names the registry and the request, never a credential or a query
+    string."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+class RegistryUnreachable(RegistryError, ConnectionError):
+    """No answer from the registry after the retries: refused, reset, timed out, or a TLS
+    handshake that failed (a certificate that does not verify)."""
+
+
+class RangeUnsupported(RegistryError, ConnectionError):
+    """A download broke off and could not resume: the server answered Range: bytes=N- with
+    anything but 206 Partial Content from byte N (a 200 means it ignored the Range)."""
+
+
+class AuthenticationRequired(RegistryError, PermissionError):
+    """The registry or its token server wants credentials that were missing or refused (401),
+    or granted a token without the access asked for."""
+
+
+class AccessDenied(RegistryError, PermissionError):
+    """The registry knows who we are and refuses the operation (403 DENIED)."""
+
+
+class RateLimited(RegistryError):
+    """429 Too Many Requests, still there after the retries.  limit and remaining are the
+    registry's ratelimit-limit and ratelimit-remaining headers as sent ("100;w=21600"), and
+    retry_after the seconds its Retry-After header asked for (None when it sent none)."""
+
+    def __init__(self, message: str, *, status: int | None = 429, code: str | None = None,
+                 limit: str | None = None, remaining: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, status=status, code=code)
+        self.limit, self.remaining, self.retry_after = limit, remaining, retry_after
+
+
+class ManifestUnknown(RegistryError, LookupError):
+    """The registry has no such manifest (tag or digest), or no such repository."""
+
+
+class BlobUnknown(RegistryError, LookupError):
+    """The registry has no such blob in that repository."""
+
+
+class UnsupportedManifest(UnsupportedFormat):
+    """A manifest layerstore does not pull: Docker schema 1, an OCI artifact, or a media type
+    that is neither an image manifest nor an index."""
+
+
+class CredentialError(LayerstoreError, ValueError):
+    """Credentials could not be read: an auth file that is not valid JSON or base64, a
+    credential helper that is missing or failed, a --creds that is not USER:PASSWORD.  The
+    message names the file or helper, never a secret."""
 
 
 def host_path_error(exc: OSError, path, action: str) -> HostPathError:

@@ -6,6 +6,10 @@ from hypothesis import settings
 
 from helpers import CORPUS
 
+# The registry tests' servers (docker-registry, token server, CDN, fault proxy) and their
+# fixtures; session-scoped and started only by a test that asks for one.
+pytest_plugins = ["registry_servers"]
+
 # CI runs the native tests a second time under AddressSanitizer, which is slow: fewer examples.
 settings.register_profile("sanitize", max_examples=25, deadline=None)
 settings.register_profile("default", deadline=None)

@@ -71,8 +71,8 @@ def test_unknown_backend_is_refused():
 def test_unsupported_backend_code_is_refused_by_the_core():
     # Out-of-range codes are a caller bug (LS_E_STATE); a known backend the CPU lacks would be
     # LS_E_UNSUPPORTED, which this machine may not be able to show.
-    assert _native.lib.ls_blake3_use_backend(99) == _native.lib.LS_E_STATE
-    assert _native.lib.ls_blake3_use_backend(-1) == _native.lib.LS_E_STATE
+    assert _native.lib.ls_blake3_set_backend(99) == _native.lib.LS_E_STATE
+    assert _native.lib.ls_blake3_set_backend(-1) == _native.lib.LS_E_STATE
 
 
 # ---- Official vectors --------------------------------------------------------------------

@@ -230,7 +230,9 @@ def test_save_to_a_stream(tmp_path):
         store.save("test/img:1", buf)
     (tmp_path / "s.tar").write_bytes(buf.getvalue())
     assert saved_layers(tmp_path / "s.tar", "docker") == layers
-    assert image.id
+    with Store(tmp_path / "again") as again:
+        (back,) = again.import_archive(tmp_path / "s.tar")
+    assert back.id == image.id
 
 
 def test_oci_save_of_a_compressed_oci_image_keeps_the_image_id(tmp_path):

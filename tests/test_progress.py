@@ -51,14 +51,14 @@ def test_cancelled_calls_stop_with_a_clear_code(stored, tmp_path):
     dest.mkdir()
     stats = _native.ffi.new("ls_checkout_stats *")
     plan = _plan(store)
-    rc = _native.lib.ls_checkout(objects.encode(), str(dest).encode(), plan, len(plan),
+    rc = _native.lib.ls_tree_checkout(objects.encode(), str(dest).encode(), plan, len(plan),
                                  _native.lib.LS_CHECKOUT_COPY, stats, progress, err, 256)
     assert rc == _native.lib.LS_E_CANCELLED
     assert _native.ffi.string(err) == b"checkout cancelled"
     assert progress.items == 0
 
     objs = _native.ffi.new("ls_object_check[]", 1)
-    rc = _native.lib.ls_check_objects(objects.encode(), objs, 1, 2, 0, progress, err, 256)
+    rc = _native.lib.ls_objects_check(objects.encode(), objs, 1, 2, 0, progress, err, 256)
     assert rc == _native.lib.LS_E_CANCELLED and progress.items == 0
 
 

@@ -35,10 +35,10 @@ def test_portable_is_always_available():
 
 def test_backend_switch_is_restored():
     lib = _native.lib
-    before = lib.ls_sha256_backend()
+    before = lib.ls_sha256_get_backend()
     with _native.sha256_backend("portable"):
-        assert lib.ls_sha256_backend() == lib.LS_SHA256_PORTABLE
-    assert lib.ls_sha256_backend() == before
+        assert lib.ls_sha256_get_backend() == lib.LS_SHA256_PORTABLE
+    assert lib.ls_sha256_get_backend() == before
     # The best one is the default.
     expected = lib.LS_SHA256_SHANI if "shani" in BACKENDS else lib.LS_SHA256_PORTABLE
     assert before == expected
@@ -48,7 +48,7 @@ def test_unknown_backend_is_refused():
     with pytest.raises(ValueError):
         with _native.sha256_backend("sha512"):
             pass
-    assert _native.lib.ls_sha256_use_backend(7) == _native.lib.LS_E_STATE
+    assert _native.lib.ls_sha256_set_backend(7) == _native.lib.LS_E_STATE
 
 
 def test_known_answers(backend):

@@ -25,7 +25,6 @@ import mmap
 import os
 import queue
 import stat
-import struct
 import tarfile
 import tempfile
 import threading
@@ -47,10 +46,7 @@ BIG = 256 << 10                 # objects at least this large are copied in the 
 HASH_QUEUE = 64                 # chunks or object fds waiting for a layer's hash thread
 HASH_THREADS = 3                # layers hashed at once, at most
 
-# The record fields save needs (layout in csrc/layerstore.h): record_len, type, flags, then
-# at offset 40 size, raw_len and the object id.
-_LEAN = struct.Struct("<IBB34xQQ32s")
-_FILE = next(code for code, t in _native._TYPES.items() if t is EntryType.FILE)
+_FILE = _native.FILE
 _SPARSE = _native.SPARSE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -359,19 +355,14 @@ def write_layer(out: _Out, records: bytes, raw: _Raw, objects_fd: int, what: str
                 tick: Callable[[int, int], None] | None = None) -> None:
     """Writes one layer tar: raw bytes and object content interleaved, as ingest split them.
     tick(bytes, entries) is called after each entry with the layer's bytes and entries so far."""
-    unpack = _LEAN.unpack_from
-    view = memoryview(records)
-    pos, end = 0, len(view)
     stored = 0          # content bytes of the previous entry in the tar (for its padding)
     write, content = out.write, out.content
     start = out.written + len(out.buf)
     done = 0
-    while pos < end:
+    for typ, flags, _, _, _, size, raw_len, oid, _, _ in _native.scan_records(records):
         if tick is not None:
             tick(out.written + len(out.buf) - start, done)
             done += 1
-        total, typ, flags, size, raw_len, oid = unpack(view, pos)
-        pos += total
         if raw_len:
             chunk = raw.read(raw_len)
             write(chunk)

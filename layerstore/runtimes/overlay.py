@@ -13,7 +13,7 @@ A layer's paths are resolved inside the layer itself, as Docker's overlay2 drive
 path through a symlink of a lower layer is a real directory in this layer, so where an image
 relies on that, the mount differs from `checkout` (which follows the symlink).
 
-Mounting uses mount(2) through ctypes: one system call, no fork and exec of mount(8) (the
+Mounting uses mount(2) through the C core: one system call, no fork and exec of mount(8) (the
 target for a second container is well under 50 ms), and errno comes back directly so the
 error can say what is wrong.  Overlay takes its options in one page (4096 bytes); when the
 absolute lower paths do not fit, short symlinks root/l/<20 hex> name the layer dirs and
@@ -42,8 +42,6 @@ the store lock around mount (shared, while layer dirs are built) and commit (an 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import datetime as _dt
 import errno
 import hashlib
@@ -235,19 +233,6 @@ def _short_link(root: str, layer_dir: str) -> str:
 
 # ---- mount(2) ---------------------------------------------------------------------------------
 
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
-                                ctypes.c_ulong, ctypes.c_char_p]
-        _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-    return _libc
-
-
 def _escape(path: str) -> str:
     # overlay splits its options at "," and lowerdir at ":"; a backslash escapes either.
     return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
@@ -292,15 +277,12 @@ def _kernel_mount(root: str, lowers: list[str], upper: str, work: str, target: s
     opts = ",".join(["lowerdir=" + ":".join(_escape(p) for p in reversed(lowers)), *tail])
     page = os.sysconf("SC_PAGE_SIZE")
     if len(opts) < page:
-        rc = _c().mount(b"overlay", os.fsencode(target), b"overlay", 0, opts.encode())
-        if rc != 0:
-            code = ctypes.get_errno()
-            if code == errno.ENODEV:
-                _ensure_overlay_fs()
-                rc = _c().mount(b"overlay", os.fsencode(target), b"overlay", 0, opts.encode())
-                code = ctypes.get_errno() if rc else 0
-            if rc != 0:
-                raise _mount_error(code, target)
+        code = _native.overlay_mount(target, opts)
+        if code == errno.ENODEV:
+            _ensure_overlay_fs()
+            code = _native.overlay_mount(target, opts)
+        if code:
+            raise _mount_error(code, target)
         return
     rel = [_short_link(root, p) for p in reversed(lowers)]
     opts = ",".join(["lowerdir=" + ":".join(rel), *tail])
@@ -340,8 +322,8 @@ def _unmount(m: Mount) -> None:
             msg = (r.stderr.strip().splitlines() or ["failed"])[-1]
             raise _err(f"umount {target}: {msg}")
         return
-    if _c().umount2(os.fsencode(target), 0) != 0:
-        code = ctypes.get_errno()
+    code = _native.overlay_unmount(target)
+    if code:
         if code == errno.EINVAL and not os.path.ismount(target):
             return      # already unmounted by someone else: just forget it
         if code == errno.EBUSY:

@@ -23,7 +23,7 @@ from .tree import Tree
 
 
 def plan(tree: Tree) -> bytes:
-    """The tree as a checkout plan (see ls_checkout in csrc/layerstore.h)."""
+    """The tree as a checkout plan (see ls_tree_checkout in csrc/layerstore.h)."""
     made: dict[int, str] = {}       # id(inode node) -> the path made for it
     out = []
     encode = _native.encode_record

@@ -39,7 +39,6 @@ from .context import Context
 from .index import ImageRecord, LayerRecord
 
 _HEX = frozenset("0123456789abcdef")
-_FIXED = _native._RECORD     # the fixed part of an entry record
 
 
 @dataclass
@@ -183,25 +182,17 @@ class _Hasher:
 
 
 def _layer_objects(records, diff_id: str, expected: dict, owners: bool) -> None:
-    """Adds the non-empty objects of a layer's record batch to expected.  Reads only the fixed
-    part and the xattrs of regular files: decode_records would build every entry."""
-    view = memoryview(records)
-    pos, end = 0, len(view)
-    unpack = _FIXED.unpack_from
-    file_type = _native.lib.LS_ENTRY_FILE
+    """Adds the non-empty objects of a layer's record batch to expected.  Scans the records
+    (decode_records would build every entry) and decodes the xattrs of new objects only."""
+    file_type = _native.FILE
     skipped = _native.XATTRS_SKIPPED
     applies = _native.xattr_applies
-    while pos < end:
-        (total, typ, flags, _, mode, uid, gid, _, _, _, _, size, _, oid, chash,
-         plen, llen, ulen, glen, xlen) = unpack(view, pos)
+    for typ, flags, mode, uid, gid, size, _, oid, chash, blob in _native.scan_records(records):
         if typ == file_type and size:
             key = oid.hex()
             o = expected.get(key)
             if o is None:
-                xattrs = ()
-                if xlen:
-                    p = pos + _FIXED.size + plen + llen + ulen + glen
-                    xattrs = _native._decode_xattrs(view[p:p + xlen])
+                xattrs = _native.decode_xattrs(blob)
                 o = expected[key] = _Obj(size, chash.hex(), mode, uid, gid, xattrs,
                                          {n: v for n, v in xattrs if applies(n, owners)},
                                          True, [diff_id])
@@ -210,7 +201,6 @@ def _layer_objects(records, diff_id: str, expected: dict, owners: bool) -> None:
             # Only the ingest that wrote the object knows what the filesystem refused.
             if flags & skipped:
                 o.check_xattrs = False
-        pos += total
 
 
 def _scan_files(root: str, expected: dict[str, _Obj]) -> list[tuple[str, str, str]]:
