@@ -1,6 +1,6 @@
 /*
- * mount.c - overlay mounts for layerstore/_overlay.py: one system call each, no fork and exec
- * of mount(8), and the errno handed back as it is so that the caller can say what went wrong
+ * mount.c - overlay mounts for runtimes/overlay.py: one system call each, no fork and exec of
+ * mount(8), and the errno handed back as it is so that the caller can say what went wrong
  * (needs root, no overlay in this kernel, upper and work dir on different filesystems, ...).
  */
 #include <errno.h>

@@ -79,7 +79,7 @@ int ls_xattr_applies(const char *name, size_t len, int owners)
 {
     /* overlayfs reads its own xattrs (opaque, redirect, origin) in the layer dirs that mounts
      * stack: an image must not steer a mount through them.  Opaque dirs come from the layer's
-     * .wh..wh..opq entries, set by _overlay.py, never from records. */
+     * .wh..wh..opq entries, set by runtimes/overlay.py, never from records. */
     if (has_prefix(name, len, "trusted.overlay.") || has_prefix(name, len, "user.overlay.") ||
         has_prefix(name, len, "user.fuseoverlayfs."))
         return 0;
