@@ -131,7 +131,7 @@ def _layer_tree(entries, lower) -> tuple[_LayerTree, list[str], list[str]]:
             tree.apply(0, [e])
             continue
         try:
-            parent, real = tree._parent(head.split("/") if head else [], 0, e.path)
+            parent, real = tree.parent(head.split("/") if head else [], 0, e.path)
         except errors.CorruptArchive:
             continue    # under a non-directory of this layer: it hides nothing here
         if name == OPAQUE:

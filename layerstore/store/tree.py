@@ -41,8 +41,8 @@ class Tree:
     def __init__(self) -> None:
         self.root = Node(_implicit_dir("."), -1)
 
-    def _parent(self, parts: list[str], layer: int, path: str,
-                create: bool = True) -> tuple[Node | None, list[str]]:
+    def parent(self, parts: list[str], layer: int, path: str,
+               create: bool = True) -> tuple[Node | None, list[str]]:
         """Resolves the directory that holds a path, following symlinks inside the root and
         creating missing directories (or returning None when create is false).  Returns it and
         its real path components."""
@@ -87,7 +87,7 @@ class Tree:
         if path in ("", "."):
             return self.root
         head, _, name = path.rpartition("/")
-        parent, _ = self._parent(head.split("/") if head else [], -1, path, create=False)
+        parent, _ = self.parent(head.split("/") if head else [], -1, path, create=False)
         return parent.children.get(name) if parent is not None else None
 
     def _prune(self, directory: Node, layer: int) -> None:
@@ -107,7 +107,7 @@ class Tree:
                     self.root.entry = e
                 continue
             head, _, name = e.path.rpartition("/")
-            parent, real = self._parent(head.split("/") if head else [], layer, e.path)
+            parent, real = self.parent(head.split("/") if head else [], layer, e.path)
             if name.startswith(WHITEOUT):
                 if name == OPAQUE:
                     self._prune(parent, layer)
