@@ -125,9 +125,18 @@ def test_layers_read_side_by_side_make_the_same_image(store, tmp_path, monkeypat
     read_blob = pipeline._read_blob
 
     def side_by_side(blob, emit):
+        # Each reader waits, with its layer begun, until the other's has begun too: neither
+        # layer can end (and its ingest close) before both ingests are open.
         readers.add(threading.get_ident())
-        both_inside.wait()
-        read_blob(blob, emit)
+        begun = False
+
+        def emit_then_wait(event):
+            nonlocal begun
+            emit(event)
+            if not begun and isinstance(event, pipeline.LayerChunk):
+                begun = True
+                both_inside.wait()
+        read_blob(blob, emit_then_wait)
 
     in_flight = [0, 0]      # ingests open now, the most at once
 
