@@ -42,7 +42,7 @@ def test_unknown_platform_is_a_usage_error(store, tmp_path, value, message):
 
 
 @pytest.mark.parametrize("value, canonical", [
-    ("linux/amd64", "linux/amd64"), ("linux/arm64/v8", "linux/arm64/v8"),
+    ("linux/amd64", "linux/amd64"), ("linux/arm64/v8", "linux/arm64"),
     ("LINUX/AMD64", "linux/amd64"), ("linux/x86_64", "linux/amd64"),
     ("linux/aarch64", "linux/arm64"), ("arm64", "linux/arm64"), ("windows/amd64", "windows/amd64"),
     ("linux/armhf", "linux/arm/v7"),
@@ -86,3 +86,29 @@ def test_multi_platform_index_names_both(store, tmp_path):
     with pytest.raises(errors.PlatformMismatch, match="linux/s390x.*linux/arm64"):
         store.import_archive(io.BytesIO(A.tar_of(A.oci_layout_files([desc], blobs))),
                              platform="linux/s390x")
+
+
+def test_an_index_gives_the_best_image_for_the_platform(store, tmp_path):
+    """As containerd picks: the exact variant before a fallback, a fallback when nothing
+    better is there, and never an attestation entry (unknown/unknown), which is no image."""
+    blobs, descs = {}, []
+    for variant, content in (("v6", b"six\n"), ("v7", b"seven\n")):
+        b, d = A.oci_blobs([A.layer(("f", "arm", content))], arch="arm")
+        d["platform"]["variant"] = variant
+        blobs.update(b)
+        descs.append(d)
+    junk = b'{"predicateType": "https://slsa.dev/provenance/v0.2"}'
+    b, d = A.oci_blobs([junk])      # not a tar: importing it would fail
+    d["platform"] = {"os": "unknown", "architecture": "unknown"}
+    blobs.update(b)
+    descs.append(d)
+    layout = tmp_path / "layout"
+    A.write_dir(A.oci_layout_files(descs, blobs), layout)
+    for want, got in (("linux/arm", b"seven\n"), ("linux/arm/v7", b"seven\n"),
+                      ("linux/arm/v8", b"seven\n"), ("linux/arm64", b"seven\n"),
+                      ("linux/arm/v6", b"six\n")):
+        with Store(tmp_path / want.replace("/", "-")) as s:
+            (image,) = s.import_archive(layout, platform=want)
+            assert s.open(image.id, "arm").read() == got, want
+    with pytest.raises(errors.PlatformMismatch, match="linux/arm/v5"):
+        store.import_archive(layout, platform="linux/arm/v5")

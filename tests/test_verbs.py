@@ -251,7 +251,8 @@ def test_inspect_prints_an_array_and_errors_for_the_missing(store, two):
     assert rc == 1
     assert [i["Id"] for i in json.loads(out)] == [app.id, db.id]
     assert err.splitlines() == ["layerstore: error: no such image: nope:1",
-                                "layerstore: error: invalid reference format: 'Bad/Name'"]
+                                "layerstore: error: invalid reference format: 'Bad/Name': "
+                                "repository name must be lowercase"]
     rc, out, err = _run("inspect", "nope:1")
     assert (rc, json.loads(out)) == (1, [])
     assert "Missing argument" in _error(["inspect"], 2)

@@ -17,7 +17,8 @@ from typing import Protocol
 
 from .. import errors
 from ..errors import DigestMismatch, InvalidReference, MissingBlob
-from .platforms import host_platform, parse_platform, platform_matches, platform_of
+from .platforms import (host_platform, is_attestation, parse_platform, platform_matches,
+                        platform_of, platform_rank)
 from .reference import check_digest, normalize_tag
 
 META_LIMIT = 16 << 20   # a config, manifest or index larger than this is not metadata
@@ -184,9 +185,24 @@ def _read_blob(files: ArchiveFiles, desc: dict, what: str) -> bytes:
     return data
 
 
-def _is_attestation(desc: dict) -> bool:
-    ann = desc.get("annotations") or {}
-    return ann.get("vnd.docker.reference.type") == "attestation-manifest"
+def _best_for_platform(found: list, want: str) -> list:
+    """Of each image's platform variants, the one that suits want best, as containerd picks
+    it: an exact match before a fallback (arm/v6 where arm/v7 is asked for).  An image is a
+    nested index, or the manifests of index.json that carry the same names (none, often).
+    Manifests that name no platform are kept."""
+    def image(top: dict, desc: dict):
+        if top is not desc:
+            return id(top)
+        ann = desc.get("annotations") or {}
+        return (ann.get("io.containerd.image.name"), ann.get("org.opencontainers.image.ref.name"))
+
+    best: dict = {}
+    for top, desc, _, plat in found:
+        if plat is not None:
+            key, rank = image(top, desc), platform_rank(plat, want)
+            best[key] = min(best.get(key, rank), rank)
+    return [(top, desc, data, plat) for top, desc, data, plat in found
+            if plat is None or platform_rank(plat, want) == best[image(top, desc)]]
 
 
 def plan_oci_layout(files: ArchiveFiles, platform: str | None,
@@ -205,7 +221,7 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
     def walk(idx: dict, top: dict | None, depth: int) -> None:
         _expect(depth < 8, "image indexes nest more than 8 deep")
         for desc in idx.get("manifests") or []:
-            if not isinstance(desc, dict) or _is_attestation(desc):
+            if not isinstance(desc, dict) or is_attestation(desc):
                 continue
             data = _read_blob(files, desc, "manifest")
             doc = _json(data, f"blob {desc.get('digest')}")
@@ -230,6 +246,8 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
                 f"the archive has no image for platform {want} (it has: "
                 f"{', '.join(sorted(set(seen_platforms)))}); choose one with --platform")
         raise errors.CorruptArchive("index.json names no image manifest")
+    if not all_platforms:
+        found = _best_for_platform(found, want)
 
     plans = []
     for top, desc, data, plat in found:
@@ -265,8 +283,8 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
                                "oci", plat))
     if all_platforms:
         # A tag names one image: give it to the one for the wanted platform.
-        keep = next((p for p in plans if p.platform and platform_matches(p.platform, want)),
-                    plans[0])
+        fits = [p for p in plans if p.platform and platform_matches(p.platform, want)]
+        keep = min(fits, key=lambda p: platform_rank(p.platform, want)) if fits else plans[0]
         for p in plans:
             if p is not keep:
                 p.tags = []

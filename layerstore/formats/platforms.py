@@ -33,7 +33,8 @@ _PART = re.compile(r"[a-z0-9][a-z0-9._-]*\Z")
 def parse_platform(value: str) -> str:
     """A --platform value as os/arch[/variant] (InvalidPlatform if it is none), as Docker
     reads it: "linux/arm64/v8", "linux/amd64", or one part with the rest this machine's
-    ("arm64" is linux/arm64, "linux" is linux/<this machine's arch>)."""
+    ("arm64" is linux/arm64, "linux" is linux/<this machine's arch>); normalized (see
+    normalize_platform)."""
     parts = value.lower().split("/")
     if len(parts) > 3 or not all(_PART.match(p) for p in parts):
         raise errors.InvalidPlatform(f"invalid platform {value!r}: expected "
@@ -44,26 +45,76 @@ def parse_platform(value: str) -> str:
             parts = [parts[0], *host_arch.split("/")]
         else:
             parts = [host_os, parts[0]]
-    os_, arch, *variant = parts
-    arch, _, implied = _ARCH_ALIASES.get(arch, arch).partition("/")
-    variant = variant or ([implied] if implied else [])
+    os_, arch = parts[0], _ARCH_ALIASES.get(parts[1], parts[1]).partition("/")[0]
     if os_ not in OSES:
         raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown operating system "
                                      f"{os_!r} (one of {', '.join(sorted(OSES))})")
     if arch not in ARCHES:
         raise errors.InvalidPlatform(f"invalid platform {value!r}: unknown architecture "
                                      f"{arch!r} (one of {', '.join(sorted(ARCHES))})")
-    return "/".join([os_, arch, *variant])
+    return normalize_platform("/".join(parts))
 
 
-def platform_of(p: dict | None) -> str | None:
-    if not isinstance(p, dict) or "os" not in p or "architecture" not in p:
-        return None
-    s = f"{p['os']}/{p['architecture']}"
-    return f"{s}/{p['variant']}" if p.get("variant") else s
+def normalize_platform(value: str) -> str:
+    """os/arch[/variant] as containerd's platforms.Normalize spells it, so that two names of
+    one platform compare equal: x86_64 is amd64 and amd64/v1 plain amd64, aarch64 is arm64
+    and arm64/v8 plain arm64, armhf is arm/v7 and armel arm/v6, and arm without a variant is
+    arm/v7."""
+    os_, _, rest = value.lower().partition("/")
+    arch, _, variant = rest.partition("/")
+    arch, _, implied = _ARCH_ALIASES.get(arch, arch).partition("/")
+    variant = variant or implied
+    if arch in ("amd64", "arm64", "arm") and variant.isdigit():
+        variant = f"v{variant}"
+    if (arch, variant) in (("amd64", "v1"), ("arm64", "v8"), ("arm64", "v8.0")):
+        variant = ""
+    if arch == "arm" and not variant:
+        variant = "v7"
+    return "/".join([os_, arch] + ([variant] if variant else []))
+
+
+def runnable_platforms(want: str) -> list[str]:
+    """The platforms whose images run where want is asked for, best first, as containerd's
+    platforms.Only orders them: an amd64 level also runs the levels below it and 386, arm/vN
+    runs vN-1 down to v5, and arm64 runs arm/v8 down to v5."""
+    os_, arch, *variant = normalize_platform(want).split("/")
+    level = variant[0][1:] if variant and variant[0][1:].isdigit() else None
+    out = [normalize_platform(want)]
+    if arch == "amd64":
+        out += [normalize_platform(f"{os_}/amd64/v{n}") for n in range(int(level or 1) - 1, 0, -1)]
+        out.append(f"{os_}/386")
+    elif arch == "arm" and level is not None:
+        out += [f"{os_}/arm/v{n}" for n in range(int(level) - 1, 4, -1)]
+    elif arch == "arm64":
+        out += [f"{os_}/arm/v{n}" for n in range(8, 4, -1)]
+    return out
+
+
+def platform_rank(have: str, want: str) -> int | None:
+    """How well an image for have suits want: 0 is an exact match, higher is a fallback (see
+    runnable_platforms), None does not run there."""
+    options = runnable_platforms(want)
+    have = normalize_platform(have)
+    return options.index(have) if have in options else None
 
 
 def platform_matches(have: str, want: str) -> bool:
-    # "linux/arm64" matches "linux/arm64/v8"; a wanted variant must match exactly.
-    h, w = have.split("/"), want.split("/")
-    return h[:2] == w[:2] and (len(w) < 3 or h[2:3] == w[2:3])
+    return platform_rank(have, want) is not None
+
+
+def platform_of(p: dict | None) -> str | None:
+    """The platform an index descriptor or an image config names, normalized; None when it
+    names none."""
+    if not isinstance(p, dict) or not p.get("os") or not p.get("architecture"):
+        return None
+    s = f"{p['os']}/{p['architecture']}"
+    return normalize_platform(f"{s}/{p['variant']}" if p.get("variant") else s)
+
+
+def is_attestation(desc: dict) -> bool:
+    """An index entry that is no image to run: BuildKit's attestation manifests (in-toto
+    statements, marked by an annotation and by the platform unknown/unknown)."""
+    ann = desc.get("annotations") or {}
+    plat = desc.get("platform") or {}
+    return (ann.get("vnd.docker.reference.type") == "attestation-manifest"
+            or (plat.get("os"), plat.get("architecture")) == ("unknown", "unknown"))
