@@ -133,6 +133,11 @@ _CORRUPT = textwrap.dedent("""
         txn.put(b"docker.io/gone/image:1", b"sha256:" + b"0" * 64, db=tags)
         blobs = env.open_db(b"blobs", txn=txn)
         txn.put(b"sha256:" + b"1" * 64, b"sha256:" + b"2" * 64, db=blobs)
+        repo_digests = env.open_db(b"repo_digests", txn=txn)
+        txn.put(b"docker.io/gone/image@sha256:" + b"3" * 64, b"sha256:" + b"0" * 64,
+                db=repo_digests)
+        locations = env.open_db(b"blob_locations", txn=txn)
+        txn.put(b"sha256:" + b"4" * 64, b'["docker.io/gone/image"]', db=locations)
 """)
 
 
@@ -141,8 +146,9 @@ def test_index_damage_reported_and_repaired(store, tmp_path):
     store.close()
     subprocess.run([sys.executable, "-c", _CORRUPT, store.root], check=True, env=python_env())
     with Store(store.root) as s:
-        assert _kinds(s.fsck()) == ["blob-dangling", "layer-refcount", "object-refcount",
-                                    "tag-dangling"]
+        assert _kinds(s.fsck()) == ["blob-dangling", "blob-location-dangling",
+                                    "layer-refcount", "object-refcount",
+                                    "repo-digest-dangling", "tag-dangling"]
         assert all(p.fixed for p in s.fsck(repair=True))
         assert s.fsck() == []
     assert state(store.root) == before

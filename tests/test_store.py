@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import archives as A
-from helpers import python_env, state
+from helpers import context, python_env, state
 from layerstore import Store, _native, errors
 from layerstore.formats import archive
 from layerstore.store import pipeline
@@ -491,3 +491,55 @@ def test_two_processes_import_overlapping_images(tmp_path):
     assert s["layers"][A.digest(shared).encode().hex()] == 2
     assert s["object_files"] == 200
     assert all(refs == 1 for refs in s["objects"].values())
+
+
+def test_a_schema_1_index_is_migrated_to_2(tmp_path):
+    """Stores made before pulls (schema 1) open as schema 2: the new tables appear empty and
+    every image stays as it was."""
+    import lmdb
+    path = tmp_path / "old.tar"
+    path.write_bytes(A.docker_archive([([A.layer(("f", "a", b"a"))], ["old:1"])]))
+    with Store(tmp_path / "s") as s:
+        (image,) = s.import_archive(path)
+    env = lmdb.open(str(tmp_path / "s" / "index"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"schema", b"1", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with Store(tmp_path / "s") as s:
+        assert s.image("old:1") == image and s.fsck() == []
+        index = context(s).index
+        with index.read() as txn:
+            assert txn.get(b"schema", db=index.db["meta"]) == b"2"
+            assert index.repo_digests(txn, image.id) == []
+
+
+def test_repo_digests_and_blob_locations_go_with_their_image_and_layer(tmp_path):
+    path = tmp_path / "a.tar"
+    layer = A.layer(("f", "a", b"a"))
+    path.write_bytes(A.docker_archive([([layer], ["a:1"])]))
+    with Store(tmp_path / "s") as s:
+        (image,) = s.import_archive(path)
+        index = context(s).index
+        ref = "docker.io/library/a@sha256:" + "5" * 64
+        blob = "sha256:" + "6" * 64
+        with index.write() as txn:
+            index.add_repo_digest(txn, ref, image.id)
+            rec = index.layer(txn, image.diff_ids[0])
+            rec.blobs.append({"digest": blob, "media_type": None, "size": 1,
+                              "compression": "gzip"})
+            txn.put(rec.diff_id.encode(), rec.to_json(), db=index.db["layers"])
+            for n in range(20):
+                index.add_blob_location(txn, blob, f"r{n}.io/x")
+            index.add_blob_location(txn, blob, "r3.io/x")
+        with index.read() as txn:
+            assert index.repo_digest(txn, ref) == image.id
+            assert index.repo_digests(txn, image.id) == [ref]
+            seen = index.blob_locations(txn, blob)
+            assert seen[:3] == ["r3.io/x", "r19.io/x", "r18.io/x"] and len(seen) == 16
+        assert s.fsck() == []
+        s.remove(["a:1"])
+        s.gc()
+        with index.read() as txn:
+            assert index.repo_digest(txn, ref) is None
+            assert index.blob_locations(txn, blob) == []
+        assert s.fsck() == []

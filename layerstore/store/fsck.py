@@ -341,6 +341,15 @@ def run(ctx: Context, txn, repair: bool, progress=None) -> list[Problem]:
         if k.decode() not in images:
             add("tree-dangling", k.decode(), "checkout plan of an image the index lacks", True,
                 fix=lambda k=k: index.delete_row(txn, "image_trees", k))
+    for k, v in index.rows(txn, "repo_digests"):
+        if v.decode() not in images:
+            add("repo-digest-dangling", k.decode(), f"names image {v.decode()}, which the "
+                "index lacks", True, fix=lambda k=k: index.delete_row(txn, "repo_digests", k))
+    blob_digests = {b["digest"] for rec in layers.values() for b in rec.blobs}
+    for k, _ in index.rows(txn, "blob_locations"):
+        if k.decode() not in blob_digests:
+            add("blob-location-dangling", k.decode(), "where a blob no layer records was seen",
+                True, fix=lambda k=k: index.delete_row(txn, "blob_locations", k))
     for d in sorted(marks - set(layers)):
         add("mark-dangling", d, "re-import mark of a layer the index lacks", True,
             fix=lambda d=d: index.clear_reimport(txn, d))

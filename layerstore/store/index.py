@@ -12,6 +12,11 @@ Named databases (keys and values are bytes):
                 (computed once, at import; see store/checkout.py)
     blobs       compressed blob digest -> diffID it decompresses to
     objects     32-byte object id -> struct <QI: content size, reference count
+    blob_locations  blob digest -> JSON list of "registry/repository" where that blob was
+                seen (pulled from or pushed to), most recent first: a push mounts or skips it
+                there instead of uploading it again (schema 2)
+    repo_digests    "domain/path@sha256:..." -> image id: the manifest (or index) digest a
+                pull got the image by, as Docker's RepoDigests (schema 2)
 
 Reference counts: a layer counts the image slots that name it; an object counts the layers that
 contain it (once per layer).  The empty file is never an object.
@@ -35,10 +40,11 @@ import zstandard
 
 from .. import errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _OBJ = struct.Struct("<QI")
 _DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "image_trees", "blobs",
-        "objects")
+        "objects", "blob_locations", "repo_digests")
+LOCATIONS_KEPT = 16     # per blob: enough to find one to mount from, bounded
 MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
 
 # py-lmdb requires one Environment per database per process.
@@ -133,13 +139,15 @@ class Index:
             if raw is None:
                 txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
                 return
-        version = int(raw)
-        if version > SCHEMA_VERSION:
-            raise errors.LayerstoreError(
-                f"the store's index has schema {version}, newer than this layerstore "
-                f"understands ({SCHEMA_VERSION}): upgrade layerstore")
-        if version < SCHEMA_VERSION:    # pragma: no cover - no older schema exists yet
-            raise errors.LayerstoreError(f"the store's index has schema {version}: migrate it")
+            version = int(raw)
+            if version > SCHEMA_VERSION:
+                raise errors.LayerstoreError(
+                    f"the store's index has schema {version}, newer than this layerstore "
+                    f"understands ({SCHEMA_VERSION}): upgrade layerstore")
+            if version < SCHEMA_VERSION:
+                for step in range(version, SCHEMA_VERSION):
+                    _MIGRATIONS[step](self, txn)
+                txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self.db["meta"])
 
     def read(self):
         """A read-only transaction: a consistent snapshot of the whole index."""
@@ -201,6 +209,21 @@ class Index:
         raw = txn.get(oid, db=self.db["objects"])
         return _OBJ.unpack(raw) if raw is not None else None
 
+    def blob_locations(self, txn, digest: str) -> list[str]:
+        """Where a blob was seen: "registry/repository", most recent first."""
+        raw = txn.get(digest.encode(), db=self.db["blob_locations"])
+        return json.loads(raw) if raw is not None else []
+
+    def repo_digest(self, txn, ref: str) -> str | None:
+        """The image a "domain/path@sha256:..." reference was pulled as."""
+        raw = txn.get(ref.encode(), db=self.db["repo_digests"])
+        return raw.decode() if raw is not None else None
+
+    def repo_digests(self, txn, image_id: str) -> list[str]:
+        """Every "domain/path@sha256:..." an image was pulled as, sorted."""
+        want = image_id.encode()
+        return sorted(k.decode() for k, v in txn.cursor(db=self.db["repo_digests"]) if v == want)
+
     # ---- writes (inside a write transaction) --------------------------------------------------
 
     def add_layer(self, txn, rec: LayerRecord, records: bytes, raw: bytes,
@@ -236,6 +259,18 @@ class Index:
         for b in rec.blobs:
             if b["digest"] != rec.diff_id:
                 txn.put(b["digest"].encode(), rec.diff_id.encode(), db=self.db["blobs"])
+
+    def add_blob_location(self, txn, digest: str, location: str) -> None:
+        """Records that a blob is at location ("registry/repository"): only once a pull has
+        verified it or a push has had the registry accept it."""
+        seen = [loc for loc in self.blob_locations(txn, digest) if loc != location]
+        txn.put(digest.encode(), _dumps([location, *seen][:LOCATIONS_KEPT]),
+                db=self.db["blob_locations"])
+
+    def add_repo_digest(self, txn, ref: str, image_id: str) -> None:
+        """ref ("domain/path@sha256:...") names image_id from now on (a later pull of the same
+        digest may bring another platform's image: the last one pulled wins, as in Docker)."""
+        txn.put(ref.encode(), image_id.encode(), db=self.db["repo_digests"])
 
     def put_image_tree(self, txn, image_id: str, plan: bytes) -> None:
         txn.put(image_id.encode(), zstandard.ZstdCompressor(level=3).compress(plan),
@@ -308,6 +343,8 @@ class Index:
         key = image_id.encode()
         txn.delete(key, db=self.db["images"])
         txn.delete(key, db=self.db["image_trees"])
+        for ref in self.repo_digests(txn, image_id):
+            txn.delete(ref.encode(), db=self.db["repo_digests"])
         # A config is named by the image id, so it is this image's alone.  A manifest names
         # its config, so no other image can share it either; checked all the same, since a
         # row deleted wrongly is an image that cannot be saved.
@@ -345,6 +382,7 @@ class Index:
         for b in rec.blobs:
             if txn.get(b["digest"].encode(), db=bdb) == key:
                 txn.delete(b["digest"].encode(), db=bdb)
+            txn.delete(b["digest"].encode(), db=self.db["blob_locations"])
         odb = self.db["objects"]
         freed = {}
         for oid in objects:
@@ -424,3 +462,13 @@ def commit_error(exc: Exception, root: str) -> errors.StoreIOError:
     except OSError:
         pass
     return errors.StoreIOError(err, f"cannot commit to the index: {os.strerror(err)} ({exc})")
+
+
+def _from_1(index: Index, txn) -> None:
+    """Schema 1 -> 2: blob_locations and repo_digests appear, empty (LMDB makes a named
+    database when it is first opened): nothing to convert."""
+
+
+# version -> the function that brings an index of that version to the next, run in order
+# inside the write transaction that then records SCHEMA_VERSION.
+_MIGRATIONS = {1: _from_1}
