@@ -333,23 +333,23 @@ def run(ctx: Context, txn, repair: bool, progress=None) -> list[Problem]:
         if d not in layers:
             add("layer-data-dangling", k.decode(), "entries of a layer the index lacks", True,
                 fix=lambda k=k: index.delete_row(txn, "layer_data", k))
-    for k, v in index.rows(txn, "blobs"):
-        if v.decode() not in layers:
-            add("blob-dangling", k.decode(), f"maps to layer {v.decode()}, which the index "
-                "lacks", True, fix=lambda k=k: index.delete_row(txn, "blobs", k))
-    for k, _ in index.rows(txn, "image_trees"):
-        if k.decode() not in images:
-            add("tree-dangling", k.decode(), "checkout plan of an image the index lacks", True,
-                fix=lambda k=k: index.delete_row(txn, "image_trees", k))
-    for k, v in index.rows(txn, "repo_digests"):
-        if v.decode() not in images:
-            add("repo-digest-dangling", k.decode(), f"names image {v.decode()}, which the "
-                "index lacks", True, fix=lambda k=k: index.delete_row(txn, "repo_digests", k))
+    def dangling(table: str, kind: str, alive, why) -> None:
+        """Rows of table that point at nothing: alive(key, value) says whether they do (the
+        key decoded, the value as stored)."""
+        for k, v in index.rows(txn, table):
+            if not alive(k.decode(), v):
+                add(kind, k.decode(), why(v), True,
+                    fix=lambda k=k: index.delete_row(txn, table, k))
+
     blob_digests = {b["digest"] for rec in layers.values() for b in rec.blobs}
-    for k, _ in index.rows(txn, "blob_locations"):
-        if k.decode() not in blob_digests:
-            add("blob-location-dangling", k.decode(), "where a blob no layer records was seen",
-                True, fix=lambda k=k: index.delete_row(txn, "blob_locations", k))
+    dangling("blobs", "blob-dangling", lambda k, v: v.decode() in layers,
+             lambda v: f"maps to layer {v.decode()}, which the index lacks")
+    dangling("image_trees", "tree-dangling", lambda k, v: k in images,
+             lambda v: "checkout plan of an image the index lacks")
+    dangling("repo_digests", "repo-digest-dangling", lambda k, v: v.decode() in images,
+             lambda v: f"names image {v.decode()}, which the index lacks")
+    dangling("blob_locations", "blob-location-dangling", lambda k, v: k in blob_digests,
+             lambda v: "where a blob no layer records was seen")
     for d in sorted(marks - set(layers)):
         add("mark-dangling", d, "re-import mark of a layer the index lacks", True,
             fix=lambda d=d: index.clear_reimport(txn, d))
