@@ -490,3 +490,29 @@ def test_gc_progress_shows_on_a_terminal_only(both):
     status, shown = run_on_terminal(both.root, "gc")
     assert status == 0 and "freeing" in shown and "/4 files" in shown
     assert shown.endswith("\r\x1b[K")
+
+
+def test_a_pin_keeps_its_layers_and_layer_dirs_from_gc(tmp_path, both):
+    """A runtime serving a layer in place (an exported containers-storage store, a containerd
+    snapshot) pins it: rm of the image and gc keep the layer, its objects and its layer dirs
+    until the pin goes."""
+    from helpers import context, lock
+    from layerstore.runtimes.overlay import layer_dirs
+    x = both.image("x:1")
+    index = context(both).index
+    with lock(both).shared():
+        dirs = layer_dirs(context(both), x.diff_ids)
+    with index.write() as txn:
+        index.pin(txn, "cstore/test", list(x.diff_ids))
+        with pytest.raises(errors.LayerNotFound):
+            index.pin(txn, "cstore/bad", ["sha256:" + "0" * 64])
+    both.remove(["x:1", "x:2"])
+    r = both.gc()
+    assert r.layers == 0 and all(os.path.isdir(d) for d in dirs)
+    assert both.fsck() == []
+    assert {e.path for e in both.layer_entries(x.diff_ids[1])} >= {"x/only"}
+    with index.write() as txn:
+        assert index.unpin(txn, "cstore/test") and not index.unpin(txn, "cstore/test")
+    r = both.gc()
+    assert r.layers == 1 and not os.path.exists(dirs[1])     # L1 is Y's too
+    assert both.fsck() == []

@@ -506,11 +506,12 @@ class Overlay:
     def unused_dirs(self, txn) -> list[str]:
         """Cached layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no
         recorded container needs: named by a diffID no longer indexed, or by a chainID no
-        stored image has, or half-built (.tmp-*: no build runs while gc holds the lock
+        stored image or pin has, or half-built (.tmp-*: no build runs while gc holds the lock
         exclusively)."""
         index = self.ctx.index
         keep = {_hex(r.diff_id) for r in index.layers(txn)}
-        keep |= {"chain-" + _hex(c) for r in index.images(txn) for c in chain_ids(r.diff_ids)}
+        chains = [r.diff_ids for r in index.images(txn)] + list(index.pins(txn).values())
+        keep |= {"chain-" + _hex(c) for diff_ids in chains for c in chain_ids(diff_ids)}
         keep.add("empty")
         used = {p for m in mounts(self.ctx.root) for p in m.lowers}
         out = []

@@ -28,6 +28,7 @@ Speed: objects are read and hashed in C on every core, in one call per batch (fs
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 import threading
@@ -350,6 +351,8 @@ def run(ctx: Context, txn, repair: bool, progress=None) -> list[Problem]:
              lambda v: f"names image {v.decode()}, which the index lacks")
     dangling("blob_locations", "blob-location-dangling", lambda k, v: k in blob_digests,
              lambda v: "where a blob no layer records was seen")
+    dangling("pins", "pin-dangling", lambda k, v: set(json.loads(v)) <= set(layers),
+             lambda v: "holds layers the index lacks")
     for d in sorted(marks - set(layers)):
         add("mark-dangling", d, "re-import mark of a layer the index lacks", True,
             fix=lambda d=d: index.clear_reimport(txn, d))

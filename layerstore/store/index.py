@@ -17,6 +17,11 @@ Named databases (keys and values are bytes):
                 there instead of uploading it again (schema 2)
     repo_digests    "domain/path@sha256:..." -> image id: the manifest (or index) digest a
                 pull got the image by, as Docker's RepoDigests (schema 2)
+    pins        a runtime's name for what it serves ("cstore/<dir>/<layer id>",
+                "snapshot/<key>") -> JSON list of diffIDs, bottom first: the layers a
+                container runtime reads in place, which gc keeps (with their layer dirs)
+                whether or not an image still names them (schema 2)
+    snapshots   a containerd snapshot key -> JSON record of the snapshotter (schema 2)
 
 Reference counts: a layer counts the image slots that name it; an object counts the layers that
 contain it (once per layer).  The empty file is never an object.
@@ -43,7 +48,7 @@ from .. import errors
 SCHEMA_VERSION = 2
 _OBJ = struct.Struct("<QI")
 _DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "image_trees", "blobs",
-        "objects", "blob_locations", "repo_digests")
+        "objects", "blob_locations", "repo_digests", "pins", "snapshots")
 LOCATIONS_KEPT = 16     # per blob: enough to find one to mount from, bounded
 MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
 
@@ -219,6 +224,10 @@ class Index:
         raw = txn.get(ref.encode(), db=self.db["repo_digests"])
         return raw.decode() if raw is not None else None
 
+    def pins(self, txn) -> dict[str, list[str]]:
+        """Every pin: its name -> the diffIDs it holds, bottom first."""
+        return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self.db["pins"])}
+
     def repo_digests(self, txn, image_id: str) -> list[str]:
         """Every "domain/path@sha256:..." an image was pulled as, sorted."""
         want = image_id.encode()
@@ -266,6 +275,18 @@ class Index:
         seen = [loc for loc in self.blob_locations(txn, digest) if loc != location]
         txn.put(digest.encode(), _dumps([location, *seen][:LOCATIONS_KEPT]),
                 db=self.db["blob_locations"])
+
+    def pin(self, txn, name: str, diff_ids: list[str]) -> None:
+        """Keeps diff_ids (a chain, bottom first) and their layer dirs from gc under name
+        until unpin(name).  Each must be a stored layer."""
+        for d in diff_ids:
+            if self.layer(txn, d) is None:
+                raise errors.LayerNotFound(f"cannot pin layer {d}: it is not in the store")
+        txn.put(name.encode(), _dumps(list(diff_ids)), db=self.db["pins"])
+
+    def unpin(self, txn, name: str) -> bool:
+        """Drops a pin; False when there was none."""
+        return txn.delete(name.encode(), db=self.db["pins"])
 
     def add_repo_digest(self, txn, ref: str, image_id: str) -> None:
         """ref ("domain/path@sha256:...") names image_id from now on (a later pull of the same
@@ -363,7 +384,9 @@ class Index:
         return rec
 
     def unreferenced_layers(self, txn) -> list[LayerRecord]:
-        return [r for r in self.layers(txn) if r.refs <= 0]
+        """Layers no image names and no pin holds: what gc frees."""
+        pinned = {d for chain in self.pins(txn).values() for d in chain}
+        return [r for r in self.layers(txn) if r.refs <= 0 and r.diff_id not in pinned]
 
     def delete_layer(self, txn, rec: LayerRecord) -> dict[bytes, int]:
         """Deletes a layer's record, data and blob mappings, and takes its reference from
@@ -465,8 +488,8 @@ def commit_error(exc: Exception, root: str) -> errors.StoreIOError:
 
 
 def _from_1(index: Index, txn) -> None:
-    """Schema 1 -> 2: blob_locations and repo_digests appear, empty (LMDB makes a named
-    database when it is first opened): nothing to convert."""
+    """Schema 1 -> 2: blob_locations, repo_digests, pins and snapshots appear, empty (LMDB
+    makes a named database when it is first opened): nothing to convert."""
 
 
 # version -> the function that brings an index of that version to the next, run in order
