@@ -179,6 +179,40 @@ def _platform(ctx, param, value: str | None) -> str | None:
         raise click.BadParameter(str(exc)) from None
 
 
+def registry_options(command):
+    """The options of every command that talks to a registry (pull, push), as podman and
+    skopeo spell them, handed to the command as one parameter, registry: a
+    registry.RegistryOptions (its client(name) makes the Client).  Credentials come from
+    --creds, else from --authfile and the files podman and Docker keep them in; they never
+    appear in output or errors."""
+    import functools
+
+    @click.option("--authfile", type=click.Path(dir_okay=False), metavar="FILE",
+                  help="Credentials file (auth.json, or Docker's config.json) to look in "
+                       "first (default: $REGISTRY_AUTH_FILE, podman's and Docker's files).")
+    @click.option("--creds", metavar="USER:PASSWORD",
+                  help="Credentials for the registry, instead of looking them up.")
+    @click.option("--tls-verify", type=click.BOOL, default=True, show_default=True,
+                  metavar="BOOL",
+                  help="Require HTTPS with a verified certificate; --tls-verify=false also "
+                       "allows plain HTTP, for every registry (loopback registries always "
+                       "are allowed it).")
+    @click.option("--insecure-registry", "insecure_registries", multiple=True,
+                  metavar="HOST[:PORT]",
+                  help="A registry (or a CIDR of addresses) reached without TLS "
+                       "verification or over plain HTTP (repeatable).")
+    @functools.wraps(command)
+    def with_registry(*args, authfile, creds, tls_verify, insecure_registries, **kwargs):
+        from .registry import RegistryOptions, parse_creds
+        registry = RegistryOptions(authfile=authfile,
+                                   credentials=parse_creds(creds) if creds else None,
+                                   tls_verify=tls_verify,
+                                   insecure_registries=tuple(insecure_registries))
+        return command(*args, registry=registry, **kwargs)
+
+    return with_registry
+
+
 @cli.command("import")
 @click.argument("path", type=click.Path(allow_dash=True))
 @click.option("--tag", "tags", multiple=True, metavar="NAME:TAG",

@@ -47,7 +47,8 @@ Writing one (what push will do):
                 reg.push_blob("team/app", digest, f, size=size)
         reg.put_manifest("team/app", "v1", manifest_bytes, media_type)
 
-Options, as the CLI flags will pass them:
+Options, as the CLI flags pass them (RegistryOptions(...).client(registry) makes the same
+Client from the flags' values; cli.py: registry_options):
 
     Client("quay.io", credentials=parse_creds("user:password"))   # --creds
     Client("ghcr.io", authfile="/run/user/1000/containers/auth.json")   # --authfile
@@ -65,7 +66,8 @@ log line, holds a password or token.
 
 from .auth import Challenge, parse_challenges
 from .client import (CONFIG_LIMIT, DOCKER_LIST, DOCKER_MANIFEST, MANIFEST_LIMIT, OCI_INDEX,
-                     OCI_MANIFEST, Client, Descriptor, Manifest, RateLimit, Upload, endpoint)
+                     OCI_MANIFEST, Client, Descriptor, Manifest, RateLimit, RegistryOptions, Upload,
+                     endpoint)
 from .credentials import Credentials, lookup, parse_creds
 from .transport import BlobReader, Counters, Transport
 
@@ -84,6 +86,7 @@ __all__ = [
     "OCI_INDEX",
     "OCI_MANIFEST",
     "RateLimit",
+    "RegistryOptions",
     "Transport",
     "Upload",
     "endpoint",

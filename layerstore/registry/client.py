@@ -19,7 +19,7 @@ import json
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, urljoin, urlsplit
 
 from .. import errors
@@ -93,6 +93,31 @@ class RateLimit:
     limit: str | None
     remaining: str | None
     source: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to reach registries, as pull and push take it (the CLI's --authfile, --creds,
+    --tls-verify and --insecure-registry; see cli.py: registry_options).  client(registry)
+    is the one place a Client is made from them.
+
+    authfile: where credentials are looked up first (credentials.lookup); credentials: used
+    for every repository instead (--creds); insecure_registries, tls_verify, ca_file: as
+    transport.Transport; allow_private_realm: as Client (tests only)."""
+
+    authfile: str | None = None
+    credentials: Credentials | None = field(default=None, repr=False)
+    tls_verify: bool = True
+    insecure_registries: tuple[str, ...] = ()
+    ca_file: str | None = None
+    allow_private_realm: bool = False
+
+    def client(self, registry: str) -> "Client":
+        """A Client for registry ("docker.io", "host:5000", ...) with these options."""
+        return Client(registry, credentials=self.credentials, authfile=self.authfile,
+                      insecure_registries=self.insecure_registries,
+                      tls_verify=self.tls_verify, ca_file=self.ca_file,
+                      allow_private_realm=self.allow_private_realm)
 
 
 def _pull(repo: str) -> tuple[str, ...]:
