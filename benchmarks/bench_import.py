@@ -12,7 +12,9 @@ Scenarios (each driver starts from empty storage, runs interleaved, best of --ru
   oci-gzip           layerstore importing python as a gzip OCI layout, vs isal decompressing its
                      layer blobs to nothing (the least any importer of that form must do)
 Ratios are against gnutar (< 1: faster or smaller).  layerstore's time includes verifying every
-digest, the index commit and making its objects durable (syncfs); GNU tar's does not sync.
+digest, the index commit and making its objects durable (syncfs); GNU tar's does not sync,
+gnutar_sync's does (`sync -f` after each image: the durable peer).  Each driver writes to a
+fresh loop-mounted filesystem of its own when root (harness.bench_filesystem).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from harness import (CACHE, bench_filesystem, corpus_images, machine, run,  # no
                      sync, table, timed, warm)
 
 
-def _drivers(names: list[str], workdir: Path) -> dict:
+def _drivers(names: list[str], workdir: Path | None) -> dict:
+    """Each driver on a fresh filesystem of its own (or under workdir when given), so that
+    one's writeback and freed inodes never land in another's time."""
     out = {}
     for name in names:
         cls = load(name)
@@ -40,7 +44,7 @@ def _drivers(names: list[str], workdir: Path) -> dict:
         if why:
             print(f"skipping {name}: {why}", file=sys.stderr)
             continue
-        out[name] = cls(workdir / name)
+        out[name] = cls((workdir or bench_filesystem(label=name)) / name)
     return out
 
 
@@ -70,6 +74,8 @@ def bench_times(drivers: dict, runs: int) -> list[dict]:
             row[f"{name}_s"] = round(t, 3)
             if base and name != "gnutar":
                 row[f"{name}/gnutar"] = round(t / base, 2)
+        if "layerstore" in best and "gnutar_sync" in best:
+            row["layerstore/gnutar_sync"] = round(best["layerstore"] / best["gnutar_sync"], 2)
         rows.append(row)
     return rows
 
@@ -165,14 +171,14 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="default: a fresh loop-mounted ext4 (root), "
                     "else " + str(CACHE / "work"))
     args = ap.parse_args()
-    args.workdir = args.workdir or bench_filesystem()
     drivers = _drivers(args.drivers.split(","), args.workdir)
     times = bench_times(drivers, args.runs)
     disk = bench_disk(drivers)
     for d in drivers.values():
         d.cleanup()
-    rss = bench_rss(list(drivers), args.workdir)
-    oci = bench_oci_gzip(args.workdir, args.runs)
+    own = args.workdir or bench_filesystem(label="rss")
+    rss = bench_rss(list(drivers), own)
+    oci = bench_oci_gzip(own, args.runs)
     result = {"machine": machine(), "times": times, "disk_bytes": disk, "peak_rss_MiB": rss,
               "oci_gzip": oci}
     if args.json:

@@ -58,7 +58,7 @@ class Driver:
         return disk_usage(self.root)
 
 
-DRIVERS = ["layerstore", "gnutar", "tarfile", "ostree"]
+DRIVERS = ["layerstore", "gnutar", "gnutar_sync", "tarfile", "ostree"]
 
 
 def load(name: str) -> type[Driver]:
