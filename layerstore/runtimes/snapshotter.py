@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -48,6 +49,7 @@ from .overlay import _escape, _extra_options, chain_ids, layer_dirs, write_chang
 LABEL_REF = "containerd.io/snapshot.ref"
 LABEL_DIFF_ID = "containerd.io/snapshot/diff-id"
 PIN = "snapshot/"
+_CHAIN_NAME = re.compile(r"/(sha256:[0-9a-f]{64})$")
 _KINDS = {"view": api.KINDS["VIEW"], "active": api.KINDS["ACTIVE"],
           "committed": api.KINDS["COMMITTED"]}
 
@@ -60,6 +62,13 @@ class _Status(Exception):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _chain_id(rec: dict) -> str:
+    """A committed snapshot's chainID as containerd knows it: the claimed chain, or the
+    chainID containerd committed an applied layer under (its diffID is containerd's, which
+    the layer ingested from the snapshot's files does not share), else the chain's own."""
+    return rec.get("chain_id") or chain_ids(rec["diff_ids"])[-1]
 
 
 def _not_found(key: str) -> _Status:
@@ -156,17 +165,25 @@ class Snapshotter:
 
     def _claim(self, key: str, parent: str, labels) -> bool:
         """Makes key a committed snapshot of the stored chain labels name, when the store has
-        it over this parent; False when it cannot (containerd then applies the layer)."""
+        it over this parent; False when it cannot (containerd then applies the layer).  The
+        parent may be a layer containerd applied itself: its chainID is containerd's, from
+        the name it was committed under, so the claimed layer goes on top of it."""
         target = labels.get(LABEL_REF)
         with self.index.read() as txn:
-            diff_ids = self._chain_of(txn, target)
-            if diff_ids is None:
+            stored = self._chain_of(txn, target)
+            if stored is None or labels.get(LABEL_DIFF_ID, stored[-1]) != stored[-1]:
                 return False
-            if diff_ids[:-1] != self._parent_chain(txn, parent):
+            below = chain_ids(stored)[-2] if len(stored) > 1 else None
+            if parent:
+                prec = self._need(txn, parent)
+                if prec["kind"] != "committed" or _chain_id(prec) != below:
+                    return False
+                diff_ids = prec["diff_ids"] + stored[-1:]
+            elif below is not None:
                 return False
-            if labels.get(LABEL_DIFF_ID, diff_ids[-1]) != diff_ids[-1]:
-                return False
-            for k, rec in self.index.snapshots(txn).items():
+            else:
+                diff_ids = stored
+            for rec in self.index.snapshots(txn).values():
                 if rec["kind"] == "committed" and rec["parent"] == parent and \
                         rec["labels"].get(LABEL_REF) == target:
                     return True     # claimed already under another key: containerd finds it
@@ -176,8 +193,9 @@ class Snapshotter:
                 if self._get(txn, key) is not None:
                     raise _Status(grpc.StatusCode.ALREADY_EXISTS, f"snapshot {key!r} exists")
                 self.index.pin(txn, PIN + key, diff_ids)
-                self.index.put_snapshot(txn, key, self._new("committed", parent, labels,
-                                                            diff_ids))
+                rec = self._new("committed", parent, labels, diff_ids)
+                rec["chain_id"] = target
+                self.index.put_snapshot(txn, key, rec)
         log.info("claimed %s as %s (%d layers)", target, key, len(diff_ids))
         return True
 
@@ -244,6 +262,9 @@ class Snapshotter:
             labels.update(req.labels)
             done = self._new("committed", rec["parent"], labels, diff_ids)
             done["created"] = rec["created"]
+            named = _CHAIN_NAME.search(req.name)     # the unpacker commits under the chainID
+            if named:
+                done["chain_id"] = named.group(1)
             with self.index.write() as txn:
                 if self._get(txn, req.name) is not None:
                     raise _Status(grpc.StatusCode.ALREADY_EXISTS,
