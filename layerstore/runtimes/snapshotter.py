@@ -71,6 +71,11 @@ def _chain_id(rec: dict) -> str:
     return rec.get("chain_id") or chain_ids(rec["diff_ids"])[-1]
 
 
+def _remove(path: str) -> None:
+    if os.path.lexists(path):
+        remove_tree(path)
+
+
 def _not_found(key: str) -> _Status:
     return _Status(grpc.StatusCode.NOT_FOUND, f"snapshot {key!r} does not exist")
 
@@ -85,6 +90,10 @@ class Snapshotter:
         self.index = ctx.index
         self._shared = shared
         self._importing = importing
+        if os.geteuid() != 0:
+            raise errors.LayerstoreError(
+                "the snapshotter needs root (as containerd has it): its layer dirs hold "
+                "whiteouts as 0/0 devices; rootless containerd is not supported yet")
         self.dir = os.path.join(ctx.root, "snapshotter")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
 
@@ -206,26 +215,29 @@ class Snapshotter:
             raise _Status(grpc.StatusCode.ALREADY_EXISTS,
                           f"target snapshot {labels[LABEL_REF]!r} exists in layerstore")
         rec = self._new(kind, parent, labels)
+        # The record first, then the dirs: Cleanup removes dirs no record names.
+        with self.index.write() as txn:
+            if self._get(txn, key) is not None:
+                raise _Status(grpc.StatusCode.ALREADY_EXISTS, f"snapshot {key!r} exists")
+            lowers_chain = self._parent_chain(txn, parent)
+            self.index.put_snapshot(txn, key, rec)
         own = os.path.join(self.dir, rec["id"])
-        os.makedirs(os.path.join(own, "fs"), mode=0o755)
-        if kind == "active":
-            os.mkdir(os.path.join(own, "work"), 0o700)
         try:
-            with self.index.write() as txn:
-                if self._get(txn, key) is not None:
-                    raise _Status(grpc.StatusCode.ALREADY_EXISTS, f"snapshot {key!r} exists")
-                lowers_chain = self._parent_chain(txn, parent)
-                self.index.put_snapshot(txn, key, rec)
-        except BaseException:
-            remove_tree(own)
-            raise
-        if lowers_chain:
-            # The merged root shows the upper dir's metadata: make it the image's.
-            st = os.stat(self._lowers(lowers_chain)[-1])
             fs = os.path.join(own, "fs")
-            os.chown(fs, st.st_uid, st.st_gid)
-            os.chmod(fs, st.st_mode & 0o7777)
-        return self._mounts(rec)
+            os.makedirs(fs, mode=0o755)
+            if kind == "active":
+                os.mkdir(os.path.join(own, "work"), 0o700)
+            if lowers_chain:
+                # The merged root shows the upper dir's metadata: make it the image's.
+                st = os.stat(self._lowers(lowers_chain)[-1])
+                os.chown(fs, st.st_uid, st.st_gid)
+                os.chmod(fs, st.st_mode & 0o7777)
+            return self._mounts(rec)
+        except BaseException:
+            with self.index.write() as txn:
+                self.index.delete_snapshot(txn, key)
+            _remove(own)
+            raise
 
     def Prepare(self, req, context):
         return api.M["PrepareSnapshotResponse"](
@@ -275,7 +287,7 @@ class Snapshotter:
                 self.index.pin(txn, PIN + req.name, diff_ids)
                 self.index.put_snapshot(txn, req.name, done)
                 self.index.delete_snapshot(txn, req.key)
-        remove_tree(own)    # its files are the store's objects now
+        _remove(own)    # its files are the store's objects now
         log.info("committed %s as %s: layer %s (%d new objects)", req.key, req.name,
                  layer.diff_id, layer.new_objects)
         return api.M["Empty"]()
@@ -290,7 +302,7 @@ class Snapshotter:
             if rec["kind"] == "committed":
                 self.index.unpin(txn, PIN + req.key)
         if rec["id"]:
-            remove_tree(os.path.join(self.dir, rec["id"]))
+            _remove(os.path.join(self.dir, rec["id"]))
         return api.M["Empty"]()
 
     def Stat(self, req, context):
@@ -352,7 +364,7 @@ class Snapshotter:
             ids = {r["id"] for r in self.index.snapshots(txn).values()}
         for name in os.listdir(self.dir):
             if name not in ids:
-                remove_tree(os.path.join(self.dir, name))
+                _remove(os.path.join(self.dir, name))
         return api.M["Empty"]()
 
 
