@@ -173,6 +173,66 @@ def test_claims_pin_their_chain_and_remove_only_unpins(corpus_pair, tmp_path):
         assert store.gc().layers == len(top.diff_ids)     # only now are they unreferenced
 
 
+@need_root("the snapshotter runs as root, as containerd does")
+def test_commit_ingests_the_snapshot_into_shared_objects(tmp_path):
+    """What containerd applies into an active snapshot is a layer of the store once committed:
+    a file the store holds costs no object, the directory containerd wrote goes, and views of
+    it mount the layer dir.  Update, Usage and Cleanup do what containerd asks."""
+    import io
+    import tarfile
+    M = api.M
+    data = b"shared content\n" * 100
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        ti = tarfile.TarInfo("f")
+        ti.size, ti.mode = len(data), 0o644
+        tf.addfile(ti, io.BytesIO(data))
+    buf.seek(0)
+    with Store(tmp_path / "s") as store:
+        store.import_layer(buf)
+        objects = context(store).index
+        with objects.read() as txn:
+            count = objects.object_count(txn)
+        snap = store.snapshotter()
+        (m,) = snap.Prepare(M["PrepareSnapshotRequest"](key="n/1/k"), None).mounts
+        assert m.type == "bind" and "rw" in m.options
+        with open(os.path.join(m.source, "f"), "wb") as f:     # containerd applying a layer
+            f.write(data)
+        os.chmod(os.path.join(m.source, "f"), 0o644)
+        os.mkdir(os.path.join(m.source, "d"), 0o755)
+        snap.Commit(M["CommitSnapshotRequest"](name="n/2/sha256:" + "a" * 64, key="n/1/k",
+                                               labels={"l": "1"}), None)
+        assert not os.path.exists(os.path.dirname(m.source))
+        with objects.read() as txn:
+            assert objects.object_count(txn) == count
+            rec = objects.snapshot(txn, "n/2/sha256:" + "a" * 64)
+            assert objects.pins(txn)["snapshot/n/2/sha256:" + "a" * 64] == rec["diff_ids"]
+        assert rec["kind"] == "committed" and rec["labels"] == {"l": "1"}
+        assert store.layer(rec["diff_ids"][0]).new_objects == 0
+        (v,) = snap.View(M["ViewSnapshotRequest"](key="n/3/v", parent="n/2/sha256:" + "a" * 64),
+                         None).mounts
+        assert v.type == "bind" and "ro" in v.options
+        assert v.source == os.path.join(store.root, "layers", rec["diff_ids"][0].split(":")[1])
+        with open(os.path.join(v.source, "f"), "rb") as f:
+            assert f.read() == data
+        usage = snap.Usage(M["UsageRequest"](key="n/2/sha256:" + "a" * 64), None)
+        assert usage.inodes == 2 and usage.size > 0
+        upd = M["UpdateSnapshotRequest"](info=M["Info"](name="n/3/v", labels={"a": "b"}))
+        assert snap.Update(upd, None).info.labels == {"a": "b"}
+        assert _code(snap.Commit, M["CommitSnapshotRequest"](name="x", key="n/3/v"), None) == \
+            grpc.StatusCode.FAILED_PRECONDITION
+        stray = os.path.join(store.root, "snapshotter", "stray")
+        os.mkdir(stray)
+        snap.Cleanup(M["CleanupRequest"](), None)
+        assert os.listdir(os.path.join(store.root, "snapshotter")) == [rec_id(objects, "n/3/v")]
+        assert store.fsck() == []
+
+
+def rec_id(index, key: str) -> str:
+    with index.read() as txn:
+        return index.snapshot(txn, key)["id"]
+
+
 # ---- real containerd ----------------------------------------------------------------------------
 
 CONFIG = """version = 2

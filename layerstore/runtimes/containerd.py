@@ -21,18 +21,16 @@ makes, against containerd's socket:
 from __future__ import annotations
 
 import io
-import os
 import secrets
 import shutil
 import subprocess
 import tarfile
 
-import grpc
-
 from .. import errors
 from ..formats import export
 from ..store.context import Context
 from . import containerd_api as api
+from .containerd_api import grpc
 from .overlay import chain_ids
 from .snapshotter import LABEL_DIFF_ID, LABEL_REF
 
@@ -117,6 +115,3 @@ def load(ctx: Context, ref: str, address: str, namespace: str = "default",
             pass    # it expires by itself
     return image, chains
 
-
-def default_address() -> str:
-    return os.environ.get("CONTAINERD_ADDRESS", "/run/containerd/containerd.sock")

@@ -37,13 +37,12 @@ import secrets
 import tempfile
 import time
 
-import grpc
-
 from .. import errors
 from ..store import pipeline
 from ..store.checkout import remove_tree
 from ..store.context import Context
 from . import containerd_api as api
+from .containerd_api import grpc
 from .overlay import _escape, _extra_options, chain_ids, layer_dirs, write_changeset
 
 LABEL_REF = "containerd.io/snapshot.ref"
