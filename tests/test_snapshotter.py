@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from helpers import context, need_overlay, need_root, need_tool, python_env, run
+from helpers import context, need_root, overlay_available, python_env, run
 
 grpc = pytest.importorskip("grpc", reason="needs the containerd extra (grpcio, protobuf)")
 pytest.importorskip("google.protobuf", reason="needs the containerd extra (grpcio, protobuf)")
@@ -302,6 +302,8 @@ def ctd(corpus_store):
             pytest.skip(f"needs {tool} on PATH")
     if os.geteuid() != 0:
         pytest.skip("needs root: containerd and runc")
+    if not overlay_available():
+        pytest.skip("needs the overlay filesystem (the snapshotter's mounts are overlayfs)")
     d, root = corpus_store
     with open(f"{d}/config.toml", "w") as f:
         f.write(CONFIG.format(d=d, name=SNAPSHOTTER))
