@@ -34,16 +34,14 @@ import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 
 from .. import errors
-from ..store import pipeline
 from ..store.checkout import remove_tree
 from ..store.context import Context
 from . import containerd_api as api
 from .containerd_api import grpc
-from .overlay import _escape, _extra_options, chain_ids, layer_dirs, write_changeset
+from .overlay import _escape, _extra_options, chain_ids, import_changeset, layer_dirs
 
 LABEL_REF = "containerd.io/snapshot.ref"
 LABEL_DIFF_ID = "containerd.io/snapshot/diff-id"
@@ -262,12 +260,7 @@ class Snapshotter:
             chain = self._parent_chain(txn, rec["parent"])
         own = os.path.join(self.dir, rec["id"])
         with self._importing() as job:
-            tmpdir = os.path.join(self.ctx.root, "tmp")
-            os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-            with tempfile.TemporaryFile(dir=tmpdir) as f:
-                write_changeset(os.path.join(own, "fs"), f)
-                f.seek(0)
-                layer = pipeline.import_layer(self.ctx, job, f)
+            layer = import_changeset(self.ctx, job, os.path.join(own, "fs"))
             diff_ids = chain + [layer.diff_id]
             labels = dict(rec["labels"])
             labels.update(req.labels)
