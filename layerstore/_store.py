@@ -392,6 +392,23 @@ class Store:
                   if m.mountpoint is not None and os.path.ismount(m.mountpoint)]
         return sorted(active, key=lambda m: m.created, reverse=True)
 
+    # ---- containers-storage image store (runtimes/cstore.py) ----------------------------------
+
+    def cstore(self, dest: str | os.PathLike, refs=(), remove=()) -> list[str]:
+        """Makes dest a read-only image store of containers-storage (podman, CRI-O, buildah,
+        skopeo: storage.conf `additionalimagestores`, or `--storage-opt
+        overlay.imagestore=DEST`) that serves the images it already had, plus refs, less
+        remove (named by id, prefix or name as the store lists them) and less those this
+        store no longer has: each layer is a symlink to its layer dir (built under
+        root/layers/ when missing), with containers-storage's metadata and tar-split
+        alongside.  Its layers are pinned (gc keeps them) until they leave it, by remove or by
+        `remove()` of their image here.  Returns the ids of the images it holds.
+        Locking: the store lock shared (layer dirs are built from the objects), index write
+        transactions for the pins, and containers-storage's own locks in dest."""
+        from .runtimes import cstore
+        with self._lock.shared():
+            return cstore.update(self._ctx, dest, list(refs), list(remove))
+
     def _runtimes(self) -> list:
         """The runtimes whose containers rm and gc must respect (store/lifecycle.py)."""
         from .runtimes import overlay
@@ -448,8 +465,13 @@ class Store:
         layers and objects an image held stay until gc.
         Locking: one index write transaction, no store lock (imports and checkouts go on;
         one that already read the image finishes with it, as gc waits for it)."""
+        from .runtimes import cstore
         from .store import lifecycle
-        return lifecycle.remove(self._ctx, refs, force, self._runtimes())
+        actions = lifecycle.remove(self._ctx, refs, force, self._runtimes())
+        if any(a == "deleted" for a, _ in actions):
+            with self._lock.shared():
+                cstore.prune(self._ctx)
+        return actions
 
     def gc(self, dry_run: bool = False, full: bool = False,
            progress: Callable[[Progress], None] | None = None) -> GcResult:
