@@ -51,7 +51,6 @@ same diffIDs.  A layer with sparse files, or with two regular files at one path,
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import fcntl
 import gzip
 import hashlib
@@ -67,16 +66,12 @@ from .._model import EntryType
 from ..formats.reference import DIGEST_RE, normalize_tag
 from ..store.context import Context
 from ..store.index import ImageRecord
-from .overlay import _kernel_mode, layer_dirs
+from .overlay import _hex, _kernel_mode, _now, layer_dirs
 
 DRIVER = "overlay"
 PIN_PREFIX = "cstore/"
 _LINK_LEN = 26
 _FILE, _SEGMENT = 1, 2      # tar-split entry types
-
-
-def _hex(digest: str) -> str:
-    return digest.split(":", 1)[-1]
 
 
 def layer_ids(diff_ids) -> list[str]:
@@ -114,10 +109,6 @@ def stores(index, txn) -> dict[str, set[str]]:
             dest, _, lid = name[len(PIN_PREFIX):].rpartition("/")
             out.setdefault(dest, set()).add(lid)
     return out
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # ---- files ------------------------------------------------------------------------------------
