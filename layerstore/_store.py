@@ -462,13 +462,15 @@ class Store:
         when it has more than one.  An image a mounted container uses is never deleted.
         Returns [("untagged", tag) | ("deleted", image id)] in order.  All refs or none:
         an unknown one (ImageNotFound) or a refusal changes nothing.  Deletes no file: the
-        layers and objects an image held stay until gc.
+        layers and objects an image held stay until gc.  A deleted image then leaves every
+        containers-storage store `cstore` put it in (which unpins its layers there).
         Locking: one index write transaction, no store lock (imports and checkouts go on;
-        one that already read the image finishes with it, as gc waits for it)."""
+        one that already read the image finishes with it, as gc waits for it); the store
+        lock shared while cstore stores are rewritten, when there are any."""
         from .runtimes import cstore
         from .store import lifecycle
         actions = lifecycle.remove(self._ctx, refs, force, self._runtimes())
-        if any(a == "deleted" for a, _ in actions):
+        if any(a == "deleted" for a, _ in actions) and cstore.exported(self._ctx):
             with self._lock.shared():
                 cstore.prune(self._ctx)
         return actions

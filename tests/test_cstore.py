@@ -183,6 +183,30 @@ def test_a_layer_with_one_path_twice_gets_no_tar_split(tmp_path):
         assert not (tmp_path / "cs" / "overlay-layers" / f"{lid}.tar-split.gz").exists()
 
 
+@need_root("layer dirs with overlay whiteouts (mknod)")
+def test_the_manifest_an_image_came_with_is_kept(tmp_path):
+    """An image imported with a manifest (an OCI layout of gzip layers, as a pull brings it)
+    keeps that manifest and its digest, and each layer lists the gzip blob as its compressed
+    digest, by which a `podman pull` of the same image finds it."""
+    files = A.oci_layout([BASE, TOP], ["app:1"], compress="gzip")
+    (tmp_path / "app.tar").write_bytes(A.tar_of(files))
+    index = json.loads(files["index.json"])
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest = files[f"blobs/sha256/{manifest_digest[7:]}"]
+    with Store(tmp_path / "s") as s:
+        (img,) = s.import_archive(tmp_path / "app.tar")
+        s.cstore(tmp_path / "cs", [img.id])
+    (image,) = _json(tmp_path / "cs" / "overlay-images" / "images.json")
+    assert image["digest"] == manifest_digest
+    assert (tmp_path / "cs" / "overlay-images" / image["id"] / "manifest").read_bytes() == \
+        manifest
+    layers = _json(tmp_path / "cs" / "overlay-layers" / "layers.json")
+    blobs = json.loads(manifest)["layers"]
+    assert [(l["compressed-diff-digest"], l["compressed-size"]) for l in layers] == \
+        [(b["digest"], b["size"]) for b in blobs]
+    assert [l["diff-digest"] for l in layers] == list(img.diff_ids)
+
+
 # ---- pins, rm and gc -------------------------------------------------------------------------
 
 @need_root("layer dirs with overlay whiteouts (mknod)")

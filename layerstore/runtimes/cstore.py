@@ -59,6 +59,7 @@ import os
 import secrets
 import shutil
 import tempfile
+import threading
 from contextlib import contextmanager
 
 from .. import _native, errors
@@ -69,6 +70,9 @@ from ..store.index import ImageRecord
 from .overlay import _hex, _kernel_mode, _now, layer_dirs
 
 DRIVER = "overlay"
+# c/storage's fcntl locks order processes; threads of one process (which share those locks)
+# take turns here.
+_writing = threading.Lock()
 PIN_PREFIX = "cstore/"
 _LINK_LEN = 26
 _FILE, _SEGMENT = 1, 2      # tar-split entry types
@@ -247,8 +251,14 @@ def _manifest(ctx: Context, txn, rec: ImageRecord, config: bytes) -> tuple[bytes
     from ..formats.export import SaveImage, oci_manifest
     if rec.manifest_digest:
         data = ctx.index.metadata(txn, rec.manifest_digest)
-        if data is not None:
-            return bytes(data), rec.manifest_digest
+        try:
+            doc = json.loads(data) if data is not None else {}
+            # Not an index, nor a manifest of another config: c/image reads it as this one's.
+            if (len(doc.get("layers") or []) == len(rec.diff_ids) and
+                    doc.get("config", {}).get("digest") == rec.id):
+                return bytes(data), rec.manifest_digest
+        except (ValueError, AttributeError):
+            pass
     sizes = {d: ctx.index.layer(txn, d).stream_bytes for d in rec.diff_ids}
     data, _ = oci_manifest(SaveImage(rec.id, list(rec.tags), list(rec.diff_ids), config,
                                      None, None), sizes)
@@ -272,6 +282,12 @@ def _layer_entry(ctx: Context, txn, lid: str, parent: str | None, diff_id: str,
               "diff-digest": diff_id, "diff-size": rec.stream_bytes,
               "uidset": sorted(uids), "gidset": sorted(gids)})
     return d
+
+
+def exported(ctx: Context) -> bool:
+    """Whether any store was exported (and so an rm may have to update one)."""
+    with ctx.index.read() as txn:
+        return bool(stores(ctx.index, txn))
 
 
 def _manifest_blobs(manifest: bytes, n: int) -> list[tuple[str, int] | None]:
@@ -302,7 +318,8 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
         raise errors.host_path_error(exc, dest, "make the containers-storage store at") \
             from None
     try:
-        layers = _update(ctx, dest, adding, remove)
+        with _writing:
+            layers = _update(ctx, dest, adding, remove)
     except errors.LayerstoreError:
         raise
     except OSError as exc:
