@@ -402,7 +402,8 @@ class Store:
         store no longer has: each layer is a symlink to its layer dir (built under
         root/layers/ when missing), with containers-storage's metadata and tar-split
         alongside.  Its layers are pinned (gc keeps them) until they leave it, by remove or by
-        `remove()` of their image here.  Returns the ids of the images it holds.
+        `remove()` of their image here; with neither refs nor remove, a dest deleted by hand
+        only loses its pins.  Returns the ids of the images it holds.
         Locking: the store lock shared (layer dirs are built from the objects), index write
         transactions for the pins, and containers-storage's own locks in dest."""
         from .runtimes import cstore

@@ -566,7 +566,8 @@ def commit(open_store, path, tags):
 def cstore(open_store, dest, images, remove, as_json):
     """Serve images to podman, CRI-O, buildah and skopeo from DIR, a containers-storage
     read-only image store over the layer dirs (storage.conf additionalimagestores, or
-    --storage-opt overlay.imagestore=DIR).  Without IMAGE, brings DIR up to date."""
+    --storage-opt overlay.imagestore=DIR).  Without IMAGE, brings DIR up to date (a DIR
+    deleted by hand: drops its pins)."""
     ids = open_store().cstore(dest, images, remove)
     if as_json:
         click.echo(json.dumps(ids))

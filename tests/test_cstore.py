@@ -231,6 +231,10 @@ def test_exported_layers_are_pinned_until_removed_from_the_store(store, tmp_path
     assert not (dest / "overlay-layers" / f"{a[1]}.tar-split.gz").exists()
     assert store.cstore(dest, remove=[other.id[7:19]]) == []
     assert _pins(store) == {}
+    # A store deleted by hand: exporting nothing to it drops its pins and makes no store.
+    store.cstore(dest, ["other:1"])
+    shutil.rmtree(dest)
+    assert store.cstore(dest) == [] and _pins(store) == {} and not dest.exists()
 
 
 @need_root("layer dirs with overlay whiteouts (mknod)")

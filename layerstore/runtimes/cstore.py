@@ -311,6 +311,9 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
     index = ctx.index
     with index.read() as txn:
         adding = [ctx.resolve(txn, ref) for ref in add]
+    if not adding and not remove and not os.path.isdir(os.path.join(dest, "overlay-images")):
+        _forget(ctx, dest)      # deleted by hand: nothing reads its layers any more
+        return []
     try:
         for sub in ("overlay/l", "overlay-layers", "overlay-images"):
             os.makedirs(os.path.join(dest, sub), mode=0o755, exist_ok=True)
@@ -458,17 +461,21 @@ def _remove_stale(dest: str, layers: set[str], images: set[str]) -> None:
             _rm(os.path.join(idir, name))
 
 
+def _forget(ctx: Context, dest: str) -> None:
+    with ctx.index.write() as txn:
+        for lid in stores(ctx.index, txn).get(dest, set()):
+            ctx.index.unpin(txn, _pin(dest, lid))
+
+
 def prune(ctx: Context) -> list[str]:
     """After rm: every exported store drops the images layerstore no longer has (a store
     whose directory is gone just loses its pins).  Returns the stores rewritten."""
     with ctx.index.read() as txn:
         dests = stores(ctx.index, txn)
     done = []
-    for dest, lids in sorted(dests.items()):
+    for dest in sorted(dests):
         if not os.path.isdir(os.path.join(dest, "overlay-images")):
-            with ctx.index.write() as txn:
-                for lid in lids:
-                    ctx.index.unpin(txn, _pin(dest, lid))
+            _forget(ctx, dest)
             continue
         listed = _read_json(os.path.join(dest, "overlay-images", "images.json"))
         with ctx.index.read() as txn:
