@@ -490,3 +490,33 @@ def test_podman_save_and_skopeo_copy_give_the_same_diff_ids(served, tmp_path):
             (back,) = again.import_archive(archive)
             assert back.id == image.id and back.diff_ids == image.diff_ids
     assert s.fsck() == []
+
+
+def test_podman_push_and_pull_back(served, tmp_path):
+    """`podman push` of an exported image to a registry (its layers rebuilt from tar-split,
+    compressed by podman) gives an image that pulls back into layerstore as the same one; a
+    `podman pull` of it beside the store keeps podman's own layer store empty."""
+    from registry_servers import RegistryServer
+    _need_podman()
+    if shutil.which("skopeo") is None:
+        pytest.skip("needs skopeo on PATH")
+    s, images, dest = served
+    image = max(images, key=lambda i: len(i.diff_ids))
+    server = RegistryServer(tmp_path / "registry")
+    p = _podman_or_skip(tmp_path / "podman", dest, True)
+    try:
+        ref = f"{server.host}/cstore/pushed:1"
+        p("push", "--tls-verify=false", image.tags[0], ref)
+        p("pull", "--tls-verify=false", ref)
+        assert p.own_layers() == []
+        archive = tmp_path / "pulled.tar"
+        proc = subprocess.run(["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}",
+                               f"docker-archive:{archive}"], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        p.close()
+        server.stop()
+    with Store(tmp_path / "again") as again:
+        (back,) = again.import_archive(archive)
+        assert back.id == image.id and back.diff_ids == image.diff_ids
