@@ -70,12 +70,12 @@ from ..store.index import ImageRecord
 from .overlay import _hex, _kernel_mode, _now, layer_dirs
 
 DRIVER = "overlay"
-# c/storage's fcntl locks order processes; threads of one process (which share those locks)
-# take turns here.
-_writing = threading.Lock()
 PIN_PREFIX = "cstore/"
 _LINK_LEN = 26
 _FILE, _SEGMENT = 1, 2      # tar-split entry types
+# c/storage's fcntl locks order processes; threads of one process (which share those locks)
+# take turns here.
+_writing = threading.Lock()
 
 
 def layer_ids(diff_ids) -> list[str]:
