@@ -286,6 +286,17 @@ typedef struct {
 int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,
                      int flags, ls_progress *progress, char *err, size_t errlen);
 
+/* ---- CRC-64 for containers-storage's tar-split (crc64.c) ------------------------------------
+ *
+ * CRC-64 with Go's crc64.ISO table (reflected 0xD800000000000000, init and xorout all ones):
+ * ls_crc64(0, data, len) is Go's crc64.Checksum(data, crc64.MakeTable(crc64.ISO)), and
+ * ls_crc64(ls_crc64(0, a, n), b, m) continues it.  ls_objects_crc64 fills crcs[i] with the CRC
+ * of the object named by ids[32*i .. 32*i+32), reading the files in order; progress counts
+ * their bytes and objects. */
+uint64_t ls_crc64(uint64_t crc, const uint8_t *data, size_t len);
+int ls_objects_crc64(const char *objects_dir, const uint8_t *ids, size_t n, uint64_t *crcs,
+                     ls_progress *progress, char *err, size_t errlen);
+
 /* ---- Overlay mounts (mount.c) ---------------------------------------------------------------
  *
  * mount(2) of an overlay filesystem at target with the given options (lowerdir=..., built and

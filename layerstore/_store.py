@@ -412,6 +412,23 @@ class Store:
         image = self.image(ref)
         _, chains = containerd.load(self._ctx, ref, address, namespace, snapshotter)
         return image, chains
+    # ---- containers-storage image store (runtimes/cstore.py) ----------------------------------
+
+    def cstore(self, dest: str | os.PathLike, refs=(), remove=()) -> list[str]:
+        """Makes dest a read-only image store of containers-storage (podman, CRI-O, buildah,
+        skopeo: storage.conf `additionalimagestores`, or `--storage-opt
+        overlay.imagestore=DEST`) that serves the images it already had, plus refs, less
+        remove (named by id, prefix or name as the store lists them) and less those this
+        store no longer has: each layer is a symlink to its layer dir (built under
+        root/layers/ when missing), with containers-storage's metadata and tar-split
+        alongside.  Its layers are pinned (gc keeps them) until they leave it, by remove or by
+        `remove()` of their image here; with neither refs nor remove, a dest deleted by hand
+        only loses its pins.  Returns the ids of the images it holds.
+        Locking: the store lock shared (layer dirs are built from the objects), index write
+        transactions for the pins, and containers-storage's own locks in dest."""
+        from .runtimes import cstore
+        with self._lock.shared():
+            return cstore.update(self._ctx, dest, list(refs), list(remove))
 
     def _runtimes(self) -> list:
         """The runtimes whose containers rm and gc must respect (store/lifecycle.py)."""
@@ -466,11 +483,18 @@ class Store:
         when it has more than one.  An image a mounted container uses is never deleted.
         Returns [("untagged", tag) | ("deleted", image id)] in order.  All refs or none:
         an unknown one (ImageNotFound) or a refusal changes nothing.  Deletes no file: the
-        layers and objects an image held stay until gc.
+        layers and objects an image held stay until gc.  A deleted image then leaves every
+        containers-storage store `cstore` put it in (which unpins its layers there).
         Locking: one index write transaction, no store lock (imports and checkouts go on;
-        one that already read the image finishes with it, as gc waits for it)."""
+        one that already read the image finishes with it, as gc waits for it); the store
+        lock shared while cstore stores are rewritten, when there are any."""
+        from .runtimes import cstore
         from .store import lifecycle
-        return lifecycle.remove(self._ctx, refs, force, self._runtimes())
+        actions = lifecycle.remove(self._ctx, refs, force, self._runtimes())
+        if any(a == "deleted" for a, _ in actions) and cstore.exported(self._ctx):
+            with self._lock.shared():
+                cstore.prune(self._ctx)
+        return actions
 
     def gc(self, dry_run: bool = False, full: bool = False,
            progress: Callable[[Progress], None] | None = None) -> GcResult:

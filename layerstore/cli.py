@@ -556,6 +556,7 @@ def commit(open_store, path, tags):
     image = open_store().commit(path, tags=tags)
     click.echo(" ".join([image.id, *image.tags]))
 
+
 # ---- containerd: the snapshotter and containerd-load (runtimes/snapshotter.py, containerd.py) ---
 
 @cli.command()
@@ -590,6 +591,29 @@ def containerd_load(open_store, image, address, namespace, snapshotter):
     its layers from the store."""
     img, chains = open_store().containerd_load(image, address, namespace, snapshotter)
     click.echo(" ".join([img.id, *img.tags]))
+
+
+# ---- podman, CRI-O: a containers-storage image store (runtimes/cstore.py) ---------------------
+
+@cli.command()
+@click.argument("dest", metavar="DIR", type=click.Path(file_okay=False))
+@click.argument("images", metavar="[IMAGE...]", nargs=-1)
+@click.option("--remove", "remove", multiple=True, metavar="IMAGE",
+              help="Take IMAGE out of the store (repeatable); its layers are unpinned.")
+@click.option("--json", "as_json", is_flag=True, help="Print the image ids as JSON.")
+@click.pass_obj
+def cstore(open_store, dest, images, remove, as_json):
+    """Serve images to podman, CRI-O, buildah and skopeo from DIR, a containers-storage
+    read-only image store over the layer dirs (storage.conf additionalimagestores, or
+    --storage-opt overlay.imagestore=DIR).  Without IMAGE, brings DIR up to date (a DIR
+    deleted by hand: drops its pins)."""
+    ids = open_store().cstore(dest, images, remove)
+    if as_json:
+        click.echo(json.dumps(ids))
+    else:
+        for i in ids:
+            click.echo(i)
+
 
 def _output(out: str):
     """A path, or standard output for "-" (never a terminal: an archive would garble it)."""
