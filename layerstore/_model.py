@@ -295,6 +295,7 @@ class PushProgress:
     "writing", "written"; detail: the source repository of a mount, the upload's way."""
 
     what: str
+    layer: str | None           # a layer's diffID (its blob digest is known once uploaded)
     digest: str | None
     state: str
     bytes_done: int = 0

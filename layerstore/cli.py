@@ -588,7 +588,8 @@ def save(open_store, images, out, fmt, compress):
 
 class _PushDisplay:
     """skopeo-like lines on a terminal's stderr: one per blob when it is done (skipped,
-    mounted, uploaded), and a transient line for the uploads under way."""
+    mounted, uploaded), and a transient line for the uploads under way (named by the
+    layer's diffID: the blob digest is known at the end)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled and sys.stderr.isatty()
@@ -598,8 +599,8 @@ class _PushDisplay:
     def __call__(self, p) -> None:
         if not self.enabled:
             return
-        name = (p.digest or "").split(":")[-1][:12]
         if p.state == "uploading":
+            name = p.layer.split(":")[-1][:12]
             started = self.active.get(name, (0, None, time.monotonic()))[2]
             self.active[name] = (p.bytes_done, p.bytes_total, started)
             if time.monotonic() - self.last >= 0.1:
@@ -616,8 +617,9 @@ class _PushDisplay:
         if p.what == "manifest":
             self._line(f"Writing manifest {p.digest}")
             return
-        self.active = {k: v for k, v in self.active.items() if v[1] is None or v[0] < v[1]}
-        label = f"Copying {p.what} {name}"
+        if p.layer:
+            self.active.pop(p.layer.split(":")[-1][:12], None)
+        label = f"Copying {p.what} {(p.digest or '').split(':')[-1][:12]}"
         if p.state == "skipped":
             self._line(f"{label} skipped: already exists")
         elif p.state == "mounted":

@@ -265,3 +265,62 @@ def test_cli_push_errors_are_one_line(registry, tmp_path, capsys):
                      "--format", "docker", "--compress", "zstd"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("layerstore: error:") and "--format oci" in err
+
+
+# ---- the corpus --------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_corpus_image_pushed_to_a_fresh_registry_unpacks_equal(corpus_images, registry,
+                                                               tmp_path):
+    """python (3 layers, 217 MB of tar) from a docker-archive: no original manifest, so
+    gzip with the recipe and a new Docker manifest; skopeo + umoci give the same tree."""
+    image = next(i for i in corpus_images if i.archive.name.startswith("python"))
+    with Store(tmp_path / "store") as store:
+        (stored,) = store.import_archive(image.archive)
+        result = store.push(stored.id, f"{registry.host}/corpus/python:1")
+        again = store.push(stored.id, f"{registry.host}/corpus/python:1")
+        store.checkout(stored.id, tmp_path / "checkout")
+    assert {l.action for l in result.layers} == {"uploaded"}
+    assert (again.digest, {l.action for l in again.layers}) == (result.digest, {"skipped"})
+    config, diff_ids = _read_back(registry.host, "corpus/python:1", tmp_path / "back")
+    assert diff_ids == config["rootfs"]["diff_ids"] == list(image.diff_ids)
+    tree = _umoci_tree(tmp_path / "back", tmp_path / "bundle")
+    assert not differences(snapshot(str(tmp_path / "checkout"))[0], tree)
+
+
+@pytest.mark.slow
+def test_corpus_image_pushed_to_another_repository_keeps_its_digest(corpus_registry,
+                                                                   tmp_path):
+    """corpus/base as skopeo pushed it (OCI, zstd), brought into the store through an OCI
+    layout with its blobs' location recorded, pushed to a new repository of the same
+    registry: every blob mounts and the manifest digest is the one skopeo made."""
+    host = corpus_registry.registry.host
+    want = corpus_registry.images["base-zstd"]
+    layout = tmp_path / "layout"
+    skopeo_copy(f"docker://{host}/corpus/base:zstd", f"oci:{layout}:1", "--src-tls-verify=false")
+    with Store(tmp_path / "store") as store:
+        (image,) = store.import_archive(layout)
+        index = context(store).index
+        with index.write() as txn:
+            manifest = json.loads(index.metadata(txn, want))
+            for blob in [manifest["config"], *manifest["layers"]]:
+                index.add_blob_location(txn, blob["digest"], f"{host}/corpus/base")
+        result = store.push(image.id, f"{host}/corpus/copy:1")
+    assert result.digest == want and result.original_manifest
+    assert {l.action for l in result.layers} == {"mounted"}
+    assert result.bytes_sent < 16 << 10
+
+
+def test_cli_push_shows_each_blob_on_a_terminal(registry, tmp_path):
+    from helpers import run_on_terminal
+    store, image, _ = _store_with(tmp_path)
+    store.close()
+    status, seen = run_on_terminal(tmp_path / "store", "push", "test/app:1",
+                                   f"{registry.host}/team/app:1")
+    assert status == 0, seen
+    assert seen.count("Copying layer") == 2 and "Copying config" in seen
+    assert "Writing manifest sha256:" in seen
+    status, seen = run_on_terminal(tmp_path / "store", "push", "test/app:1",
+                                   f"{registry.host}/team/app:1")
+    assert seen.count("skipped: already exists") == 3

@@ -274,11 +274,11 @@ class _Job:
         self.progress = progress
         self._lock = threading.Lock()
 
-    def report(self, what: str, digest: str | None, state: str, done: int = 0,
-               total: int | None = None, detail: str | None = None) -> None:
+    def report(self, what: str, layer: str | None, digest: str | None, state: str,
+               done: int = 0, total: int | None = None, detail: str | None = None) -> None:
         if self.progress is not None:
             with self._lock:
-                self.progress(PushProgress(what, digest, state, done, total, detail))
+                self.progress(PushProgress(what, layer, digest, state, done, total, detail))
 
     def mount_sources(self, digest: str) -> list[str]:
         """Other repositories of this registry where the blob was seen."""
@@ -324,13 +324,13 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
     diff_id = image.diff_ids[i]
     layer = image.layers[diff_id]
     counts = [0]
-    short = diff_id
-    job.report("layer", short, "checking")
+    job.report("layer", diff_id, None, "checking")
     for blob in _candidates(image, i, allowed):
         found = job.reuse(blob["digest"], counts)
         if found is not None:
             action, source = found
-            job.report("layer", blob["digest"], action, blob["size"], blob["size"], source)
+            job.report("layer", diff_id, blob["digest"], action, blob["size"], blob["size"],
+                       source)
             return PushedBlob("layer", blob["digest"], diff_id, action, blob["compression"],
                               blob["size"], 0, counts[0], source,
                               blob.get("original", False), None)
@@ -345,7 +345,8 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
 
     def tick(n: int) -> None:
         sent[0] += n
-        job.report("layer", diff_id, "uploading", sent[0], known["size"] if known else None)
+        job.report("layer", diff_id, None, "uploading", sent[0],
+                   known["size"] if known else None)
 
     modes = (["chunked"] if job.chunk_size else
              ["monolithic", "streamed", "chunked"] if known else ["streamed", "chunked"])
@@ -362,7 +363,7 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
             continue
         finally:
             stream.close()
-        job.report("layer", digest, "uploaded", stream.size, stream.size, mode)
+        job.report("layer", diff_id, digest, "uploaded", stream.size, stream.size, mode)
         is_original = bool(image.original[i]) and image.original[i]["digest"] == digest
         return PushedBlob("layer", digest, diff_id, "uploaded", compression, stream.size,
                           stream.size, counts[0], None, is_original, mode,
@@ -400,12 +401,12 @@ def _push_config(job: _Job) -> PushedBlob:
     found = job.reuse(image.id, counts)
     size = len(image.config)
     if found is not None:
-        job.report("config", image.id, found[0], size, size, found[1])
+        job.report("config", None, image.id, found[0], size, size, found[1])
         return PushedBlob("config", image.id, None, found[0], None, size, 0, counts[0],
                           found[1], True, None)
     counts[0] += 2
     job.client.push_blob(job.repo, image.id, image.config)
-    job.report("config", image.id, "uploaded", size, size, "monolithic")
+    job.report("config", None, image.id, "uploaded", size, size, "monolithic")
     return PushedBlob("config", image.id, None, "uploaded", None, size, size, counts[0], None,
                       True, "monolithic")
 
@@ -473,9 +474,9 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
         data, media_type = image.manifest, image.manifest_media_type
     else:
         data, media_type = _manifest(image, fmt, layers)
-    job.report("manifest", None, "writing")
+    job.report("manifest", None, None, "writing")
     digest = client.put_manifest(job.repo, dest.tag, data, media_type)
-    job.report("manifest", digest, "written")
+    job.report("manifest", None, digest, "written")
     _record(ctx, job, layers, config_blob, digest)
     now = client.counters.snapshot()
     return PushResult(str(dest), digest, media_type, reuse, config_blob, tuple(layers),
