@@ -275,7 +275,8 @@ class PushedBlob:
 class PushResult:
     """A push: the manifest digest the registry stored under reference, whether it is the
     image's original manifest (unchanged bytes, so its digest survived), and per blob what
-    was done.  bytes_sent and requests count the whole push's HTTP traffic."""
+    was done.  bytes_sent: blob and manifest bytes uploaded; requests: HTTP requests made
+    (token requests and retries included)."""
 
     reference: str
     digest: str

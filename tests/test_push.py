@@ -83,6 +83,7 @@ def test_push_to_a_fresh_registry_reads_back_as_the_same_image(registry, tmp_pat
                             format=fmt)
         assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
         assert result.config.action == "uploaded"
+        assert result.bytes_sent > sum(l.size for l in result.layers) + len(image.id)
         config, diff_ids = _read_back(registry.host, "team/app:1", tmp_path / "back")
         assert diff_ids == config["rootfs"]["diff_ids"] == list(image.diff_ids)
         store.checkout("test/app:1", tmp_path / "checkout")

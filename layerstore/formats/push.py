@@ -447,7 +447,7 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
                                        "push with --format oci")
     allowed = {compress} if compress is not None else set(LAYER_TYPES[fmt])
     job = _Job(ctx, client, dest, image, chunk_size, progress)
-    counters = client.counters.snapshot()
+    requests = client.counters.snapshot()["requests"]
     start = time.monotonic()
 
     def compression(i: int) -> str:
@@ -478,10 +478,11 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
     digest = client.put_manifest(job.repo, dest.tag, data, media_type)
     job.report("manifest", None, digest, "written")
     _record(ctx, job, layers, config_blob, digest)
-    now = client.counters.snapshot()
-    return PushResult(str(dest), digest, media_type, reuse, config_blob, tuple(layers),
-                      now["bytes_sent"] - counters["bytes_sent"],
-                      now["requests"] - counters["requests"], time.monotonic() - start)
+    # Blob bytes as counted here: the transport cannot count a streamed body's.
+    sent = sum(b.bytes_sent for b in layers) + config_blob.bytes_sent + len(data)
+    return PushResult(str(dest), digest, media_type, reuse, config_blob, tuple(layers), sent,
+                      client.counters.snapshot()["requests"] - requests,
+                      time.monotonic() - start)
 
 
 def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlob,
