@@ -325,3 +325,24 @@ def test_cli_push_shows_each_blob_on_a_terminal(registry, tmp_path):
     status, seen = run_on_terminal(tmp_path / "store", "push", "test/app:1",
                                    f"{registry.host}/team/app:1")
     assert seen.count("skipped: already exists") == 3
+
+
+def test_an_interrupted_push_leaves_no_manifest_and_no_threads(registry, tmp_path):
+    import threading
+    store, image, _ = _store_with(tmp_path)
+    before = threading.active_count()
+
+    def interrupt(p):
+        if p.state == "uploading" and p.bytes_done > 0:
+            raise KeyboardInterrupt
+
+    with store:
+        with pytest.raises(KeyboardInterrupt):
+            store.push("test/app:1", f"{registry.host}/team/app:1", progress=interrupt)
+        assert threading.active_count() == before
+        from layerstore.registry.client import Client
+        with Client(registry.host) as c, pytest.raises(errors.ManifestUnknown):
+            c.head_manifest("team/app", "1")
+        # Nothing was recorded, and the next push goes through.
+        result = store.push("test/app:1", f"{registry.host}/team/app:1")
+    assert {l.action for l in result.layers} <= {"uploaded", "skipped"}

@@ -156,7 +156,8 @@ class LayerStream:
     iteration raises instead.  digest and size are the compressed blob's, once iterated."""
 
     def __init__(self, ctx: Context, layer: LayerRecord, compression: str,
-                 sent: Callable[[int], None] | None = None) -> None:
+                 sent: Callable[[int], None] | None = None,
+                 stop: threading.Event | None = None) -> None:
         self.recipe = recipe(compression)
         self.size = 0
         self.digest: str | None = None
@@ -166,6 +167,7 @@ class LayerStream:
         self._queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)
         self._error: BaseException | None = None
         self._cancelled = False
+        self._stop = stop
         self._thread = threading.Thread(target=self._run, name="layerstore-push-layer",
                                         daemon=True)
         self._started = False
@@ -195,7 +197,7 @@ class LayerStream:
                 self._sent(len(held))
 
     def _put(self, data) -> None:
-        if self._cancelled:
+        if self._cancelled or (self._stop is not None and self._stop.is_set()):
             raise _Cancelled()
         data = bytes(data)
         self._sha.update(data)
@@ -272,6 +274,7 @@ class _Job:
         self.location = dest.name               # "registry/repository"
         self.chunk_size = chunk_size
         self.progress = progress
+        self.stop = threading.Event()          # set when the push is abandoned (Ctrl-C)
         self._lock = threading.Lock()
 
     def report(self, what: str, layer: str | None, digest: str | None, state: str,
@@ -352,7 +355,7 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
              ["monolithic", "streamed", "chunked"] if known else ["streamed", "chunked"])
     last_error = None
     for mode in modes:
-        stream = LayerStream(job.ctx, layer, compression, tick)
+        stream = LayerStream(job.ctx, layer, compression, tick, job.stop)
         sent[0] = 0
         try:
             digest = _upload(job, mode, stream, known, counts)
@@ -465,6 +468,7 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
             layers = [f.result() for f in futures]
             config_blob = config.result()
         except BaseException:
+            job.stop.set()      # uploads under way end (their sessions cancelled) at once
             for f in futures:
                 f.cancel()
             raise
