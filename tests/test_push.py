@@ -346,3 +346,19 @@ def test_an_interrupted_push_leaves_no_manifest_and_no_threads(registry, tmp_pat
         # Nothing was recorded, and the next push goes through.
         result = store.push("test/app:1", f"{registry.host}/team/app:1")
     assert {l.action for l in result.layers} <= {"uploaded", "skipped"}
+
+
+def test_streamed_upload_when_the_registry_refuses_a_monolithic_one(registry, proxy, tmp_path):
+    """A blob the recipe made before goes in one PUT; a registry answering 413 to it gets
+    the streamed upload instead (through the proxy, which forwards it whole)."""
+    store, image, _ = _store_with(tmp_path)
+    with store:
+        first = store.push("test/app:1", f"{registry.host}/team/app:1")
+        for layer in first.layers:      # the monolithic PUT of each layer, once
+            proxy.add(Fault("status", "PUT", rf"digest=sha256(:|%3A){layer.digest[7:]}",
+                            status=413))
+        result = store.push("test/app:1", f"{proxy.host}/toolarge/app:1")
+    assert [l.upload for l in result.layers] == ["streamed", "streamed"]
+    assert [l.digest for l in result.layers] == [l.digest for l in first.layers]
+    assert result.digest == first.digest
+    assert [e["status"] for e in proxy.log if e["fault"]] == [413, 413]
