@@ -491,8 +491,9 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
 
 def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlob,
             digest: str) -> None:
-    """Blobs uploaded become blobs of their layer (with their recipe); every blob is now
-    at this repository; the image was pushed as this manifest digest."""
+    """Blobs uploaded become blobs of their layer (with their recipe); every layer blob is
+    now at this repository (configs are not recorded: a location is kept for a blob some
+    layer records, as fsck checks); the image was pushed as this manifest digest."""
     index = ctx.index
     with index.write() as txn:
         for blob in layers:
@@ -502,7 +503,6 @@ def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlo
                     "digest": blob.digest, "media_type": media_type, "size": blob.size,
                     **blob.recipe})
             index.add_blob_location(txn, blob.digest, job.location)
-        index.add_blob_location(txn, config.digest, job.location)
         index.add_repo_digest(txn, f"{job.dest.name}@{digest}", job.image.id)
 
 
