@@ -363,3 +363,49 @@ def test_streamed_upload_when_the_registry_refuses_a_monolithic_one(registry, pr
     assert [l.digest for l in result.layers] == [l.digest for l in first.layers]
     assert result.digest == first.digest
     assert [e["status"] for e in proxy.log if e["fault"]] == [413, 413]
+
+
+def test_a_recorded_blob_the_recipe_no_longer_makes_is_not_sent_as_it(registry, tmp_path):
+    """A recipe's output that differs from what it recorded (another library build, another
+    CPU): the one-PUT upload stops before its last byte and the streamed one sends the new
+    blob, recorded beside the old."""
+    store, image, _ = _store_with(tmp_path)
+    with store:
+        first = store.push("test/app:1", f"{registry.host}/team/app:1")
+        index = context(store).index
+        with index.write() as txn:      # pretend the recipe once made other bytes
+            rec = index.layer(txn, image.diff_ids[0])
+            for b in rec.blobs:
+                if b["digest"] == first.layers[0].digest:
+                    b["digest"] = "sha256:" + "0" * 64
+            index.put_row(txn, "layers", image.diff_ids[0].encode(), rec.to_json())
+        other = RegistryServer(tmp_path / "other")
+        try:
+            again = store.push("test/app:1", f"{other.host}/team/app:1")
+        finally:
+            other.stop()
+    assert [l.upload for l in again.layers] == ["streamed", "monolithic"]
+    assert again.digest == first.digest
+
+
+@pytest.mark.parametrize("wrong", ["digest", "size"])
+def test_layer_stream_stops_before_the_last_byte_when_it_is_not_the_recorded_blob(tmp_path,
+                                                                                  wrong):
+    from layerstore.formats import push as P
+    store, image, _ = _store_with(tmp_path)
+    with store:
+        with context(store).index.read() as txn:
+            layer = context(store).index.layer(txn, image.diff_ids[0])
+        stream = P.LayerStream(context(store), layer, "gzip")
+        whole = b"".join(stream)
+        expect = {"digest": stream.digest, "size": stream.size}
+        expect[wrong] = "sha256:" + "0" * 64 if wrong == "digest" else stream.size - 1
+        given = []
+        with pytest.raises(P._NotTheRecipe):
+            for piece in P.LayerStream(context(store), layer, "gzip", expect=expect):
+                given.append(piece)
+        assert len(b"".join(given)) < len(whole)
+        # The recorded blob itself streams whole.
+        good = P.LayerStream(context(store), layer, "gzip",
+                             expect={"digest": stream.digest, "size": stream.size})
+        assert b"".join(good) == whole

@@ -148,16 +148,23 @@ class _Cancelled(Exception):
     pass
 
 
+class _NotTheRecipe(Exception):
+    """The layer compressed to other bytes than a recorded blob of this recipe (another
+    CPU's ISA-L code, say): raised before the last byte, so no upload of it completes."""
+
+
 class LayerStream:
     """A stored layer rebuilt byte for byte (checked against its diffID) and compressed with
     the pinned recipe, on a thread of its own; iterating yields the compressed pieces, at
     most QUEUE_CHUNKS of them waiting.  The last piece is held back until the layer has
     verified, so a layer that does not (a damaged object) never completes an upload: the
-    iteration raises instead.  digest and size are the compressed blob's, once iterated."""
+    iteration raises instead.  With expect (a recorded blob's {"digest", "size"}) the
+    iteration raises _NotTheRecipe as soon as the bytes cannot be that blob, before the
+    last byte goes.  digest and size are the compressed blob's, once iterated."""
 
     def __init__(self, ctx: Context, layer: LayerRecord, compression: str,
                  sent: Callable[[int], None] | None = None,
-                 stop: threading.Event | None = None) -> None:
+                 stop: threading.Event | None = None, expect: dict | None = None) -> None:
         self.recipe = recipe(compression)
         self.size = 0
         self.digest: str | None = None
@@ -168,6 +175,7 @@ class LayerStream:
         self._error: BaseException | None = None
         self._cancelled = False
         self._stop = stop
+        self._expect = expect
         self._thread = threading.Thread(target=self._run, name="layerstore-push-layer",
                                         daemon=True)
         self._started = False
@@ -178,19 +186,26 @@ class LayerStream:
         self._started = True
         self._thread.start()
         held = None
+        given = 0
         while True:
             item = self._queue.get()
             if item is None:
                 break
             if held is not None:
                 yield held
+                given += len(held)
                 if self._sent is not None:
                     self._sent(len(held))
             held = item
+            if self._expect is not None and given + len(held) > self._expect["size"]:
+                raise _NotTheRecipe()
         self._thread.join()
         if self._error is not None:
             raise self._error
         self.digest = "sha256:" + self._sha.hexdigest()
+        if self._expect is not None and (self.digest, self.size) != (
+                self._expect["digest"], self._expect["size"]):
+            raise _NotTheRecipe()
         if held is not None:
             yield held
             if self._sent is not None:
@@ -355,10 +370,13 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
              ["monolithic", "streamed", "chunked"] if known else ["streamed", "chunked"])
     last_error = None
     for mode in modes:
-        stream = LayerStream(job.ctx, layer, compression, tick, job.stop)
+        stream = LayerStream(job.ctx, layer, compression, tick, job.stop,
+                             known if mode == "monolithic" else None)
         sent[0] = 0
         try:
             digest = _upload(job, mode, stream, known, counts)
+        except _NotTheRecipe:
+            continue
         except errors.RegistryError as exc:
             if exc.status not in _REFUSED:
                 raise
