@@ -71,7 +71,7 @@ def compression_of(blob: dict) -> str | None:
         return "gzip"
     if media_type.endswith("zstd"):
         return "zstd"
-    if media_type.endswith(".tar") or media_type.endswith("diff.tar"):
+    if media_type.endswith(".tar"):
         return "none"
     return None
 
@@ -87,11 +87,12 @@ class _Image:
     manifest: bytes | None              # the original manifest, when it can be reused
     manifest_media_type: str | None
     original: list                      # per layer: its descriptor in the original manifest
-    config_media_type: str | None
     locations: dict                     # blob digest -> ["registry/repository", ...]
 
 
 def read_image(ctx: Context, ref: str) -> _Image:
+    """The image ref names, with its layers' records, its original manifest when one can be
+    pushed again, and where each of its blobs was seen."""
     index = ctx.index
     with index.read() as txn:
         rec = ctx.resolve(txn, ref)
@@ -103,8 +104,8 @@ def read_image(ctx: Context, ref: str) -> _Image:
                 raise errors.LayerNotFound(f"layer {d} of image {rec.id} is not in the store")
             layers[d] = layer
         manifest = (index.metadata(txn, rec.manifest_digest) if rec.manifest_digest else None)
-        original, config_type, media_type = _original(rec.id, rec.diff_ids, manifest,
-                                                      rec.manifest_media_type)
+        original, media_type = _original(rec.id, rec.diff_ids, manifest,
+                                         rec.manifest_media_type)
         if original is None:
             manifest = None
         digests = {b["digest"] for l in layers.values() for b in l.blobs}
@@ -113,15 +114,14 @@ def read_image(ctx: Context, ref: str) -> _Image:
         locations = {d: index.blob_locations(txn, d) for d in digests}
     return _Image(rec.id, config, list(rec.diff_ids), layers,
                   bytes(manifest) if manifest is not None else None, media_type,
-                  original or [None] * len(rec.diff_ids), config_type, locations)
+                  original or [None] * len(rec.diff_ids), locations)
 
 
 def _original(image_id: str, diff_ids, manifest: bytes | None, media_type: str | None):
-    """(layer descriptors, config media type, manifest media type) of the original manifest
-    when it is an image manifest over this config and these layers; (None, None, None)
-    otherwise."""
+    """(layer descriptors, manifest media type) of the original manifest when it is an image
+    manifest over this config and these layers; (None, None) otherwise."""
     if manifest is None:
-        return None, None, None
+        return None, None
     try:
         doc = json.loads(manifest)
         media_type = doc.get("mediaType") or media_type
@@ -131,10 +131,10 @@ def _original(image_id: str, diff_ids, manifest: bytes | None, media_type: str |
                 or len(layers) != len(diff_ids)
                 or not all(isinstance(l, dict) and "digest" in l and "size" in l
                            for l in layers)):
-            return None, None, None
-        return layers, config.get("mediaType"), media_type
+            return None, None
+        return layers, media_type
     except (ValueError, KeyError, TypeError, AttributeError):
-        return None, None, None
+        return None, None
 
 
 def _family(media_type: str | None) -> str | None:
