@@ -409,3 +409,17 @@ def test_layer_stream_stops_before_the_last_byte_when_it_is_not_the_recorded_blo
         good = P.LayerStream(context(store), layer, "gzip",
                              expect={"digest": stream.digest, "size": stream.size})
         assert b"".join(good) == whole
+
+
+def test_cli_push_with_creds(htpasswd_registry, tmp_path, capsys):
+    store, image, _ = _store_with(tmp_path)
+    store.close()
+    root = str(tmp_path / "store")
+    dest = f"{htpasswd_registry.host}/cli/app:1"
+    assert cli.main(["--root", root, "push", "test/app:1", dest]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("layerstore: error:") and PASSWORD not in err
+    assert cli.main(["--root", root, "push", "test/app:1", dest,
+                     "--creds", f"{USER}:{PASSWORD}"]) == 0
+    out = capsys.readouterr()
+    assert out.out.strip().startswith(f"{dest}@sha256:") and PASSWORD not in out.err
