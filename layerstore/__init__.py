@@ -14,7 +14,7 @@ callback, and errors.  The subpackages are the implementation (store/, formats/,
 from . import errors
 from ._model import (CheckoutResult, DiffResult, DuResult, Entry, EntryType, GcResult,
                      HistoryEntry, Image, ImageUsage, IngestStats, InspectResult, Layer, Mount,
-                     Problem, Progress)
+                     Problem, Progress, PushedBlob, PushProgress, PushResult)
 from ._store import Store, default_root
 from ._version import __version__
 
@@ -34,6 +34,9 @@ __all__ = [
     "Mount",
     "Problem",
     "Progress",
+    "PushProgress",
+    "PushResult",
+    "PushedBlob",
     "Store",
     "default_root",
     "errors",

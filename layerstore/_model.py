@@ -248,3 +248,57 @@ class Mount:
     kind: str                   # "overlay" or "fuse-overlayfs"
     own_upper: bool             # upper dir made by layerstore (removed on umount)
     created: str
+
+
+@dataclass(frozen=True, slots=True)
+class PushedBlob:
+    """What a push did with one blob.  action: "skipped" (the repository had it), "mounted"
+    (linked from source, another repository of the registry) or "uploaded" (regenerated from
+    the store and compressed: upload is "monolithic", "streamed" or "chunked"; recipe the
+    pinned recipe's record).  original: the blob the image's original manifest names."""
+
+    kind: str                   # "layer" or "config"
+    digest: str
+    diff_id: str | None         # a layer's
+    action: str
+    compression: str | None     # "gzip", "zstd", "none" (a layer's)
+    size: int
+    bytes_sent: int
+    requests: int
+    source: str | None = None
+    original: bool = False
+    upload: str | None = None
+    recipe: dict | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """A push: the manifest digest the registry stored under reference, whether it is the
+    image's original manifest (unchanged bytes, so its digest survived), and per blob what
+    was done.  bytes_sent: blob and manifest bytes uploaded; requests: HTTP requests made
+    (token requests and retries included)."""
+
+    reference: str
+    digest: str
+    media_type: str
+    original_manifest: bool
+    config: PushedBlob
+    layers: tuple[PushedBlob, ...]
+    bytes_sent: int
+    requests: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class PushProgress:
+    """What a push's progress callback receives, per blob as it goes.  what: "layer",
+    "config" or "manifest"; state: "checking", "skipped", "mounted", "uploading", "uploaded",
+    "writing", "written"; detail: the source repository of a mount, the upload's way."""
+
+    what: str
+    layer: str | None           # a layer's diffID (its blob digest is known once uploaded)
+    digest: str | None
+    state: str
+    bytes_done: int = 0
+    bytes_total: int | None = None
+    detail: str | None = None

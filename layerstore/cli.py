@@ -645,6 +645,101 @@ def save(open_store, images, out, fmt, compress):
         progress.done()
 
 
+class _PushDisplay:
+    """skopeo-like lines on a terminal's stderr: one per blob when it is done (skipped,
+    mounted, uploaded), and a transient line for the uploads under way (named by the
+    layer's diffID: the blob digest is known at the end)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.active: dict[str, tuple[int, int | None, float]] = {}
+        self.last = 0.0
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        if p.state == "uploading":
+            name = p.layer.split(":")[-1][:12]
+            started = self.active.get(name, (0, None, time.monotonic()))[2]
+            self.active[name] = (p.bytes_done, p.bytes_total, started)
+            if time.monotonic() - self.last >= 0.1:
+                self.last = time.monotonic()
+                parts = []
+                for n, (done, total, t0) in self.active.items():
+                    rate = done / max(time.monotonic() - t0, 1e-6)
+                    of = f"/{_human_size(total)}" if total else ""
+                    parts.append(f"{n} {_human_size(done)}{of} {_human_size(rate)}/s")
+                self._line("uploading " + "  ".join(parts), final=False)
+            return
+        if p.state in ("checking", "writing"):
+            return
+        if p.what == "manifest":
+            self._line(f"Writing manifest {p.digest}")
+            return
+        if p.layer:
+            self.active.pop(p.layer.split(":")[-1][:12], None)
+        label = f"Copying {p.what} {(p.digest or '').split(':')[-1][:12]}"
+        if p.state == "skipped":
+            self._line(f"{label} skipped: already exists")
+        elif p.state == "mounted":
+            self._line(f"{label} mounted from {p.detail}")
+        else:
+            self._line(f"{label} done {_human_size(p.bytes_done)} ({p.detail})")
+
+    def _line(self, text: str, final: bool = True) -> None:
+        sys.stderr.write("\r" + text + "\x1b[K" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+
+def _pushed_json(b) -> dict:
+    return {"kind": b.kind, "digest": b.digest, "diff_id": b.diff_id, "action": b.action,
+            "compression": b.compression, "size": b.size, "bytes_sent": b.bytes_sent,
+            "requests": b.requests, "mounted_from": b.source, "original": b.original,
+            "upload": b.upload}
+
+
+@cli.command()
+@click.argument("image")
+@click.argument("ref", metavar="[REF]", required=False)
+@click.option("--compress", type=click.Choice(["gzip", "zstd", "none"]), default=None,
+              help="Compression of the layers uploaded, and the only one reused (default: "
+                   "each layer's original, else gzip).")
+@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default=None,
+              help="Manifest format (default: the image's original, else docker).")
+@click.option("--digestfile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the pushed manifest's digest to FILE.")
+@click.option("--chunk-size", type=click.IntRange(min=1), metavar="BYTES",
+              help="Upload in PATCHes of BYTES (default: one request per blob).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, no output.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print what was done per blob (skipped, mounted, uploaded) as JSON.")
+@registry_options
+@click.pass_obj
+def push(open_store, image, ref, compress, fmt, digestfile, chunk_size, quiet, as_json,
+         registry):
+    """Push IMAGE to a registry as REF (default: the tag IMAGE names).  Blobs the registry
+    has are skipped, blobs of another of its repositories mounted, the rest uploaded;
+    the original manifest is pushed unchanged when every layer is its original blob."""
+    display = _PushDisplay(enabled=not (quiet or as_json))
+    result = open_store().push(image, ref, compress=compress, format=fmt, registry=registry,
+                               progress=display, chunk_size=chunk_size)
+    if digestfile:
+        try:
+            with open(digestfile, "w") as f:
+                f.write(result.digest)
+        except OSError as exc:
+            raise errors.host_path_error(exc, digestfile, "write") from None
+    if as_json:
+        click.echo(json.dumps({
+            "reference": result.reference, "digest": result.digest,
+            "media_type": result.media_type, "original_manifest": result.original_manifest,
+            "bytes_sent": result.bytes_sent, "requests": result.requests,
+            "seconds": round(result.seconds, 3), "config": _pushed_json(result.config),
+            "layers": [_pushed_json(b) for b in result.layers]}, indent=2))
+    elif not quiet:
+        click.echo(f"{result.reference}@{result.digest}")
+
+
 @cli.command()
 @click.argument("image")
 @click.option("-o", "--output", "out", default="-", metavar="FILE",

@@ -37,6 +37,7 @@ import zstandard
 
 from .. import _native, errors
 from .._model import Entry, EntryType, Progress
+from .compression import COMPRESSIONS, Compressor
 from ..store.context import Context
 from ..store.tree import Tree
 from .reference import DIGEST_RE, normalize_tag
@@ -54,7 +55,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
 FORMATS = ("docker", "oci")
-COMPRESSIONS = ("none", "gzip", "zstd")
 
 
 def _pad(n: int) -> int:
@@ -542,14 +542,10 @@ def _umask() -> int:
 def _save_to(ctx: Context, images: list[SaveImage], f: BinaryIO, fmt: str, compress: str,
              progress: Callable[[Progress], None] | None) -> None:
     closer = None
-    if compress == "gzip":
-        from isal import igzip
-        stream = closer = igzip.IGzipFile(fileobj=f, mode="wb", compresslevel=1)
-        out = _Out(stream=stream)
-    elif compress == "zstd":
-        stream = closer = zstandard.ZstdCompressor(level=3, threads=-1).stream_writer(
-            f, closefd=False)
-        out = _Out(stream=stream)
+    if compress != "none":
+        # The pinned recipe (compression.py): the same images give the same archive bytes.
+        closer = Compressor(compress, _writer(f))
+        out = _Out(stream=closer)
     else:
         fd = _regular_fd(f)
         out = _Out(fd=fd) if fd is not None else _Out(stream=f)
@@ -638,6 +634,16 @@ def _write_layer_native(out: _Out, objects_dir: str, records: bytes, raw_stored:
             raise errors.MissingBlob(f"{what}: {exc.strerror}") from None
         raise
     return True
+
+
+def _writer(f: BinaryIO) -> Callable[[bytes], None]:
+    """f.write that writes all of its bytes (an unbuffered file may take fewer)."""
+    def write(data) -> None:
+        view = memoryview(data)
+        while view:
+            n = f.write(view)
+            view = view[n if n is not None else len(view):]
+    return write
 
 
 def _regular_fd(f) -> int | None:

@@ -447,9 +447,21 @@ class Upload:
             f"{self._client.host}/{self.repo}: the upload session holds {self.offset} bytes, "
             f"which this chunk cannot continue", status=416, code="BLOB_UPLOAD_INVALID")
 
+    def stream(self, chunks) -> None:
+        """Sends a whole blob of unknown length as one PATCH without Content-Range, chunked
+        transfer encoding (what Docker's push does): the digest is given at commit, so it can
+        be computed while the bytes go out.  chunks: an iterable of bytes, read once."""
+        resp = self._client._request(
+            "PATCH", self.location, self.repo, _push(self.repo), body=chunks,
+            headers={"Content-Type": "application/octet-stream"},
+            ok=(202,), what=("upload", None))
+        self.location = self._location(resp)
+        self.offset = _range_end(resp, self.offset)
+
     def commit(self, digest: str, data=b"", size: int | None = None) -> str:
         """Closes the session with its last bytes (none after PATCHes; the whole blob for a
-        monolithic upload): the registry checks the digest and stores the blob."""
+        monolithic upload: bytes, a binary file or an iterable of bytes, with size): the
+        registry checks the digest and stores the blob."""
         length = len(data) if isinstance(data, (bytes, bytearray, memoryview)) else size
         sep = "&" if urlsplit(self.location).query else "?"
         resp = self._client._request(

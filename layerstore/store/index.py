@@ -284,6 +284,22 @@ class Index:
         txn.put(digest.encode(), _dumps([location, *seen][:LOCATIONS_KEPT]),
                 db=self.db["blob_locations"])
 
+    def add_layer_blob(self, txn, diff_id: str, blob: dict) -> bool:
+        """Records one more compressed blob of a stored layer ({"digest", "media_type",
+        "size", ...}: a push made it, with its recipe) and maps its digest to the layer.
+        False when the layer is gone or already has it."""
+        key = diff_id.encode()
+        raw = txn.get(key, db=self.db["layers"])
+        if raw is None:
+            return False
+        rec = LayerRecord.from_json(raw)
+        if any(b["digest"] == blob["digest"] for b in rec.blobs):
+            return False
+        rec.blobs.append(dict(blob))
+        txn.put(key, rec.to_json(), db=self.db["layers"])
+        self._map_blobs(txn, rec)
+        return True
+
     def pin(self, txn, name: str, diff_ids: list[str]) -> None:
         """Keeps diff_ids (a chain, bottom first) and their layer dirs from gc under name
         until unpin(name).  Each must be a stored layer."""
