@@ -1,0 +1,237 @@
+"""What the harness asks of the machine: fresh loop-mounted filesystems, dropped caches,
+commands run with their own resource use, the device's write counter, and the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class CommandFailed(Exception):
+    """A driver's command exited non-zero; the message holds its stderr tail."""
+
+
+@dataclass
+class Usage:
+    """What the commands of one operation cost, summed (cpu) or maxed (peak memory)."""
+
+    cpu_s: float = 0.0
+    peak_rss_kib: int = 0
+
+
+_usage: list[Usage] = []     # stack: the operations being measured
+_GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+
+
+def run(cmd: list[str], *, env: dict | None = None, input: bytes | None = None,
+        check: bool = True) -> str:
+    """Runs cmd, charges its CPU time and peak RSS (from wait4: the command and the children
+    it waited for) to every operation being measured, and returns its stdout."""
+    # A child forked from this process starts with a copy of its memory map, and Linux keeps
+    # that copy's high-water mark in the child's maxrss: wait4 would report at least the
+    # harness's own size.  GNU time, small itself, reports its child's peak alone.
+    timing = tempfile.NamedTemporaryFile() if _GNU_TIME else None
+    if timing:
+        cmd = [_GNU_TIME, "-f", "%M", "-o", timing.name, *cmd]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else
+                                subprocess.DEVNULL, stdout=out, stderr=err,
+                                env={**os.environ, **(env or {})})
+        if input is not None:
+            proc.stdin.write(input)
+            proc.stdin.close()
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        peak = ru.ru_maxrss
+        if timing:
+            with timing:
+                lines = timing.read().decode().split()
+            peak = int(lines[-1]) if lines and lines[-1].isdigit() else 0
+        for u in _usage:
+            u.cpu_s += ru.ru_utime + ru.ru_stime
+            u.peak_rss_kib = max(u.peak_rss_kib, peak)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if check and proc.returncode != 0:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-3:]
+        raise CommandFailed(f"{' '.join(cmd)}: exit {proc.returncode}: {' / '.join(tail)}")
+    return stdout.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def charged():
+    """Collects the Usage of the commands run inside the block."""
+    u = Usage()
+    _usage.append(u)
+    try:
+        yield u
+    finally:
+        _usage.remove(u)
+
+
+def process_cpu(pids: list[int]) -> float:
+    """CPU seconds (user + system) of running processes: daemons such as containerd do a
+    driver's work outside the commands the harness runs."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def drop_caches() -> None:
+    """Writes back and drops the page cache, dentries and inodes: the start of a cold phase."""
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def page_cache_bytes() -> int:
+    """The machine's page cache (Cached in /proc/meminfo), in bytes."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Cached:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+@dataclass
+class LoopFs:
+    """A fresh filesystem on a sparse file, loop-mounted with direct I/O (so the page cache
+    holds only the upper filesystem's pages, not the backing file's twice)."""
+
+    kind: str
+    image: Path
+    mnt: Path
+    device: str = ""
+    mounted: bool = False
+
+    @classmethod
+    def make(cls, kind: str, where: Path, label: str, size_gib: int = 16) -> "LoopFs":
+        where.mkdir(parents=True, exist_ok=True)
+        fs = cls(kind, where / f"{label}.img", where / label)
+        with open(fs.image, "wb") as f:
+            f.truncate(size_gib << 30)
+        opts = {"ext4": ["-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0"],
+                "xfs": ["-f", "-q"], "btrfs": ["-f", "-q"]}[kind]
+        run([f"mkfs.{kind}", *opts, str(fs.image)])
+        fs.device = run(["losetup", "--find", "--show", "--direct-io=on", str(fs.image)]).strip()
+        fs.mnt.mkdir(exist_ok=True)
+        run(["mount", fs.device, str(fs.mnt)])
+        fs.mounted = True
+        return fs
+
+    def usage(self, settle: bool = False) -> tuple[int, int]:
+        """(bytes used, inodes used) as statfs sees them, after a syncfs (ext4 and btrfs
+        account freed space at commit).  settle: on btrfs, wait until deleted subvolumes are
+        freed too (its cleaner runs at the next commit, up to 30 s later).  btrfs has no
+        inode count (0)."""
+        fd = os.open(self.mnt, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            _syncfs(fd)
+        finally:
+            os.close(fd)
+        if self.kind == "btrfs" and settle:
+            # Deleted subvolumes are freed by a cleaner thread, later.  `filesystem sync`
+            # commits and pokes the transaction thread, which wakes the cleaner; then wait.
+            for cmd in ("filesystem", "subvolume"):
+                subprocess.run(["btrfs", cmd, "sync", str(self.mnt)], check=False,
+                               capture_output=True)
+        st = os.statvfs(self.mnt)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree
+
+    def bytes_written(self) -> int:
+        """Bytes written to the loop device so far (sectors written in /sys/block/loopN/stat)."""
+        stat = Path(f"/sys/block/{Path(self.device).name}/stat").read_text().split()
+        return int(stat[6]) * 512
+
+    def destroy(self) -> None:
+        if self.mounted:
+            # Anything a driver left mounted inside (containers) goes first.
+            for target in reversed(mounts_under(self.mnt)):
+                subprocess.run(["umount", "-l", target], check=False)
+            subprocess.run(["umount", str(self.mnt)], check=False)
+            self.mounted = False
+        if self.device:
+            subprocess.run(["losetup", "-d", self.device], check=False)
+            self.device = ""
+        self.image.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.mnt.rmdir()
+
+
+def _syncfs(fd: int) -> None:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).syncfs(fd)
+
+
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below path, in mount order."""
+    prefix = str(path).rstrip("/") + "/"
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            target = line.split()[4].replace("\\040", " ")
+            if target.startswith(prefix):
+                out.append(target)
+    return out
+
+
+def tool_version(cmd: list[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        return "absent"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    text = [l.strip() for l in (out.stdout or out.stderr).splitlines() if l.strip()]
+    # ostree prints "libostree:" and then " Version: '2022.7'"
+    return (text[1] if text and text[0].endswith(":") and len(text) > 1 else
+            text[0] if text else "?")
+
+
+def environment(fs_kind: str) -> dict:
+    """What a reader needs to judge the figures: kernel, CPU, filesystem, tool versions, the
+    layerstore revision."""
+    from .. import __version__
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    rev = "?"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        rev = subprocess.run(["git", "-C", str(Path(__file__).resolve().parents[2]), "describe",
+                              "--always", "--dirty"], capture_output=True, text=True,
+                             timeout=10).stdout.strip() or "?"
+    mem = next((l.split()[1] for l in Path("/proc/meminfo").read_text().splitlines()
+                if l.startswith("MemTotal")), "?")
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "kernel": platform.release(), "cpu": cpu, "cores": os.cpu_count(),
+        "mem_kib": mem, "fs": fs_kind, "python": platform.python_version(),
+        "layerstore": __version__, "git": rev,
+        "versions": {
+            "tar": tool_version(["tar", "--version"]),
+            "umoci": tool_version(["umoci", "--version"]),
+            "ostree": tool_version(["ostree", "--version"]),
+            "podman": tool_version(["podman", "--version"]),
+            "containerd": tool_version(["containerd", "--version"]),
+            "runc": tool_version(["runc", "--version"]),
+            "mkfs": tool_version([f"mkfs.{fs_kind}", "-V"]),
+        },
+    }
