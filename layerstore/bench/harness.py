@@ -41,12 +41,12 @@ class Plan:
     fs: str = "ext4"
     fs_gib: int = 16
     check: bool = False
-    read_share: int = 4                         # the read list: every read_share-th file
+    read_share: int = 2                         # the read list: every read_share-th file
 
     @classmethod
     def quick(cls, **kw) -> "Plan":
         return cls(images=(1, 4), containers=(1, 4, 8), versions=5, spec=Spec.quick(),
-                   fs_gib=4, **kw)
+                   fs_gib=4, read_share=1, **kw)
 
 
 # gc must return the driver's filesystem to its baseline, but a store may keep a little
