@@ -11,8 +11,11 @@ from __future__ import annotations
 import hashlib
 import os
 import shlex
+import shutil
 import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from ..driver import Driver
 from ..system import CommandFailed, mounts_under, run
@@ -33,8 +36,10 @@ class _Containerd(Driver):
         return cls.need("containerd", "ctr")
 
     def setup(self):
-        state = self.root / "state"
-        for d in ("root", "state", "containers"):
+        # State and sockets in /run, as containerd's own default: a socket path must fit in
+        # 108 bytes, which the driver's directory may not.
+        self.state = state = Path(tempfile.mkdtemp(prefix="lsbench-ctd-", dir="/run"))
+        for d in ("root", "containers"):
             (self.root / d).mkdir(parents=True)
         self.sock = state / "containerd.sock"
         (self.root / "config.toml").write_text(f"""version = 2
@@ -115,6 +120,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             run(["umount", m], check=False)
         if getattr(self, "log", None):
             self.log.close()
+        if getattr(self, "state", None):
+            shutil.rmtree(self.state, ignore_errors=True)
 
 
 class ContainerdOverlayfs(_Containerd):
