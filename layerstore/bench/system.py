@@ -7,6 +7,7 @@ import contextlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -107,6 +108,29 @@ def page_cache_bytes() -> int:
     return 0
 
 
+def cached_bytes(root: Path) -> int:
+    """Page cache held by the regular files under root, each inode once, by fincore(1).
+    Overlay mounts below root are skipped: they are containers' views of files counted
+    where they live (bind mounts show the same inodes, counted once).  The machine's Cached
+    figure would also count what other processes read."""
+    skip = set(mounts_under(root, fstype="overlay"))
+    seen, paths = set(), []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in skip]
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode) and st.st_size and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                paths.append(p)
+    total = 0
+    for i in range(0, len(paths), 500):
+        out = subprocess.run(["fincore", "--bytes", "--noheadings", "--raw", "-o", "RES",
+                              *paths[i:i + 500]], capture_output=True, text=True).stdout
+        total += sum(int(v) for v in out.split() if v.isdigit())
+    return total
+
+
 @dataclass
 class LoopFs:
     """A fresh filesystem on a sparse file, loop-mounted with direct I/O (so the page cache
@@ -146,8 +170,9 @@ class LoopFs:
             os.close(fd)
         if self.kind == "btrfs" and settle:
             # Deleted subvolumes are freed by a cleaner thread, later.  `filesystem sync`
-            # commits and pokes the transaction thread, which wakes the cleaner; then wait.
-            for cmd in ("filesystem", "subvolume"):
+            # commits and pokes the transaction thread, which wakes the cleaner; `subvolume
+            # sync` waits for the cleaner; the last commit frees the extents it dropped.
+            for cmd in ("filesystem", "subvolume", "filesystem"):
                 subprocess.run(["btrfs", cmd, "sync", str(self.mnt)], check=False,
                                capture_output=True)
         st = os.statvfs(self.mnt)
@@ -178,14 +203,16 @@ def _syncfs(fd: int) -> None:
     ctypes.CDLL(None, use_errno=True).syncfs(fd)
 
 
-def mounts_under(path: Path) -> list[str]:
-    """Mount points at or below path, in mount order."""
+def mounts_under(path: Path, fstype: str | None = None) -> list[str]:
+    """Mount points below path (of that filesystem type when given), in mount order."""
     prefix = str(path).rstrip("/") + "/"
     out = []
     with open("/proc/self/mountinfo") as f:
         for line in f:
-            target = line.split()[4].replace("\\040", " ")
-            if target.startswith(prefix):
+            fields = line.split()
+            target = fields[4].replace("\\040", " ")
+            kind = fields[fields.index("-") + 1]
+            if target.startswith(prefix) and (fstype is None or kind == fstype):
                 out.append(target)
     return out
 
