@@ -152,6 +152,7 @@ def charts(summary: dict, out: Path, order: list[str]) -> list[Path]:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return []
     names = [n for n in order if n in summary]
@@ -170,7 +171,8 @@ def charts(summary: dict, out: Path, order: list[str]) -> list[Path]:
     for ax, (key, at, scale, title) in zip(axes.flat, metrics):
         vals = [(summary[n].get(key) or {}).get(at) for n in names]
         ys = range(len(names))
-        ax.barh(ys, [(v or 0) / scale for v in vals], color="tab:blue")
+        ax.barh(ys, [(v or 0) / scale for v in vals],
+                color=["tab:orange" if n.startswith("layerstore") else "tab:blue" for n in names])
         ax.set_yticks(list(ys), names)
         ax.invert_yaxis()
         ax.set_title(title)
@@ -204,14 +206,16 @@ def charts(summary: dict, out: Path, order: list[str]) -> list[Path]:
     ]:
         fig, ax = plt.subplots(figsize=(9, 5.5))
         any_line = False
-        for n in names:
+        for k, n in enumerate(names):
             series = summary[n].get(key)
             if not series:
                 continue
             xs = sorted(series)
+            # 12+ drivers: tab20's colours and a marker each, so no two lines look alike
             ax.plot([x + (1 if key == "chain_disk_bytes" else 0) for x in xs],
                     [(series[x] or 0) / (MB if "bytes" in key else 1) for x in xs],
-                    marker="o", label=n)
+                    marker="os^Dv<>PXph*"[k % 12], color=plt.get_cmap("tab20")(k % 20),
+                    label=n)
             any_line = True
         if not any_line:
             plt.close(fig)
@@ -225,6 +229,7 @@ def charts(summary: dict, out: Path, order: list[str]) -> list[Path]:
                     ax.plot([x + 1 for x in xs], [ref[k][x] / MB for x in xs], ls=style,
                             color="black", label=f"expected: {label}")
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(title)
         ax.grid(alpha=0.3)
