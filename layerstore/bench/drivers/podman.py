@@ -43,10 +43,10 @@ class _Podman(Driver):
                     "CONTAINERS_REGISTRIES_CONF": str(conf / "registries.conf")}
         (conf / "registries.conf").write_text("unqualified-search-registries = []\n")
 
-    def podman(self, *args) -> str:
+    def podman(self, *args, check: bool = True) -> str:
         return run(["podman", "--root", str(self.storage), "--runroot", str(self.runroot),
                     "--storage-driver", self.storage_driver, "--cgroup-manager", "cgroupfs",
-                    "--events-backend", "file", *args], env=self.env)
+                    "--events-backend", "file", *args], env=self.env, check=check)
 
     def load(self, image):
         self.podman("load", "-q", "-i", str(image.archive))
@@ -67,12 +67,11 @@ class _Podman(Driver):
         self.podman("image", "prune", "-a", "-f")
 
     def teardown(self):
-        run(["podman", "--root", str(self.storage), "--runroot", str(self.runroot),
-             "--storage-driver", self.storage_driver, "rm", "-a", "-f"], env=self.env, check=False)
-        run(["podman", "--root", str(self.storage), "--runroot", str(self.runroot),
-             "--storage-driver", self.storage_driver, "system", "reset", "-f"], env=self.env,
-            check=False)
-        shutil.rmtree(self.runroot, ignore_errors=True)
+        if hasattr(self, "env"):
+            self.podman("rm", "-a", "-f", check=False)
+            self.podman("system", "reset", "-f", check=False)
+        if hasattr(self, "runroot"):
+            shutil.rmtree(self.runroot, ignore_errors=True)
 
 
 class PodmanOverlay(_Podman):
