@@ -186,3 +186,9 @@ def test_cli_check_writes_table_summary_and_exit_status(tmp_path, capsys):
     assert set(summary["drivers"]) == {"tar"}
     assert summary["environment"]["kernel"]
     assert not list((tmp_path / "work").iterdir())          # scratch removed
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "charts: none" in out
+    else:
+        assert (tmp_path / "out" / "bars.png").read_bytes()[:4] == b"\x89PNG"

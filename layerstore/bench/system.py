@@ -159,19 +159,32 @@ class LoopFs:
 
     def usage(self, settle: bool = False) -> tuple[int, int]:
         """(bytes used, inodes used) as statfs sees them, after a syncfs (ext4 and btrfs
-        account freed space at commit).  settle: on btrfs, wait until deleted subvolumes are
-        freed too (its cleaner runs at the next commit, up to 30 s later).  btrfs has no
-        inode count (0)."""
+        account freed space at commit).  settle: wait until deleted files are freed too: xfs
+        frees their blocks from a background worker and btrfs from its cleaner thread, so
+        read until two readings 0.2 s apart agree (at most ~5 s).  btrfs has no inode count
+        (0)."""
+        if not settle:
+            return self._read(cleaner=False)
+        last = self._read(cleaner=True)
+        for _ in range(25):
+            time.sleep(0.2)
+            now = self._read(cleaner=True)
+            if now == last:
+                break
+            last = now
+        return last
+
+    def _read(self, cleaner: bool) -> tuple[int, int]:
         fd = os.open(self.mnt, os.O_RDONLY)
         try:
             os.fsync(fd)
             _syncfs(fd)
         finally:
             os.close(fd)
-        if self.kind == "btrfs" and settle:
-            # Deleted subvolumes are freed by a cleaner thread, later.  `filesystem sync`
-            # commits and pokes the transaction thread, which wakes the cleaner; `subvolume
-            # sync` waits for the cleaner; the last commit frees the extents it dropped.
+        if self.kind == "btrfs" and cleaner:
+            # `filesystem sync` commits and pokes the transaction thread, which wakes the
+            # cleaner; `subvolume sync` waits for the cleaner to drop deleted subvolumes; the
+            # last commit frees the extents it dropped.
             for cmd in ("filesystem", "subvolume", "filesystem"):
                 subprocess.run(["btrfs", cmd, "sync", str(self.mnt)], check=False,
                                capture_output=True)
