@@ -64,8 +64,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             if self.sock.exists():
                 break
             if self.proc.poll() is not None:
-                raise CommandFailed(f"containerd exited {self.proc.returncode}; see "
-                                    f"{self.root / 'containerd.log'}")
+                # the log goes with the driver's filesystem: its last lines go in the message
+                tail = (self.root / "containerd.log").read_text(errors="replace").splitlines()[-3:]
+                raise CommandFailed(f"containerd exited {self.proc.returncode}: "
+                                    + " / ".join(tail))
             time.sleep(0.05)
         plugins = self.ctr("plugins", "ls")
         line = next((l for l in plugins.splitlines()
