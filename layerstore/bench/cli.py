@@ -56,7 +56,7 @@ def bench(drivers, workloads, n_images, containers, versions, seed, fs_kind, qui
           baseline, out, work, list_only):
     """Compare container storage drivers on the same generated images, each on a fresh
     filesystem of its own: load, start, page cache, disk, isolation, gc.  Needs root."""
-    from .driver import all_drivers, resolve
+    from .driver import resolve
     from .generator import Spec
     from .harness import WORKLOADS, Harness, Plan
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import system
 from .driver import Driver
-from .generator import Generator, GenImage, Spec, generate
+from .generator import GenImage, Spec, generate
 
 WORKLOADS = ("load", "start", "chain")
 

@@ -9,7 +9,6 @@ are made."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shlex
 import shutil
 import subprocess
