@@ -392,6 +392,27 @@ class Store:
                   if m.mountpoint is not None and os.path.ismount(m.mountpoint)]
         return sorted(active, key=lambda m: m.created, reverse=True)
 
+    # ---- containerd (runtimes/snapshotter.py, runtimes/containerd.py) ------------------------
+
+    def snapshotter(self):
+        """containerd's Snapshots service over this store (runtimes/snapshotter.py; serve it
+        with runtimes.snapshotter.serve).  Needs the `containerd` extra (grpcio, protobuf).
+        Locking: each call takes what it needs: the store lock shared to build layer dirs,
+        an import's lock to ingest a committed layer, index transactions for the records."""
+        from .runtimes.snapshotter import Snapshotter
+        return Snapshotter(self._ctx, self._lock.shared, self._importing)
+
+    def containerd_load(self, ref: str, address: str, namespace: str = "default",
+                        snapshotter: str = "layerstore") -> tuple[Image, list[str]]:
+        """Registers the image with the containerd at address (manifest and config only) and
+        has snapshotter (a `layerstore snapshotter` over this store) claim its layers.
+        Returns the image and its layers' chainIDs, the names of their snapshots in
+        containerd.  Locking: index snapshots (the snapshotter takes the store lock)."""
+        from .runtimes import containerd
+        image = self.image(ref)
+        _, chains = containerd.load(self._ctx, ref, address, namespace, snapshotter)
+        return image, chains
+
     def _runtimes(self) -> list:
         """The runtimes whose containers rm and gc must respect (store/lifecycle.py)."""
         from .runtimes import overlay

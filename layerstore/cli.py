@@ -556,6 +556,41 @@ def commit(open_store, path, tags):
     image = open_store().commit(path, tags=tags)
     click.echo(" ".join([image.id, *image.tags]))
 
+# ---- containerd: the snapshotter and containerd-load (runtimes/snapshotter.py, containerd.py) ---
+
+@cli.command()
+@click.option("--address", default="/run/layerstore/snapshotter.sock", show_default=True,
+              metavar="SOCK", help="The unix socket containerd's [proxy_plugins] entry names.")
+@click.option("-v", "--verbose", count=True, help="Log claims and commits (-vv: every call).")
+@click.pass_obj
+def snapshotter(open_store, address, verbose):
+    """Serve containerd's snapshots API from the store (a proxy snapshotter plugin)."""
+    import logging
+    from .runtimes.snapshotter import serve
+    logging.basicConfig(format="layerstore snapshotter: %(levelname)s %(message)s",
+                        level={0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
+    store = open_store()
+    serve(store.snapshotter(), address,
+          ready=lambda: click.echo(f"layerstore snapshotter: serving {store.root} on {address}",
+                                   err=True))
+
+
+@cli.command("containerd-load")
+@click.argument("image")
+@click.option("--address", "-a", envvar="CONTAINERD_ADDRESS",
+              default="/run/containerd/containerd.sock", show_default=True, metavar="SOCK",
+              help="containerd's socket.")
+@click.option("--namespace", "-n", envvar="CONTAINERD_NAMESPACE", default="default",
+              show_default=True, help="containerd namespace.")
+@click.option("--snapshotter", default="layerstore", show_default=True,
+              help="The proxy plugin's name in containerd's config.")
+@click.pass_obj
+def containerd_load(open_store, image, address, namespace, snapshotter):
+    """Register an image with containerd (manifest and config only); the snapshotter serves
+    its layers from the store."""
+    img, chains = open_store().containerd_load(image, address, namespace, snapshotter)
+    click.echo(" ".join([img.id, *img.tags]))
+
 def _output(out: str):
     """A path, or standard output for "-" (never a terminal: an archive would garble it)."""
     if out != "-":

@@ -53,10 +53,11 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 from dataclasses import asdict
 
 from .. import _native, errors
-from .._model import EntryType, Image, Mount
+from .._model import EntryType, Image, Layer, Mount
 from ..errors import MountError
 from ..store import pipeline
 from ..store.checkout import checkout, plan, remove_tree
@@ -588,7 +589,7 @@ def write_changeset(upper: str, out) -> int:
     spec asks whiteouts before their siblings).  Returns the number of entries."""
     count = 0
     seen: dict[tuple[int, int], str] = {}
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT, encoding="utf-8",
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT, encoding="utf-8",
                       errors="surrogateescape") as tf:
         def add(ti, f=None):
             nonlocal count
@@ -663,17 +664,39 @@ def write_changeset(upper: str, out) -> int:
     return count
 
 
+def import_changeset(ctx: Context, job: pipeline.Job, upper: str) -> Layer:
+    """Ingests the upper dir as a layer (write_changeset), streamed: tarfile writes it into a
+    pipe on a thread of its own while the C ingest reads the other end, so the two overlap
+    and no copy of the layer lands on disk (containerd's unpacks through the snapshotter
+    commit whole layers this way)."""
+    r, w = os.pipe()
+    failed: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with open(w, "wb", buffering=1 << 20) as out:
+                write_changeset(upper, out)
+        except BrokenPipeError:
+            pass        # the import stopped reading: its own error is the one to report
+        except BaseException as exc:    # noqa: BLE001 - handed to the importing thread
+            failed.append(exc)
+
+    writer = threading.Thread(target=produce, name="changeset", daemon=True)
+    writer.start()
+    try:
+        with open(r, "rb") as stream:
+            layer = pipeline.import_layer(ctx, job, stream)
+    finally:
+        writer.join()       # the read end is closed: a blocked writer gets EPIPE and ends
+    if failed:      # the tar was cut short, whatever the ingest made of it
+        raise failed[0]
+    return layer
+
+
 def commit(ctx: Context, job: pipeline.Job, m: Mount, tags=()) -> Image:
     """See Store.commit; the caller holds the store lock shared for the import (job)."""
     config = ctx.config(m.image)
-    tmpdir = os.path.join(ctx.root, "tmp")
-    os.makedirs(tmpdir, mode=0o700, exist_ok=True)
-    # A temporary file, not a pipe to the import: tarfile and the C ingest would need a
-    # thread between them, and the changeset is usually small.
-    with tempfile.TemporaryFile(dir=tmpdir) as f:
-        write_changeset(m.upper, f)
-        f.seek(0)
-        layer = pipeline.import_layer(ctx, job, f)
+    layer = import_changeset(ctx, job, m.upper)
     now = _now()
     config = dict(config)
     config["created"] = now

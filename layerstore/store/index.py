@@ -228,6 +228,14 @@ class Index:
         """Every pin: its name -> the diffIDs it holds, bottom first."""
         return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self.db["pins"])}
 
+    def snapshot(self, txn, key: str) -> dict | None:
+        """A containerd snapshot's record (runtimes/snapshotter.py), by its backend key."""
+        raw = txn.get(key.encode(), db=self.db["snapshots"])
+        return json.loads(raw) if raw is not None else None
+
+    def snapshots(self, txn) -> dict[str, dict]:
+        return {k.decode(): json.loads(v) for k, v in txn.cursor(db=self.db["snapshots"])}
+
     def repo_digests(self, txn, image_id: str) -> list[str]:
         """Every "domain/path@sha256:..." an image was pulled as, sorted."""
         want = image_id.encode()
@@ -287,6 +295,12 @@ class Index:
     def unpin(self, txn, name: str) -> bool:
         """Drops a pin; False when there was none."""
         return txn.delete(name.encode(), db=self.db["pins"])
+
+    def put_snapshot(self, txn, key: str, rec: dict) -> None:
+        txn.put(key.encode(), _dumps(rec), db=self.db["snapshots"])
+
+    def delete_snapshot(self, txn, key: str) -> None:
+        txn.delete(key.encode(), db=self.db["snapshots"])
 
     def add_repo_digest(self, txn, ref: str, image_id: str) -> None:
         """ref ("domain/path@sha256:...") names image_id from now on (a later pull of the same
