@@ -861,6 +861,12 @@ def du(open_store, as_json):
                f"({_human_size(r.object_bytes)} objects + {_human_size(r.index_bytes)} index), "
                f"dedup ratio {r.dedup_ratio:.2f}, {r.objects} objects, {r.inodes} inodes")
 
+# ---- layerstore bench (layerstore/bench/): the storage-driver harness ------------------------
+from .bench.cli import bench  # noqa: E402
+
+cli.add_command(bench)
+
+
 def _message(exc: Exception) -> str:
     """The error line's text: an OSError's own words, without Python's "[Errno N]" prefix."""
     if isinstance(exc, OSError) and exc.strerror:
