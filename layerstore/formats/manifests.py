@@ -238,6 +238,38 @@ def plan_manifest(data: bytes, digest: str, media_type: str | None, read_config,
                      media_type or manifest.get("mediaType"), source_format, platform)
 
 
+def choose_manifests(index: dict, platform: str | None, all_platforms: bool,
+                     where: str) -> list[tuple[dict, str | None]]:
+    """The entries of an image index (a registry's; nested indexes are not followed) to
+    pull: (descriptor, platform) for the platform asked for (default this machine's), the
+    best match as containerd picks it, or every image with all_platforms.  Attestations and
+    entries that are no image manifest are skipped; PlatformMismatch names what there is."""
+    _expect(isinstance(index.get("manifests"), list), f"index {where} has no manifests list")
+    want = platform or host_platform()
+    found, seen = [], []
+    for desc in index["manifests"]:
+        if not isinstance(desc, dict) or is_attestation(desc):
+            continue
+        if desc.get("mediaType") not in MANIFEST_TYPES:
+            continue
+        check_digest(desc.get("digest"), "manifest digest")
+        plat = platform_of(desc.get("platform"))
+        if plat is not None:
+            seen.append(plat)
+            if not all_platforms and not platform_matches(plat, want):
+                continue
+        found.append((index, desc, None, plat))
+    if not found:
+        if seen:
+            raise errors.PlatformMismatch(
+                f"{where} has no image for platform {want} (it has: "
+                f"{', '.join(sorted(set(seen)))}); choose one with --platform")
+        raise errors.UnsupportedManifest(f"index {where} names no image manifest")
+    if not all_platforms:
+        found = _best_for_platform(found, want)[:1]
+    return [(desc, plat) for _, desc, _, plat in found]
+
+
 def plan_oci_layout(files: ArchiveFiles, platform: str | None,
                     all_platforms: bool) -> list[ImagePlan]:
     if files.has("oci-layout"):
