@@ -44,7 +44,9 @@ def _umoci_tree(host: str, ref: str, tmp_path, platform: str | None = None,
     layout, bundle = tmp_path / "umoci-layout", tmp_path / "umoci-bundle"
     shutil.rmtree(layout, ignore_errors=True)
     shutil.rmtree(bundle, ignore_errors=True)
-    args = ["skopeo", "copy", "-q", "--src-tls-verify=false"]
+    # gzip layers: umoci 0.4 cannot unpack zstd ones.
+    args = ["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-compress",
+            "--dest-compress-format", "gzip"]
     if platform:
         os_, arch, *variant = platform.split("/")
         args += ["--override-os", os_, "--override-arch", arch]
