@@ -25,11 +25,14 @@ class Blob:
     give it (an archive path, a digest), and a reader of its bytes as stored - compressed or
     not, the import sniffs which - after head, its first bytes if the source has read them
     already.  The import reads the reader to its end before it takes the next blob from the
-    same thread."""
+    same thread.  digest: set by a source whose reader verifies the blob itself (a
+    registry's: the read that completes it raises DigestMismatch otherwise), which the
+    import then does not hash again."""
 
     key: str
     reader: BinaryIO
     head: bytes = b""
+    digest: str | None = None
 
 
 class Source(Protocol):

@@ -66,6 +66,8 @@ class _Tracked(Reader):
 
     def read(self, n: int = -1) -> bytes:
         layer, reader = self.layer, self.layer.reader
+        if reader.closed:
+            return b""
         data = reader.read(n)
         layer.bytes = reader.bytes_received
         if not data:
@@ -148,7 +150,7 @@ class RegistrySource:
             with self._lock:
                 self._open.append(layer.reader)
             layer.action = "downloading"
-            yield Blob(layer.digest, _Tracked(layer))
+            yield Blob(layer.digest, _Tracked(layer), digest=layer.digest)
 
     def close(self) -> None:
         with self._lock:

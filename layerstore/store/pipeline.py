@@ -236,7 +236,8 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
         head += blob.reader.read(512 - len(head))
     kind = sniff(head)
     compression = kind if kind in ("gzip", "zstd") else "tar"
-    counted = Counting(Prefixed(head, blob.reader), hash_it=compression != "tar")
+    counted = Counting(Prefixed(head, blob.reader),
+                       hash_it=compression != "tar" and blob.digest is None)
     reader = decompressed(counted, compression)
     emit(LayerStarted(blob.key))
     try:
@@ -250,7 +251,14 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
             raise
         raise errors.CorruptArchive(f"layer {blob.key}: cannot decompress its {compression} "
                                     f"stream: {exc}") from None
-    digest = "sha256:" + counted.sha.hexdigest() if counted.sha is not None else None
+    if counted.sha is not None:
+        digest = "sha256:" + counted.sha.hexdigest()
+    else:
+        # Verified by the source's reader, once read to its end (past any bytes after the
+        # compressed stream, which the size check then counts).
+        while counted.read(CHUNK):
+            pass
+        digest = blob.digest if compression != "tar" else None
     emit(LayerRead(blob.key, BlobInfo(compression, digest, counted.count)))
 
 
