@@ -293,7 +293,7 @@ class _PullDisplay:
 @click.option("--platform", metavar="OS/ARCH[/VARIANT]", callback=_platform,
               help="Image of a multi-platform index to pull (default: this machine's).")
 @click.option("--all-platforms", is_flag=True, help="Pull every image of an index.")
-@click.option("-j", "--jobs", type=click.IntRange(1, 32), default=3, show_default=True,
+@click.option("-j", "--jobs", type=click.IntRange(1, 8), default=3, show_default=True,
               help="Layers downloaded side by side.")
 @registry_options
 @click.option("-q", "--quiet", is_flag=True, help="No progress; print only the image IDs.")

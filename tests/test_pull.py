@@ -148,6 +148,16 @@ def test_artifacts_and_schema_1_are_refused(open_registry, proxy, tmp_path):
         assert store.images() == []
 
 
+def test_a_head_without_a_digest_falls_back_to_a_get_of_the_tag(open_registry, proxy, seed,
+                                                                tmp_path):
+    proxy.add(Fault("status", "HEAD", "/manifests/v2s2", status=200,
+                    headers={"Content-Length": "0"}))
+    with Store(tmp_path / "s") as store:
+        (image,) = store.pull(f"{proxy.host}/seed/app:v2s2")
+        assert image.repo_digests == (f"{proxy.host}/seed/app@{seed.app_v2s2_digest}",)
+    assert [e["method"] for e in proxy.log if "/manifests/" in e["path"]] == ["HEAD", "GET"]
+
+
 def test_a_manifest_whose_bytes_are_not_its_digest_is_refused(open_registry, proxy, tmp_path):
     proxy.add(Fault("body", "GET", "/manifests/sha256:", body=b'{"schemaVersion": 2}'))
     with Store(tmp_path / "s") as store:
@@ -171,6 +181,20 @@ def test_second_pull_is_one_manifest_request_and_no_blob_request(open_registry, 
         proxy.log.clear()
         store.pull(f"{proxy.host}/seed/app:oci")
         assert _manifest_and_blob_requests(proxy.log)[1] == 0, proxy.log
+
+
+def test_removing_the_image_drops_the_index_bytes_kept_for_it(open_registry, seed, tmp_path):
+    from helpers import context
+    with Store(tmp_path / "s") as store:
+        (image,) = store.pull(f"{open_registry.host}/seed/multi", platform="linux/arm64")
+        index = context(store).index
+        with index.read() as txn:
+            assert index.metadata(txn, seed.index_digest) is not None
+        store.remove(image.id)
+        with index.read() as txn:
+            assert index.metadata(txn, seed.index_digest) is None
+        store.gc()
+        assert store.fsck() == []
 
 
 def test_blob_locations_are_recorded_for_blobs_the_store_holds(open_registry, seed, tmp_path):
@@ -287,8 +311,10 @@ def test_a_blob_that_is_not_its_digest_commits_nothing(open_registry, proxy, see
 
 def test_sigkill_mid_download_then_pull_again(open_registry, proxy, seed, tmp_path):
     digest, _ = _layer(seed)
-    hold = proxy.add(Fault("hold", "GET", f"/blobs/{digest}", after=400_000))
     root = tmp_path / "s"
+    with Store(root) as store:
+        (before,) = store.pull(f"{open_registry.host}/seed/multi", platform="linux/amd64")
+    hold = proxy.add(Fault("hold", "GET", f"/blobs/{digest}", after=400_000))
     proc = subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(root), "pull",
                              f"{proxy.host}/seed/app:v2s2"], env=python_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -302,12 +328,14 @@ def test_sigkill_mid_download_then_pull_again(open_registry, proxy, seed, tmp_pa
             proc.kill()
             proc.wait()
     with Store(root) as store:
-        assert store.images() == []
+        assert [i.id for i in store.images()] == [before.id]      # nothing lost, nothing half
         assert all(p.garbage for p in store.fsck())
         (image,) = store.pull(f"{proxy.host}/seed/app:v2s2")
         store.gc()
         assert store.fsck() == []
         _check(store, image, open_registry.host, "seed/app:v2s2", tmp_path)
+        _check(store, before, open_registry.host, "seed/multi", tmp_path,
+               platform="linux/amd64")
 
 
 # ---- the command ----------------------------------------------------------------------------

@@ -106,11 +106,17 @@ class RegistrySource:
         ref = self.ref
         if self.top is None:
             if ref.digest is not None:
-                digest, media_type = ref.digest, None
+                self.top = self._manifest(ref.digest, None)
             else:
-                head = self.client.head_manifest(ref.path, ref.tag)
-                digest, media_type = head.digest, head.media_type
-            self.top = self._manifest(digest, media_type)
+                try:
+                    head = self.client.head_manifest(ref.path, ref.tag)
+                except errors.RegistryError as exc:
+                    if type(exc) is not errors.RegistryError:
+                        raise
+                    # A registry whose HEAD says no digest (or refuses HEAD): GET the tag.
+                    self.top = self.client.get_manifest(ref.path, ref.tag)
+                else:
+                    self.top = self._manifest(head.digest, head.media_type)
         top = self.top
         if top.is_index:
             chosen = [(self._manifest(desc["digest"], desc.get("mediaType")), plat)
