@@ -374,3 +374,13 @@ def test_cli_pull_errors_are_one_line(open_registry, tmp_path, monkeypatch):
     assert rc == 1 and err.startswith("layerstore: error: ") and err.count("\n") == 1
     rc, _, err = invoke("pull", "Bad Reference")
     assert rc == 1 and "invalid reference" in err
+
+
+def test_cli_pull_takes_the_registry_flags(htpasswd_registry, seed, tmp_path):
+    root = tmp_path / "s"
+    ref = f"{htpasswd_registry.host}/seed/app:oci"
+    err = run(root, "pull", ref, check=False)
+    assert err.returncode == 1 and b"needs credentials" in err.stderr
+    assert PASSWORD.encode() not in err.stderr
+    out = run(root, "pull", "-q", "--creds", f"{USER}:{PASSWORD}", ref).stdout.decode()
+    assert out.split() == [seed.app.config_digest]

@@ -1,5 +1,5 @@
 """What an import reads: the Source interface every place images come from implements (the
-archive sources in formats/archive.py today; a registry tomorrow), the Blob a source hands
+archive sources in formats/archive.py, and registry/pull.py's), the Blob a source hands
 over for each layer, and the byte-level helpers they share: telling a blob's kind from its
 first bytes, and decompressing it with bounded output.
 """
