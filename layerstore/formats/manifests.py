@@ -250,8 +250,8 @@ def choose_manifests(index: dict, platform: str | None, all_platforms: bool,
     for desc in index["manifests"]:
         if not isinstance(desc, dict) or is_attestation(desc):
             continue
-        if desc.get("mediaType") not in MANIFEST_TYPES:
-            continue
+        if desc.get("mediaType") not in MANIFEST_TYPES and desc.get("mediaType") is not None:
+            continue        # a nested index, an artifact; none: the manifest's own says
         check_digest(desc.get("digest"), "manifest digest")
         plat = platform_of(desc.get("platform"))
         if plat is not None:
@@ -265,8 +265,8 @@ def choose_manifests(index: dict, platform: str | None, all_platforms: bool,
                 f"{where} has no image for platform {want} (it has: "
                 f"{', '.join(sorted(set(seen)))}); choose one with --platform")
         raise errors.UnsupportedManifest(f"index {where} names no image manifest")
-    if not all_platforms:
-        found = _best_for_platform(found, want)[:1]
+    if not all_platforms:       # one image: a platform's best match before an entry with none
+        found = sorted(_best_for_platform(found, want), key=lambda f: f[3] is None)[:1]
     return [(desc, plat) for _, desc, _, plat in found]
 
 
