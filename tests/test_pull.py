@@ -384,3 +384,34 @@ def test_cli_pull_takes_the_registry_flags(htpasswd_registry, seed, tmp_path):
     assert PASSWORD.encode() not in err.stderr
     out = run(root, "pull", "-q", "--creds", f"{USER}:{PASSWORD}", ref).stdout.decode()
     assert out.split() == [seed.app.config_digest]
+
+
+def test_choose_manifests_as_containerd_picks():
+    from layerstore.formats.manifests import choose_manifests
+    mt = "application/vnd.oci.image.manifest.v1+json"
+
+    def entry(n, plat=None, **kw):
+        d = {"mediaType": mt, "digest": "sha256:" + f"{n:x}" * 64, "size": 1, **kw}
+        if plat:
+            os_, arch, *v = plat.split("/")
+            d["platform"] = {"os": os_, "architecture": arch, **({"variant": v[0]} if v else {})}
+        return d
+
+    index = {"manifests": [
+        entry(1, "unknown/unknown"),
+        entry(2, "linux/arm/v6"),
+        entry(3, "linux/arm/v7", mediaType=None),
+        entry(4, "linux/amd64", annotations={
+            "vnd.docker.reference.type": "attestation-manifest"}),
+        entry(5, "linux/amd64"),
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": "sha256:" + "6" * 64},
+    ]}
+    pick = lambda p, a=False: [(d["digest"][7], pl) for d, pl in  # noqa: E731
+                               choose_manifests(index, p, a, "x")]
+    assert pick("linux/arm/v7") == [("3", "linux/arm/v7")]
+    assert pick("linux/arm/v6") == [("2", "linux/arm/v6")]
+    assert pick("linux/arm64") == [("3", "linux/arm/v7")]     # arm64 runs arm/v7 first
+    assert pick("linux/amd64") == [("5", "linux/amd64")]
+    assert [d for d, _ in pick("linux/amd64", True)] == ["2", "3", "5"]
+    with pytest.raises(errors.PlatformMismatch):
+        pick("linux/s390x")
