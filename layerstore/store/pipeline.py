@@ -251,10 +251,9 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
             raise
         raise errors.CorruptArchive(f"layer {blob.key}: cannot decompress its {compression} "
                                     f"stream: {exc}") from None
-    if counted.sha is not None:
-        digest = "sha256:" + counted.sha.hexdigest()
-    else:
-        # Verified by the source's reader, once read to its end (past any bytes after the
+    digest = "sha256:" + counted.sha.hexdigest() if counted.sha is not None else None
+    if blob.digest is not None:
+        # Verified by the source's reader once read to its end (past any bytes after the
         # compressed stream, which the size check then counts).
         while counted.read(CHUNK):
             pass
