@@ -13,8 +13,8 @@ callback, and errors.  The subpackages are the implementation (store/, formats/,
 
 from . import errors
 from ._model import (CheckoutResult, DiffResult, DuResult, Entry, EntryType, GcResult,
-                     HistoryEntry, Image, ImageUsage, IngestStats, InspectResult, Layer, Mount,
-                     Problem, Progress, PushedBlob, PushProgress, PushResult)
+                     HistoryEntry, Image, ImageUsage, IngestStats, InspectResult, Layer, LayerPull,
+                     Mount, Problem, Progress, PullProgress, PushedBlob, PushProgress, PushResult)
 from ._store import Store, default_root
 from ._version import __version__
 
@@ -31,9 +31,11 @@ __all__ = [
     "IngestStats",
     "InspectResult",
     "Layer",
+    "LayerPull",
     "Mount",
     "Problem",
     "Progress",
+    "PullProgress",
     "PushProgress",
     "PushResult",
     "PushedBlob",

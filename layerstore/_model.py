@@ -82,6 +82,7 @@ class Image:
     size: int               # logical bytes of regular files over its layers
     platform: str | None
     source_format: str
+    repo_digests: tuple[str, ...] = ()  # "domain/path@sha256:...": what a pull got it by
 
     @property
     def short_id(self) -> str:
@@ -139,6 +140,33 @@ class Progress:
     bytes_total: int | None
     items_done: int
     items_total: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LayerPull:
+    """One layer of a pull as it stands.  action: "skipped" (stored already: by its diffID,
+    or by its blob digest), "waiting", "downloading" or "downloaded"; bytes: blob bytes
+    received (a resumed download counts each byte once, a restarted one twice); requests:
+    the blob GETs sent (resumes included)."""
+
+    digest: str
+    diff_id: str
+    size: int | None
+    action: str
+    bytes: int = 0
+    requests: int = 0
+    resumes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class PullProgress(Progress):
+    """What Store.pull's progress callback receives: Progress over the blobs downloaded
+    (bytes of the blobs, files ingested), with every layer's state and the HTTP requests
+    sent so far (manifests, configs, tokens and blobs)."""
+
+    layers: tuple[LayerPull, ...] = ()
+    requests: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -144,6 +144,51 @@ class Store:
         import_layer).  Locking: one index write transaction."""
         return pipeline.add_image(self._ctx, config, tags, manifest, manifest_media_type)
 
+    def pull(self, ref: str, platform: str | None = None, all_platforms: bool = False,
+             jobs: int = 3, registry=None,
+             progress: Callable[[Progress], None] | None = None) -> list[Image]:
+        """Pulls an image from a registry (OCI distribution, Docker Hub first): ref as Docker
+        reads it ("python" is docker.io/library/python:latest; name@sha256:... pins a
+        digest).  An index yields the image for platform (default this machine's), or every
+        image with all_platforms; the tag names the one for the platform wanted.  Layers the
+        store holds (by diffID, or by a blob digest pulled before) are not downloaded; the
+        others download jobs at a time, each streamed into the store as it arrives.
+        registry: a registry.RegistryOptions (credentials, TLS).  progress receives
+        PullProgress: blob bytes downloaded of those to download, files ingested, and each
+        layer's state.
+
+        Every digest is verified (manifest, config, blob, diffID); on any error nothing is
+        committed.  The commit also records the digests the images were pulled as
+        (`name@sha256:...` then names them) and where each blob was seen.
+        Locking: the store lock shared, as import_archive."""
+        from .formats.reference import parse_reference
+        from .registry import RegistryOptions
+        from .registry.pull import RegistrySource
+        reference = parse_reference(ref)
+        if platform is not None:
+            platform = parse_platform(platform)
+        options = registry if registry is not None else RegistryOptions()
+        with options.client(reference.domain) as client:
+            src = RegistrySource(client, reference, self._ctx, jobs)
+            last = Progress(0, None, 0)
+
+            def report(p: Progress) -> None:
+                nonlocal last
+                last = p
+                progress(src.progress(p))
+
+            try:
+                with self._importing() as job:
+                    images = pipeline.import_archive(self._ctx, job, src, platform,
+                                                     all_platforms, [],
+                                                     report if progress else None,
+                                                     record=src.record)
+            finally:
+                src.close()
+            if progress is not None:     # every layer's final state
+                progress(src.progress(last))
+        return [self.image(i.id) for i in images]      # with the digests recorded
+
     @contextmanager
     def _importing(self) -> Iterator[pipeline.Job]:
         """The store lock, shared, for the length of an import, and the import's Job: a marker
@@ -174,14 +219,19 @@ class Store:
         ctx = self._ctx
         with ctx.index.read() as txn:
             recs = sorted(ctx.index.images(txn), key=lambda r: -r.imported)
-            return [image_of(r, ctx.platform(txn, r)) for r in recs]
+            pulled: dict[str, list[str]] = {}
+            for k, v in ctx.index.rows(txn, "repo_digests"):
+                pulled.setdefault(v.decode(), []).append(k.decode())
+            return [image_of(r, ctx.platform(txn, r), sorted(pulled.get(r.id, ())))
+                    for r in recs]
 
     def image(self, ref: str) -> Image:
         """The image a tag, an id or a unique id prefix (12+ hex digits) names.  Locking: a
         snapshot."""
         with self._ctx.index.read() as txn:
             rec = self._ctx.resolve(txn, ref)
-            return image_of(rec, self._ctx.platform(txn, rec))
+            return image_of(rec, self._ctx.platform(txn, rec),
+                            self._ctx.index.repo_digests(txn, rec.id))
 
     def tag(self, source: str, target: str) -> Image:
         """Tags an image, as `docker tag SOURCE TARGET`: source names it (a tag, an id or a

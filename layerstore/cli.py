@@ -136,7 +136,8 @@ def _inspect_json(r) -> dict:
     """An InspectResult as `inspect` prints it (Docker's field names where Docker has them)."""
     image = r.image
     return {
-        "Id": image.id, "RepoTags": list(image.tags), "Created": image.created,
+        "Id": image.id, "RepoTags": list(image.tags), "RepoDigests": list(image.repo_digests),
+        "Created": image.created,
         "Platform": image.platform, "Size": image.size, "SourceFormat": image.source_format,
         "Config": r.config, "Manifest": r.manifest,
         "Layers": [{"DiffID": l.diff_id, "Entries": l.entries, "Files": l.files,
@@ -241,13 +242,102 @@ def import_(open_store, path, tags, platform, all_platforms, as_json):
             click.echo(" ".join([image.id, *image.tags]))
 
 
+class _PullDisplay:
+    """Pull progress on a terminal's stderr, one line per layer as skopeo shows it (already
+    stored, or bytes, rate and a bar), redrawn in place; nothing when stderr is not a
+    terminal or with --quiet or --json.  last keeps the latest report (for --json)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.last = None
+        self.drawn = 0
+        self.when = 0.0
+
+    def __call__(self, p) -> None:
+        self.last = p
+        now = time.monotonic()
+        if not self.enabled or now - self.when < 0.1:
+            return
+        self.when = now
+        self._draw(p)
+
+    def _draw(self, p) -> None:
+        lines = []
+        for layer in p.layers:
+            head = f"blob {layer.digest.split(':')[-1][:12]}"
+            if layer.action == "skipped":
+                lines.append(f"{head}  skipped: already stored")
+                continue
+            size = layer.size or 0
+            frac = min(layer.bytes / size, 1.0) if size else 0.0
+            bar = f"[{'=' * int(frac * 30):<30}]"
+            amount = f"{_human_size(layer.bytes)} / {_human_size(size)}"
+            if layer.action == "downloaded":
+                rate = layer.bytes / layer.seconds if layer.seconds else 0
+                lines.append(f"{head}  {bar} {amount}  {_human_size(rate)}/s  done")
+            else:
+                lines.append(f"{head}  {bar} {amount}  {layer.action}")
+        out = ("\x1b[{}A".format(self.drawn) if self.drawn else "") + \
+            "".join(f"\r{line}\x1b[K\n" for line in lines)
+        self.drawn = len(lines)
+        sys.stderr.write(out)
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.last is not None:
+            self._draw(self.last)
+
+
+@cli.command()
+@click.argument("reference", metavar="REF")
+@click.option("--platform", metavar="OS/ARCH[/VARIANT]", callback=_platform,
+              help="Image of a multi-platform index to pull (default: this machine's).")
+@click.option("--all-platforms", is_flag=True, help="Pull every image of an index.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 8), default=3, show_default=True,
+              help="Layers downloaded side by side.")
+@registry_options
+@click.option("-q", "--quiet", is_flag=True, help="No progress; print only the image IDs.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the images and, per layer, what was done (skipped, downloaded), "
+                   "bytes and requests, as JSON.")
+@click.pass_obj
+def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, as_json):
+    """Pull an image from a registry (Docker Hub unless REF names another: python,
+    quay.io/org/app:1, localhost:5000/app@sha256:...).  Layers the store holds are not
+    downloaded; the others stream into the store as they arrive, every digest verified."""
+    store = open_store()
+    display = _PullDisplay(enabled=not (quiet or as_json))
+    try:
+        images = store.pull(reference, platform=platform, all_platforms=all_platforms,
+                            jobs=jobs, registry=registry, progress=display)
+    finally:
+        display.done()
+    if as_json:
+        p = display.last
+        click.echo(json.dumps({
+            "images": [_image_json(i) for i in images],
+            "layers": [{"digest": layer.digest, "diffID": layer.diff_id, "size": layer.size,
+                        "action": layer.action, "bytes": layer.bytes,
+                        "requests": layer.requests, "resumes": layer.resumes,
+                        "seconds": round(layer.seconds, 3)} for layer in p.layers],
+            "requests": p.requests}, indent=2))
+    elif quiet:
+        for image in images:
+            click.echo(image.id)
+    else:
+        for image in images:
+            click.echo(" ".join([image.id, *image.tags]))
+
+
 @cli.command()
 @click.argument("reference", metavar="[REPOSITORY[:TAG]]", required=False)
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Show whole image IDs (sha256:...).")
+@click.option("--digests", is_flag=True,
+              help="Show the digest each image was pulled as (name@sha256:...).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
-def images(open_store, reference, quiet, no_trunc, as_json):
+def images(open_store, reference, quiet, no_trunc, digests, as_json):
     """List the images in the store, one row per tag; with REPOSITORY[:TAG], only the tags
     that match it, as docker images ("app", "app:1", "docker.io/library/app"; * ? [...]
     match within one path component)."""
@@ -259,7 +349,8 @@ def images(open_store, reference, quiet, no_trunc, as_json):
                  for i in found]
         found = [i for i in found if i.tags]
     if as_json:
-        click.echo(json.dumps([_image_json(i) for i in found], indent=2))
+        click.echo(json.dumps([{**_image_json(i), "digests": list(i.repo_digests)}
+                               if digests else _image_json(i) for i in found], indent=2))
         return
     rows = [("REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE")]
     for image in found:
@@ -271,7 +362,18 @@ def images(open_store, reference, quiet, no_trunc, as_json):
         for r in rows[1:]:
             click.echo(r[2])
         return
+    if digests:     # as docker images --digests: the digest pulled for the row's repository
+        by_id = {i.id: i for i in found}
+        ids = [i.id for i in found for _ in (i.tags or (None,))]
+        rows = [rows[0][:2] + ("DIGEST",) + rows[0][2:]] + [
+            r[:2] + (_repo_digest(by_id[i], r[0]),) + r[2:] for r, i in zip(rows[1:], ids)]
     _table(rows)
+
+
+def _repo_digest(image, repo: str) -> str:
+    """The digest image was pulled as from repo (the newest recorded), else <none>."""
+    mine = [d.rpartition("@")[2] for d in image.repo_digests if d.rpartition("@")[0] == repo]
+    return mine[-1] if mine else "<none>"
 
 
 @cli.command()

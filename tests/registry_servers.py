@@ -13,7 +13,8 @@ pull and push.
 - FaultProxy: an HTTP proxy in front of a registry that logs each request and, for requests
   that match a rule, answers a status of its own (429 + Retry-After, 5xx, 416, 401),
   resets the connection after N bytes of the body, forwards without the Range header (a
-  server that ignores Range), replaces the body, or sets headers.
+  server that ignores Range), replaces the body, sets headers, or holds an answer after N
+  bytes of its body until the test releases it (a download caught mid-way).
 - Seeds: small images built here as OCI layouts and pushed with `skopeo copy` (Docker v2
   schema 2 and OCI), a two-platform index with a BuildKit-style attestation entry and an OCI
   artifact pushed by hand; corpus images as Docker gzip and OCI zstd (slow: marked so).
@@ -388,7 +389,9 @@ class Fault:
     forward is true, so the registry did act on it); "reset" forwards and cuts the
     connection after `after` bytes of the answer's body; "ignore_range" forwards without the
     Range header; "headers" forwards and sets headers of the answer; "body" forwards and
-    replaces the answer's body (keeping status and the other headers).
+    replaces the answer's body (keeping status and the other headers); "hold" forwards,
+    sends `after` bytes of the body, sets held and waits (up to a minute) for release
+    before sending the rest.
     """
 
     kind: str
@@ -400,6 +403,8 @@ class Fault:
     body: bytes = b""
     after: int = 0
     forward: bool = False
+    held: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
 
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
@@ -486,6 +491,17 @@ class FaultProxy(ThreadServer):
                 return self._send(h, resp.status, out, [data])
             if fault and fault.kind == "reset":
                 return self._reset(h, resp, out, fault.after)
+            if fault and fault.kind == "hold":
+                first = resp.read(fault.after)
+
+                def held():
+                    yield first
+                    h.wfile.flush()
+                    fault.held.set()
+                    fault.release.wait(60)
+                    yield from iter(lambda: resp.read(64 << 10), b"")
+
+                return self._send(h, resp.status, out, held())
             return self._send(h, resp.status, out, iter(lambda: resp.read(64 << 10), b""))
         finally:
             conn.close()

@@ -205,6 +205,71 @@ def _best_for_platform(found: list, want: str) -> list:
             if plat is None or platform_rank(plat, want) == best[image(top, desc)]]
 
 
+def plan_manifest(data: bytes, digest: str, media_type: str | None, read_config, *,
+                  member=blob_name, tags=(), platform: str | None = None,
+                  source_format: str = "oci") -> ImagePlan:
+    """An image manifest (OCI or Docker schema 2; data its raw bytes, digest what they were
+    verified against) as an ImagePlan: the config read by read_config(descriptor) and checked
+    against the descriptor's digest, one LayerRef per layer with the config's diffID,
+    member(blob digest) naming the layer blob.  platform: as the index entry names it, else
+    the config's."""
+    manifest = _json(data, f"manifest {digest}")
+    _expect(isinstance(manifest, dict), f"manifest {digest} is not a JSON object")
+    cdesc = manifest.get("config")
+    _expect(isinstance(cdesc, dict) and isinstance(manifest.get("layers"), list),
+            f"manifest {digest} lacks config or layers")
+    config_data = read_config(cdesc)
+    config_name = f"blob {cdesc.get('digest')}"
+    config_digest, config = parse_config(config_data, config_name,
+                                         check_digest(cdesc.get("digest"), "config digest"))
+    diff_ids = _diff_ids(config, config_name, manifest["layers"], f"manifest {digest}")
+    layers = []
+    for ldesc, diff_id in zip(manifest["layers"], diff_ids):
+        _expect(isinstance(ldesc, dict), "layer descriptor is not an object")
+        ldigest = check_digest(ldesc.get("digest"), "layer digest")
+        size = ldesc.get("size")
+        _expect(size is None or (isinstance(size, int) and size >= 0),
+                f"layer {ldigest} has an invalid size")
+        layers.append(LayerRef(member(ldigest), diff_id, ldigest, size, ldesc.get("mediaType")))
+    if platform is None:
+        platform = platform_of({"os": config.get("os"), "architecture":
+                                config.get("architecture"), "variant": config.get("variant")})
+    return ImagePlan(config_data, config_digest, layers, list(tags), data, digest,
+                     media_type or manifest.get("mediaType"), source_format, platform)
+
+
+def choose_manifests(index: dict, platform: str | None, all_platforms: bool,
+                     where: str) -> list[tuple[dict, str | None]]:
+    """The entries of an image index (a registry's; nested indexes are not followed) to
+    pull: (descriptor, platform) for the platform asked for (default this machine's), the
+    best match as containerd picks it, or every image with all_platforms.  Attestations and
+    entries that are no image manifest are skipped; PlatformMismatch names what there is."""
+    _expect(isinstance(index.get("manifests"), list), f"index {where} has no manifests list")
+    want = platform or host_platform()
+    found, seen = [], []
+    for desc in index["manifests"]:
+        if not isinstance(desc, dict) or is_attestation(desc):
+            continue
+        if desc.get("mediaType") not in MANIFEST_TYPES and desc.get("mediaType") is not None:
+            continue        # a nested index, an artifact; none: the manifest's own says
+        check_digest(desc.get("digest"), "manifest digest")
+        plat = platform_of(desc.get("platform"))
+        if plat is not None:
+            seen.append(plat)
+            if not all_platforms and not platform_matches(plat, want):
+                continue
+        found.append((index, desc, None, plat))
+    if not found:
+        if seen:
+            raise errors.PlatformMismatch(
+                f"{where} has no image for platform {want} (it has: "
+                f"{', '.join(sorted(set(seen)))}); choose one with --platform")
+        raise errors.UnsupportedManifest(f"index {where} names no image manifest")
+    if not all_platforms:       # one image: a platform's best match before an entry with none
+        found = sorted(_best_for_platform(found, want), key=lambda f: f[3] is None)[:1]
+    return [(desc, plat) for _, desc, _, plat in found]
+
+
 def plan_oci_layout(files: ArchiveFiles, platform: str | None,
                     all_platforms: bool) -> list[ImagePlan]:
     if files.has("oci-layout"):
@@ -251,36 +316,15 @@ def plan_oci_layout(files: ArchiveFiles, platform: str | None,
 
     plans = []
     for top, desc, data, plat in found:
-        manifest = _json(data, f"manifest {desc['digest']}")
-        cdesc = manifest.get("config")
-        _expect(isinstance(cdesc, dict) and isinstance(manifest.get("layers"), list),
-                f"manifest {desc['digest']} lacks config or layers")
-        config_data = _read_blob(files, cdesc, "config")
-        config_name = f"blob {cdesc['digest']}"
-        config_digest, config = parse_config(config_data, config_name, cdesc["digest"])
-        diff_ids = _diff_ids(config, config_name, manifest["layers"],
-                             f"manifest {desc['digest']}")
-        layers = []
-        for ldesc, diff_id in zip(manifest["layers"], diff_ids):
-            _expect(isinstance(ldesc, dict), "layer descriptor is not an object")
-            digest = check_digest(ldesc.get("digest"), "layer digest")
-            size = ldesc.get("size")
-            _expect(size is None or (isinstance(size, int) and size >= 0),
-                    f"layer {digest} has an invalid size")
-            layers.append(LayerRef(blob_name(digest), diff_id, digest, size,
-                                   ldesc.get("mediaType")))
         ann = top.get("annotations") or {}
         names = [ann.get("io.containerd.image.name")]
         ref = ann.get("org.opencontainers.image.ref.name")
         if ref and (":" in ref or "/" in ref):      # a bare "latest" names no repository
             names.append(ref)
         tags = _tags([n for n in names if n], ignore_invalid=True)
-        if plat is None:
-            plat = platform_of({"os": config.get("os"), "architecture":
-                                 config.get("architecture"), "variant": config.get("variant")})
-        plans.append(ImagePlan(config_data, config_digest, layers, tags, data, desc["digest"],
-                               desc.get("mediaType") or manifest.get("mediaType"),
-                               "oci", plat))
+        plans.append(plan_manifest(data, desc["digest"], desc.get("mediaType"),
+                                   lambda cdesc: _read_blob(files, cdesc, "config"),
+                                   tags=tags, platform=plat))
     if all_platforms:
         # A tag names one image: give it to the one for the wanted platform.
         fits = [p for p in plans if p.platform and platform_matches(p.platform, want)]

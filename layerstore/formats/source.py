@@ -1,5 +1,5 @@
 """What an import reads: the Source interface every place images come from implements (the
-archive sources in formats/archive.py today; a registry tomorrow), the Blob a source hands
+archive sources in formats/archive.py, and registry/pull.py's), the Blob a source hands
 over for each layer, and the byte-level helpers they share: telling a blob's kind from its
 first bytes, and decompressing it with bounded output.
 """
@@ -25,11 +25,14 @@ class Blob:
     give it (an archive path, a digest), and a reader of its bytes as stored - compressed or
     not, the import sniffs which - after head, its first bytes if the source has read them
     already.  The import reads the reader to its end before it takes the next blob from the
-    same thread."""
+    same thread.  digest: set by a source whose reader verifies the blob itself (a
+    registry's: the read that completes it raises DigestMismatch otherwise), which the
+    import then does not hash again."""
 
     key: str
     reader: BinaryIO
     head: bytes = b""
+    digest: str | None = None
 
 
 class Source(Protocol):

@@ -258,9 +258,10 @@ class Client:
         length = resp.header("Content-Length")
         return int(length) if length and length.isdigit() else 0
 
-    def get_blob(self, repo: str, digest: str, size: int | None = None) -> BlobReader:
-        """A blob as a verifying, resuming stream (transport.BlobReader); the GET is sent
-        now, so errors.BlobUnknown comes from here.  Close it when done."""
+    def get_blob(self, repo: str, digest: str, size: int | None = None,
+                 restart: bool = False) -> BlobReader:
+        """A blob as a verifying, resuming stream (transport.BlobReader; restart: as there);
+        the GET is sent now, so errors.BlobUnknown comes from here.  Close it when done."""
         path = f"/v2/{_repo(repo)}/blobs/{check_digest(digest)}"
 
         def open_at(offset: int) -> Response:
@@ -269,7 +270,7 @@ class Client:
                                  ok=(200, 206), what=("blob", digest))
 
         return BlobReader(open_at, digest, size, self.transport,
-                          label=f"blob {self.host}/{repo}@{digest}")
+                          label=f"blob {self.host}/{repo}@{digest}", restart=restart)
 
     def get_blob_bytes(self, repo: str, digest: str, size: int | None = None,
                        limit: int = CONFIG_LIMIT) -> bytes:

@@ -408,10 +408,13 @@ class BlobReader(io.RawIOBase):
 
     open_at(offset) sends the GET (with Range when offset > 0) and returns a streamed
     Response with status 200 or 206; the client supplies it, with its authentication.
+
+    restart: when a server ignores Range (200), read its whole blob again and skip the bytes
+    already handed out (counted in bytes_received and restarts), instead of raising.
     """
 
     def __init__(self, open_at, digest: str, size: int | None, transport: Transport,
-                 label: str):
+                 label: str, restart: bool = False):
         super().__init__()
         m = _DIGEST.match(digest)
         if not m:
@@ -421,7 +424,9 @@ class BlobReader(io.RawIOBase):
         self.bytes_received = 0
         self.requests = 0
         self.resumes = 0
+        self.restarts = 0
         self.verified = False
+        self._restart = restart
         self._failed: Exception | None = None    # raised again by every later read
         self._open_at, self._transport = open_at, transport
         self._hash = hashlib.sha256()
@@ -472,11 +477,35 @@ class BlobReader(io.RawIOBase):
         resp = self._open_at(offset)
         self.requests += 1
         try:
-            self._check_answer(resp, offset)
+            if offset and resp.status == 200 and self._restart:
+                self._skip(resp, offset)
+            else:
+                self._check_answer(resp, offset)
         except BaseException:
             resp.close()
             raise
         return resp
+
+    def _skip(self, resp: Response, offset: int) -> None:
+        """The server sent the whole blob again: read past the offset bytes handed out."""
+        length = resp.header("Content-Length")
+        if length and length.isdigit() and self.size is not None and int(length) != self.size:
+            raise errors.DigestMismatch(f"{self.label}: the registry sends {length} bytes, "
+                                        f"the descriptor says {self.size}")
+        self.restarts += 1
+        left = offset
+        try:
+            while left:
+                data = resp.read(min(left, READ_CHUNK))
+                if not data:
+                    raise ProtocolError("the answer ended early")
+                left -= len(data)
+                self.bytes_received += len(data)
+                self._transport.counters.add(bytes_received=len(data))
+        except _CONNECTION_ERRORS as exc:
+            raise errors.RegistryUnreachable(
+                f"{self.label}: the download broke off after {self._offset} of {self.size} "
+                f"bytes, and the server, which ignores Range, broke off again: {exc}") from None
 
     def _check_answer(self, resp: Response, offset: int) -> None:
         length = resp.header("Content-Length")

@@ -13,7 +13,7 @@ from .. import _native
 from .._model import Entry, Image, Layer
 from ..errors import ImageNotFound, InvalidReference, LayerNotFound
 from ..formats.reference import (DIGEST_RE, HEX_PREFIX_RE, MIN_PREFIX, SHORT_PREFIX_RE,
-                                 normalize_tag)
+                                 normalize_tag, parse_reference)
 from .index import ImageRecord, Index, LayerRecord
 from .tree import Tree, build
 
@@ -40,7 +40,8 @@ class Context:
         return os.path.join(self.objects_dir, _native.object_path(object_id))
 
     def resolve(self, txn, ref: str) -> ImageRecord:
-        """The image ref names: an id, a unique id prefix of 12+ hex digits, or a tag.  A
+        """The image ref names: an id, a unique id prefix of 12+ hex digits, a tag, or the
+        digest it was pulled as (name@sha256:...).  A
         shorter prefix is refused, with the rule, rather than read as a tag that is absent."""
         index = self.index
         if DIGEST_RE.match(ref):
@@ -55,6 +56,14 @@ class Context:
             if len(ids) > 1:
                 raise ImageNotFound(f"image id prefix {ref!r} is ambiguous: it matches "
                                     f"{len(ids)} images")
+        if "@" in ref:      # name@sha256:...: the digest a pull got the image by
+            r = parse_reference(ref)
+            image_id = index.repo_digest(txn, f"{r.name}@{r.digest}")
+            rec = index.image(txn, image_id) if image_id is not None else None
+            if rec is None:
+                raise ImageNotFound(f"no such image: {ref} (no image was pulled as "
+                                    f"{r.name}@{r.digest})")
+            return rec
         image_id = index.tag(txn, normalize_tag(ref))     # InvalidReference, as Docker
         if image_id is not None:
             rec = index.image(txn, image_id)
@@ -99,10 +108,10 @@ class Context:
         return f"{p}/{config['variant']}" if config.get("variant") else p
 
 
-def image_of(rec: ImageRecord, platform: str | None) -> Image:
+def image_of(rec: ImageRecord, platform: str | None, repo_digests=()) -> Image:
     """The public view of an image record."""
     return Image(rec.id, tuple(rec.tags), tuple(rec.diff_ids), rec.created, rec.size, platform,
-                 rec.source_format)
+                 rec.source_format, tuple(repo_digests))
 
 
 def layer_of(rec: LayerRecord) -> Layer:

@@ -396,6 +396,13 @@ class Index:
         txn.delete(key, db=self.db["image_trees"])
         for ref in self.repo_digests(txn, image_id):
             txn.delete(ref.encode(), db=self.db["repo_digests"])
+            # An index a pull kept (its bytes, for the next pull of it) goes with the last
+            # image pulled through it.
+            digest = ref.rpartition("@")[2]
+            if digest != rec.manifest_digest and not any(
+                    k.decode().endswith("@" + digest)
+                    for k, _ in txn.cursor(db=self.db["repo_digests"])):
+                txn.delete(digest.encode(), db=self.db["metadata"])
         # A config is named by the image id, so it is this image's alone.  A manifest names
         # its config, so no other image can share it either; checked all the same, since a
         # row deleted wrongly is an image that cannot be saved.

@@ -106,9 +106,11 @@ class Ingested:
 
 def import_archive(ctx: Context, job: Job, src: Source, platform: str | None,
                    all_platforms: bool, tags: list[str],
-                   progress: Callable[[Progress], None] | None) -> list[Image]:
+                   progress: Callable[[Progress], None] | None,
+                   record: Callable | None = None) -> list[Image]:
     """Imports the images src holds (see Store.import_archive); tags are added to the one
-    image it must then hold."""
+    image it must then hold.  record(index, txn, plans), when given, writes what the source
+    adds to the index (a pull: repo digests, blob locations) in the commit's transaction."""
     ingest = _Ingest(ctx, job, src, progress)
     plans = src.plans(platform, all_platforms)
     if plans is not None:
@@ -129,7 +131,7 @@ def import_archive(ctx: Context, job: Job, src: Source, platform: str | None,
     ingested = {**known, **ingest.done}
     trees = _verify(ctx, plans, ingested)
     try:
-        return _commit(ctx, plans, ingested, tags, trees)
+        return _commit(ctx, plans, ingested, tags, trees, record)
     except lmdb.Error as exc:
         raise commit_error(exc, ctx.root) from None
 
@@ -234,7 +236,8 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
         head += blob.reader.read(512 - len(head))
     kind = sniff(head)
     compression = kind if kind in ("gzip", "zstd") else "tar"
-    counted = Counting(Prefixed(head, blob.reader), hash_it=compression != "tar")
+    counted = Counting(Prefixed(head, blob.reader),
+                       hash_it=compression != "tar" and blob.digest is None)
     reader = decompressed(counted, compression)
     emit(LayerStarted(blob.key))
     try:
@@ -249,6 +252,12 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
         raise errors.CorruptArchive(f"layer {blob.key}: cannot decompress its {compression} "
                                     f"stream: {exc}") from None
     digest = "sha256:" + counted.sha.hexdigest() if counted.sha is not None else None
+    if blob.digest is not None:
+        # Verified by the source's reader once read to its end (past any bytes after the
+        # compressed stream, which the size check then counts).
+        while counted.read(CHUNK):
+            pass
+        digest = blob.digest if compression != "tar" else None
     emit(LayerRead(blob.key, BlobInfo(compression, digest, counted.count)))
 
 
@@ -428,7 +437,7 @@ def _layer_record(got: Ingested, ref: LayerRef | None) -> LayerRecord:
 
 
 def _commit(ctx: Context, plans: list[ImagePlan], ingested: dict, user_tags: list[str],
-            trees: dict[str, Tree]) -> list[Image]:
+            trees: dict[str, Tree], record: Callable | None = None) -> list[Image]:
     """Makes the objects durable, then adds every layer and image in one index transaction.
     An image new to the index gets its merged tree as its checkout plan."""
     index = ctx.index
@@ -465,6 +474,8 @@ def _commit(ctx: Context, plans: list[ImagePlan], ingested: dict, user_tags: lis
                                      checkout.plan(trees[plan.id]))
             stored = index.add_image(txn, rec, plan.tags + user_tags)
             images.append(image_of(stored, plan.platform))
+        if record is not None:
+            record(index, txn, plans)
         _native.test_step()
     _native.test_step()
     return images

@@ -179,7 +179,8 @@ def inspect(ctx: Context, ref: str) -> InspectResult:
             if layer is None:
                 raise LayerNotFound(f"no such layer: {d}")
             layers.append(layer_of(layer))
-        return InspectResult(image_of(rec, ctx.platform(txn, rec)),
+        return InspectResult(image_of(rec, ctx.platform(txn, rec),
+                                      ctx.index.repo_digests(txn, rec.id)),
                              json.loads(index.metadata(txn, rec.id)), _manifest(ctx, txn, rec),
                              tuple(layers))
 

@@ -1,0 +1,214 @@
+"""Pull: an image in a registry as a Source for the import pipeline (store/pipeline.py), which
+does the rest as for an archive: only the layers the store lacks are read, each streams
+through decompression into the C ingest as it arrives, every digest is verified, and one
+index transaction commits the images.
+
+plans() resolves the reference: a HEAD of a tag (which Docker Hub does not count as a pull)
+gives the manifest digest; the manifest or index, each platform manifest and each config are
+then read from the store's index when it holds those bytes (verified against their digest:
+an image pulled before costs that one HEAD), else fetched by digest and verified
+(client.get_manifest refuses schema 1 and artifacts, and caps sizes).  An index yields the
+platform asked for (formats/manifests.py: choose_manifests), or every image.
+
+blobs(keys) opens one verifying download per layer the pipeline asks for (the layers whose
+diffID, or whose blob digest, the store has are never asked for, so never requested), read
+by `jobs` threads side by side; a broken connection resumes with Range, and a server that
+ignores Range is read again from the start, skipping what was handed out.
+
+record() writes, in the import's commit: the digest the images were pulled as
+("domain/path@sha256:...", as Docker's RepoDigests: an index's names the image for the
+platform wanted, the others of an index pulled whole are named by their manifest's), the
+index's bytes, and where each blob the store now holds was seen ("domain/path").
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from .. import errors
+from .._model import LayerPull, Progress, PullProgress
+from ..formats.manifests import ImagePlan, choose_manifests, plan_manifest, sha256_digest
+from ..formats.platforms import host_platform, platform_matches, platform_rank
+from ..formats.reference import Reference
+from ..formats.source import Blob, Reader
+from .client import Client, Manifest, _classify
+
+
+@dataclass
+class _Layer:
+    """One blob of the pull: what the plans say, and what its download did."""
+
+    digest: str
+    diff_id: str
+    size: int | None
+    action: str = "skipped"
+    bytes: int = 0
+    reader: object = None
+    started: float = 0.0
+    seconds: float = 0.0
+
+    def view(self) -> LayerPull:
+        r = self.reader
+        return LayerPull(self.digest, self.diff_id, self.size, self.action, self.bytes,
+                         r.requests if r is not None else 0, r.resumes if r is not None else 0,
+                         self.seconds)
+
+
+class _Tracked(Reader):
+    """A layer's download as the pipeline reads it, counted into its _Layer; the download
+    is closed (its connection given back) when it ends."""
+
+    def __init__(self, layer: _Layer):
+        self.layer = layer
+
+    def read(self, n: int = -1) -> bytes:
+        layer, reader = self.layer, self.layer.reader
+        if reader.closed:
+            return b""
+        data = reader.read(n)
+        layer.bytes = reader.bytes_received
+        if not data:
+            reader.close()
+            if reader.verified and layer.action == "downloading":
+                layer.action = "downloaded"
+                layer.seconds = time.monotonic() - layer.started
+        return data
+
+
+class RegistrySource:
+    """ref in the registry client talks to, for an import into ctx's store (whose index
+    may hold manifests and configs already); jobs: downloads side by side."""
+
+    size: int | None
+    readers: int
+
+    def __init__(self, client: Client, ref: Reference, ctx, jobs: int = 3) -> None:
+        if jobs < 1:
+            raise ValueError("jobs must be at least 1")
+        self.client, self.ref, self.ctx = client, ref, ctx
+        self.readers = jobs
+        self.size = None
+        self.top: Manifest | None = None
+        self.primary: ImagePlan | None = None     # the image the tag and index digest name
+        self.layers: dict[str, _Layer] = {}       # by blob digest, in the plans' order
+        self._open: list = []
+        self._lock = threading.Lock()
+
+    # -- the Source protocol -------------------------------------------------------------
+
+    def bytes_read(self) -> int:
+        return sum(layer.bytes for layer in list(self.layers.values()))
+
+    def plans(self, platform: str | None, all_platforms: bool) -> list[ImagePlan]:
+        ref = self.ref
+        if self.top is None:
+            if ref.digest is not None:
+                self.top = self._manifest(ref.digest, None)
+            else:
+                try:
+                    head = self.client.head_manifest(ref.path, ref.tag)
+                except errors.RegistryError as exc:
+                    if type(exc) is not errors.RegistryError:
+                        raise
+                    # A registry whose HEAD says no digest (or refuses HEAD): GET the tag.
+                    self.top = self.client.get_manifest(ref.path, ref.tag)
+                else:
+                    self.top = self._manifest(head.digest, head.media_type)
+        top = self.top
+        if top.is_index:
+            chosen = [(self._manifest(desc["digest"], desc.get("mediaType")), plat)
+                      for desc, plat in choose_manifests(top.json, platform, all_platforms,
+                                                         str(ref))]
+        else:
+            chosen = [(top, None)]
+        plans = [plan_manifest(m.data, m.digest, m.media_type, self._config,
+                               member=lambda d: d, platform=plat, source_format="registry")
+                 for m, plat in chosen]
+        if not top.is_index and platform is not None and plans[0].platform is not None \
+                and not platform_matches(plans[0].platform, platform):
+            raise errors.PlatformMismatch(f"{ref} is an image for {plans[0].platform}, not for "
+                                          f"the platform asked for, {platform}")
+        # A tag names one image: the one for the platform wanted.
+        want = platform or host_platform()
+        fits = [p for p in plans if p.platform and platform_matches(p.platform, want)]
+        self.primary = min(fits, key=lambda p: platform_rank(p.platform, want)) if fits \
+            else plans[0]
+        if ref.tag is not None:
+            self.primary.tags = [f"{ref.name}:{ref.tag}"]
+        for plan in plans:
+            for layer in plan.layers:
+                self.layers.setdefault(layer.digest,
+                                       _Layer(layer.digest, layer.diff_id, layer.size))
+        return plans
+
+    def blobs(self, keys: list[str] | None) -> Iterator[Blob]:
+        todo = [self.layers[k] for k in keys or ()]
+        for layer in todo:
+            layer.action = "waiting"
+        self.size = sum(layer.size or 0 for layer in todo)
+        for layer in todo:
+            layer.started = time.monotonic()
+            layer.reader = self.client.get_blob(self.ref.path, layer.digest, layer.size,
+                                                restart=True)
+            with self._lock:
+                self._open.append(layer.reader)
+            layer.action = "downloading"
+            yield Blob(layer.digest, _Tracked(layer), digest=layer.digest)
+
+    def close(self) -> None:
+        with self._lock:
+            for reader in self._open:
+                reader.close()
+            self._open = []
+
+    # -- what a pull adds ----------------------------------------------------------------
+
+    def progress(self, p: Progress) -> PullProgress:
+        """The pipeline's progress with every layer's state and the requests sent."""
+        return PullProgress(p.bytes_done, p.bytes_total, p.items_done, p.items_total,
+                            tuple(layer.view() for layer in list(self.layers.values())),
+                            self.client.counters.requests)
+
+    def record(self, index, txn, plans: list[ImagePlan]) -> None:
+        """In the commit: repo digests, the index's bytes (so a pull of it again needs only
+        the HEAD), and the blob locations of the layers the store holds from these blobs."""
+        name = self.ref.name
+        # As Docker's RepoDigests: the digest pulled (an index's for the image the tag
+        # names); the other images of an index pulled whole get their manifest's.
+        index.add_repo_digest(txn, f"{name}@{self.top.digest}", self.primary.id)
+        for plan in plans:
+            if plan is not self.primary:
+                index.add_repo_digest(txn, f"{name}@{plan.manifest_digest}", plan.id)
+        if self.top.is_index:
+            index.put_metadata(txn, self.top.digest, self.top.data)
+        for plan in plans:
+            for ref in plan.layers:
+                layer = index.layer(txn, ref.diff_id)
+                if layer is not None and any(b["digest"] == ref.digest for b in layer.blobs):
+                    index.add_blob_location(txn, ref.digest, name)
+
+    # -- metadata, from the store when it has it ------------------------------------------
+
+    def _stored(self, digest: str) -> bytes | None:
+        with self.ctx.index.read() as txn:
+            data = self.ctx.index.metadata(txn, digest)
+        return data if data is not None and sha256_digest(data) == digest else None
+
+    def _manifest(self, digest: str, media_type: str | None) -> Manifest:
+        data = self._stored(digest)
+        if data is None:
+            return self.client.get_manifest(self.ref.path, digest)
+        kind, parsed = _classify(data, media_type, f"{self.ref.name}@{digest}")
+        return Manifest(kind, digest, data, parsed)
+
+    def _config(self, desc: dict) -> bytes:
+        digest = desc.get("digest")
+        data = self._stored(digest) if isinstance(digest, str) else None
+        if data is not None:
+            return data
+        size = desc.get("size")
+        return self.client.get_blob_bytes(self.ref.path, digest,
+                                          size if isinstance(size, int) else None)
