@@ -472,6 +472,49 @@ class Store:
                   if m.mountpoint is not None and os.path.ismount(m.mountpoint)]
         return sorted(active, key=lambda m: m.created, reverse=True)
 
+    # ---- OCI runtime bundles and containers on runc or crun (runtimes/oci.py) ---------------
+
+    def bundle(self, ref: str, bundle: str | os.PathLike, *, rootless: bool = False,
+               read_only: bool = False, command=(), env=(), workdir: str | None = None,
+               user: str | None = None) -> dict:
+        """Makes bundle (absent or empty) an OCI runtime bundle of the image, as `umoci
+        unpack` does: rootfs/ an overlay mount over the shared layer dirs with a private
+        upper dir (a checkout where overlay cannot be mounted here), config.json derived from
+        the image config (args, env, cwd, user resolved in the image's /etc/passwd and
+        /etc/group) over runc's default spec; rootless adds a user namespace mapping the
+        caller to root.  Returns its marker {id, image, rootfs}.  ContainerError before
+        anything is made when the image has no command or the user is not in it.
+        Locking: the store lock shared while rootfs is made."""
+        from .runtimes import oci
+        return oci.make_bundle(self, ref, os.fspath(bundle), command=command, env=env,
+                               workdir=workdir, user=user, read_only=read_only,
+                               rootless=rootless)
+
+    def remove_bundle(self, bundle: str | os.PathLike) -> dict:
+        """Unmounts a bundle's rootfs (or deletes its checkout), its upper dir, config.json,
+        and the bundle dir if nothing else is in it.  Locking: none."""
+        from .runtimes import oci
+        return oci.remove_bundle(self.root, os.fspath(bundle))
+
+    def run(self, ref: str, command=(), *, name: str | None = None, remove: bool = False,
+            env=(), workdir: str | None = None, user: str | None = None,
+            read_only: bool = False, runtime: str | None = None, started=None) -> int:
+        """Runs a container of the image in the foreground, as `docker run` without -d: a
+        bundle under root/runs/<id>/, started by runtime (runc, crun or a path; default runc,
+        else crun) with this process's stdio, signals forwarded; returns its exit status.
+        remove: the container, its mount and upper dir go when it exits; otherwise they stay
+        (status exited) until `remove_container`.  started(Run) is called once it started.
+        Locking: the store lock shared while the bundle is made, none while it runs."""
+        from .runtimes import oci
+        return oci.run(self, ref, command, name=name, remove=remove, env=env, workdir=workdir,
+                       user=user, read_only=read_only, runtime=runtime, started=started)
+
+    def runs(self) -> list:
+        """Containers `run` recorded (running, or exited and kept), newest first.
+        Locking: none (records are files under root/runs/)."""
+        from .runtimes import oci
+        return sorted(oci.runs(self.root), key=lambda r: r.created, reverse=True)
+
     # ---- containerd (runtimes/snapshotter.py, runtimes/containerd.py) ------------------------
 
     def snapshotter(self):
@@ -512,8 +555,8 @@ class Store:
 
     def _runtimes(self) -> list:
         """The runtimes whose containers rm and gc must respect (store/lifecycle.py)."""
-        from .runtimes import overlay
-        return [overlay.Overlay(self._ctx)]
+        from .runtimes import oci, overlay
+        return [overlay.Overlay(self._ctx), oci.Runs(self.root)]
 
     # ---- integrity (store/fsck.py) ------------------------------------------------------------
 

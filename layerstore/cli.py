@@ -481,24 +481,38 @@ def history(open_store, image, human, no_trunc, quiet, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the mount records as JSON.")
 @click.pass_obj
 def ps(open_store, quiet, no_trunc, as_json):
-    """List the containers `layerstore mount` made that are mounted now, newest first, as
-    docker ps lists running ones: container ID, image (a tag, or its ID), mountpoint, upper
-    dir, created."""
+    """List the running containers, newest first, as docker ps: those `layerstore run`
+    started and the mounts `layerstore mount` made: container ID, image (a tag, or its ID),
+    root filesystem, upper dir, created, name."""
     store = open_store()
-    found = store.containers()
+    runs = store.runs()
+    running = {r.id: r for r in runs if r.status == "running"}
+    exited = {r.id for r in runs if r.status != "running"}
+    mounts = [m for m in store.containers() if m.id not in exited]
+    rows_of = [(m.id, m.image, m.mountpoint, m.upper, m.created,
+                running[m.id].name if m.id in running else "") for m in mounts]
+    # A run container whose rootfs is a checkout has no mount: it is listed from its record.
+    mounted = {m.id for m in mounts}
+    rows_of += [(r.id, r.image, os.path.join(r.bundle, "rootfs"), "-", r.created, r.name)
+                for r in running.values() if r.id not in mounted]
+    rows_of.sort(key=lambda r: r[4], reverse=True)
     if as_json:
-        click.echo(json.dumps([dataclasses.asdict(m) for m in found], indent=2))
+        records = {m.id: dataclasses.asdict(m) for m in mounts}
+        click.echo(json.dumps([{**records.get(row[0], {"id": row[0]}),
+                                **({"run": dataclasses.asdict(running[row[0]])}
+                                   if row[0] in running else {})}
+                               for row in rows_of], indent=2))
         return
-    cids = [m.id if no_trunc else m.id[:12] for m in found]
+    cids = [row[0] if no_trunc else row[0][:12] for row in rows_of]
     if quiet:
         for cid in cids:
             click.echo(cid)
         return
     tags = {i.id: i.tags for i in store.images()}
-    rows = [("CONTAINER ID", "IMAGE", "MOUNTPOINT", "UPPER DIR", "CREATED")]
-    for cid, m in zip(cids, found):
-        image = (tags.get(m.image) or (_short(m.image, no_trunc),))[0]
-        rows.append((cid, image, m.mountpoint, m.upper, _ago(m.created)))
+    rows = [("CONTAINER ID", "IMAGE", "MOUNTPOINT", "UPPER DIR", "CREATED", "NAMES")]
+    for cid, (_, image_id, point, upper, created, name) in zip(cids, rows_of):
+        image = (tags.get(image_id) or (_short(image_id, no_trunc),))[0]
+        rows.append((cid, image, point, upper, _ago(created), name))
     _table(rows)
 
 
@@ -657,6 +671,59 @@ def commit(open_store, path, tags):
     """Make a container's changes a new layer and image on top of its image."""
     image = open_store().commit(path, tags=tags)
     click.echo(" ".join([image.id, *image.tags]))
+
+# ---- OCI bundles and containers on runc or crun (runtimes/oci.py) ------------------------------
+
+@cli.command()
+@click.argument("image", required=False)
+@click.argument("bundle_dir", metavar="DIR", required=False, type=click.Path(file_okay=False))
+@click.option("--remove", "remove_dir", metavar="DIR", type=click.Path(file_okay=False),
+              help="Unmount a bundle layerstore made and remove it.")
+@click.option("--rootless", is_flag=True,
+              help="A user namespace mapping your uid and gid to root (runc spec --rootless).")
+@click.option("--read-only", is_flag=True, help="Mount the container's root read-only.")
+@click.option("--json", "as_json", is_flag=True, help="Print the bundle's marker as JSON.")
+@click.pass_obj
+def bundle(open_store, image, bundle_dir, remove_dir, rootless, read_only, as_json):
+    """Make DIR an OCI runtime bundle of IMAGE (rootfs + config.json, as umoci unpack), for
+    runc run or crun run; --remove DIR unmounts and removes one."""
+    store = open_store()
+    if remove_dir is not None:
+        if image is not None:
+            raise click.UsageError("--remove takes the bundle DIR alone")
+        store.remove_bundle(remove_dir)
+        return
+    if image is None or bundle_dir is None:
+        raise click.UsageError("give IMAGE and DIR (or --remove DIR)")
+    marker = store.bundle(image, bundle_dir, rootless=rootless, read_only=read_only)
+    if as_json:
+        click.echo(json.dumps(marker, indent=2))
+    else:
+        click.echo(f"{marker['id']} {os.path.abspath(bundle_dir)} ({marker['rootfs']})")
+
+
+@cli.command(context_settings={"allow_interspersed_args": False})
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--rm", "remove", is_flag=True,
+              help="Remove the container, its mount and upper dir when it exits.")
+@click.option("--name", help="The container's name (default: its short id).")
+@click.option("-e", "--env", "env", multiple=True, metavar="K=V", help="Set a variable.")
+@click.option("-w", "--workdir", metavar="DIR", help="Working directory in the container.")
+@click.option("-u", "--user", metavar="USER[:GROUP]",
+              help="Name or uid (and group or gid) in the image's /etc/passwd and /etc/group.")
+@click.option("--read-only", is_flag=True, help="Mount the container's root read-only.")
+@click.option("--runtime", metavar="runc|crun|PATH",
+              help="The OCI runtime (default: runc, else crun, on PATH).")
+@click.pass_obj
+def run(open_store, image, command, remove, name, env, workdir, user, read_only, runtime):
+    """Run COMMAND (default: the image's Entrypoint + Cmd) in a new container of IMAGE, in
+    the foreground; exits with the container's status."""
+    for item in env:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not K=V", param_hint="'-e'")
+    return open_store().run(image, command, name=name, remove=remove, env=env,
+                            workdir=workdir, user=user, read_only=read_only, runtime=runtime)
 
 
 # ---- containerd: the snapshotter and containerd-load (runtimes/snapshotter.py, containerd.py) ---

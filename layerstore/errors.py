@@ -41,6 +41,7 @@ __all__ = [
     "BlobUnknown",
     "UnsupportedManifest",
     "CredentialError",
+    "ContainerError",
 ]
 
 
@@ -198,6 +199,12 @@ class CredentialError(LayerstoreError, ValueError):
     """Credentials could not be read: an auth file that is not valid JSON or base64, a
     credential helper that is missing or failed, a --creds that is not USER:PASSWORD.  The
     message names the file or helper, never a secret."""
+
+
+class ContainerError(LayerstoreError):
+    """A bundle or container cannot be made or run: an image with no command and none given,
+    a user or group the image does not have, no OCI runtime, a container name in use, a
+    directory that is not a bundle layerstore made."""
 
 
 def host_path_error(exc: OSError, path, action: str) -> HostPathError:

@@ -126,7 +126,7 @@ STEPS = [
          r"cannot write {tmp}/no-such-dir/rootfs.tar: No such file or directory"),
     Step("export", 2, MISSING),
     # A container (root: overlayfs).
-    Step("ps", stdout=r"^CONTAINER ID +IMAGE +MOUNTPOINT +UPPER DIR +CREATED\n$"),
+    Step("ps", stdout=r"^CONTAINER ID +IMAGE +MOUNTPOINT +UPPER DIR +CREATED +NAMES\n$"),
     Step("mount first:1 {tmp}/mnt", stdout=r"^[0-9a-f]{32} {tmp}/mnt\n$", root=True),
     Step("ps", stdout=r"\n[0-9a-f]{12} +\S+ +{tmp}/mnt +\S+/upper ", root=True),
     Step("ps -q --no-trunc", stdout=r"^[0-9a-f]{32}\n$", root=True),

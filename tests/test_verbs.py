@@ -267,7 +267,7 @@ def test_ps_lists_active_mounts(store, two, tmp_path):
     Here: the mounts layerstore made, with image, mountpoint and upper dir."""
     app, db = two
     assert _run("ps")[1].split() == ["CONTAINER", "ID", "IMAGE", "MOUNTPOINT", "UPPER", "DIR",
-                                     "CREATED"]
+                                     "CREATED", "NAMES"]
     first = store.mount("app:1", tmp_path / "a")
     second = store.mount(db.id, tmp_path / "b", upper=tmp_path / "up")
     try:

@@ -386,8 +386,10 @@ def find(root: str, path: str) -> Mount | None:
     return None
 
 
-def mount(ctx: Context, image: ImageRecord, mountpoint, upper=None) -> Mount:
-    """See Store.mount; the caller holds the store lock shared."""
+def mount(ctx: Context, image: ImageRecord, mountpoint, upper=None,
+          cid: str | None = None) -> Mount:
+    """See Store.mount; the caller holds the store lock shared.  cid: the container's id (a
+    `run` container's mount carries its id), else a new one."""
     root = ctx.root
     kernel = _kernel_mode()
     if not kernel and shutil.which("fuse-overlayfs") is None:
@@ -410,17 +412,18 @@ def mount(ctx: Context, image: ImageRecord, mountpoint, upper=None) -> Mount:
         if old.mountpoint == target:
             _forget(root, old)      # its mount is gone (a reboot, a manual umount)
     try:
-        return _mount(ctx, image, target, upper, kernel)
+        return _mount(ctx, image, target, upper, kernel, cid)
     except BaseException:
         if made_target:
             os.rmdir(target)
         raise
 
 
-def _mount(ctx: Context, image: ImageRecord, target: str, upper, kernel: bool) -> Mount:
+def _mount(ctx: Context, image: ImageRecord, target: str, upper, kernel: bool,
+           cid: str | None) -> Mount:
     root = ctx.root
     lowers = layer_dirs(ctx, image.diff_ids, kernel)
-    cid = secrets.token_hex(16)
+    cid = cid or secrets.token_hex(16)
     cdir = os.path.join(_containers(root), cid)
     os.makedirs(cdir, mode=0o700)
     try:
@@ -501,8 +504,12 @@ class Overlay:
         self.ctx = ctx
 
     def mounted_at(self, image_id: str) -> str | None:
-        return next((m.mountpoint for m in mounts(self.ctx.root)
-                     if m.image == image_id and m.mountpoint is not None), None)
+        """A `run` container's mount (root/runs/<id>/ holds its record) is runtimes/oci.py's
+        to answer for: rm may be forced past it."""
+        root = self.ctx.root
+        return next((m.mountpoint for m in mounts(root)
+                     if m.image == image_id and m.mountpoint is not None
+                     and not os.path.isdir(os.path.join(root, "runs", m.id))), None)
 
     def unused_dirs(self, txn) -> list[str]:
         """Cached layer dirs (root/layers/, root/layers-fuse/) that no stored layer and no

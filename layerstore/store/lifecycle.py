@@ -138,12 +138,22 @@ def remove(ctx: Context, refs, force: bool, runtimes: list[Runtime]) -> list[tup
                     f"remove them one by one or use --force")
             else:
                 actions += [("untagged", t) for t in rec.tags]
-            used = [at for r in runtimes if (at := r.mounted_at(rec.id)) is not None]
-            if used:
+            for runtime in runtimes:
+                at = runtime.mounted_at(rec.id)
+                if at is None:
+                    continue
+                if getattr(runtime, "yields_to_force", False):
+                    # A `run` container (runtimes/oci.py) yields to --force, as `docker rmi
+                    # -f`: it runs on from its own mount, whose layer dirs gc keeps.
+                    if force:
+                        continue
+                    raise errors.LayerstoreError(
+                        f"image {rec.id} is used by {at}: remove the container first, or "
+                        "use --force")
                 # As Docker for a running container, even with --force: the container's
                 # commit needs the image's config.
                 raise errors.LayerstoreError(
-                    f"image {rec.id} is used by the container mounted at {used[0]}: "
+                    f"image {rec.id} is used by the container mounted at {at}: "
                     f"umount it first")
             index.delete_image(txn, rec.id)
             actions.append(("deleted", rec.id))
