@@ -147,6 +147,25 @@ def test_bundle_config_matches_umoci(tmp_path):
     _nothing_left(root)
 
 
+@pytest.mark.parametrize("link", [False, True])
+def test_bundle_reads_users_of_the_image(tmp_path, link):
+    """User and groups come from the image's files, also behind a symlink (resolved inside
+    the image root, never on the host)."""
+    files = [("f", "srv/passwd", PASSWD), ("l", "etc/passwd", "../srv/passwd")] if link \
+        else [("f", "etc/passwd", PASSWD)]
+    layer = A.layer(("d", "etc"), ("d", "srv"), *files, ("f", "etc/group", GROUP))
+    with Store(tmp_path / "store") as s:
+        s.import_layer(io.BytesIO(layer))
+        s.add_image(_config([A.digest(layer)], User="app", Cmd=["x"]), tags=["u:1"])
+        marker = s.bundle("u:1", tmp_path / "b")
+        config = json.loads((tmp_path / "b" / "config.json").read_text())
+        assert config["process"]["user"] == {"uid": 1000, "gid": 1000,
+                                             "additionalGids": [10, 29]}
+        assert "HOME=/home/app" in config["process"]["env"]
+        assert s.remove_bundle(tmp_path / "b") == marker
+    assert not (tmp_path / "b").exists()
+
+
 def test_bundle_remove_refuses_other_dirs(tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "rootfs").mkdir()

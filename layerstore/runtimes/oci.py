@@ -31,6 +31,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 from dataclasses import asdict, dataclass
 
@@ -226,25 +227,58 @@ def spec_for(config: dict, passwd: bytes | None, group: bytes | None, *, command
 
 # ---- bundles ----------------------------------------------------------------------------------
 
-def _image_file(ctx, tree, path: str) -> bytes | None:
-    try:
-        with read.open_file(tree, path, ctx.object_path) as f:
-            return f.read(1 << 22)
-    except (errors.PathNotFound, errors.NotADirectory, errors.IsADirectory, errors.NotAFile,
-            errors.SymlinkLoop):
+def _rootfs_file(rootfs: str, path: str) -> bytes | None | bool:
+    """A file of a made rootfs, read only where no component is a symlink (which would have
+    to be resolved inside the image root): its bytes, None when absent, False when the
+    image's tree must answer."""
+    parts = path.split("/")
+    cur = rootfs
+    for i, part in enumerate(parts):
+        cur = os.path.join(cur, part)
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            return False
+        if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
+            return None
+    if not stat.S_ISREG(st.st_mode):
         return None
+    try:
+        fd = os.open(cur, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        return f.read(1 << 22)
 
 
-def image_spec(store, ref: str, **kw) -> tuple[str, dict]:
-    """(image id, config.json) for the image ref names; ContainerError before anything is
-    made when the command or user cannot be had."""
-    ctx = store._ctx
+def _image_files(store, image_id: str, rootfs: str | None, paths) -> list[bytes | None]:
+    """The image's files at paths (None: absent): from rootfs when it is made (a mount or a
+    checkout of the image; no tree to build), else, or behind a symlink, from the store."""
+    out = [_rootfs_file(rootfs, p) if rootfs is not None else False for p in paths]
+    if any(got is False for got in out):
+        ctx = store._ctx
+        tree = ctx.tree(image_id)
+        for i, p in enumerate(paths):
+            if out[i] is False:
+                try:
+                    with read.open_file(tree, p, ctx.object_path) as f:
+                        out[i] = f.read(1 << 22)
+                except (errors.PathNotFound, errors.NotADirectory, errors.IsADirectory,
+                        errors.NotAFile, errors.SymlinkLoop):
+                    out[i] = None
+    return out
+
+
+def image_spec(store, ref: str, rootfs: str | None = None, **kw) -> tuple[str, dict]:
+    """(image id, config.json) for the image ref names, users looked up in rootfs when it
+    is made.  ContainerError when the command or the user cannot be had."""
     image = store.image(ref)
-    tree = ctx.tree(image.id)
-    name = f" {ref}"
-    spec = spec_for(ctx.config(image.id), _image_file(ctx, tree, "etc/passwd"),
-                    _image_file(ctx, tree, "etc/group"), image=name, **kw)
-    return image.id, spec
+    passwd, group = _image_files(store, image.id, rootfs, ("etc/passwd", "etc/group"))
+    return image.id, spec_for(store.config(image.id), passwd, group, image=f" {ref}", **kw)
 
 
 def overlay_usable() -> bool:
@@ -270,7 +304,11 @@ def _write_json(path: str, data: dict) -> None:
 def make_bundle(store, ref: str, bundle: str, cid: str | None = None, **kw) -> dict:
     """Makes bundle (absent or empty) an OCI runtime bundle of the image; returns its marker
     {id, image, rootfs: "overlay" | "checkout"}.  Nothing is left when it fails."""
-    image_id, spec = image_spec(store, ref, **kw)
+    image_id = store.image(ref).id
+    config = store.config(image_id)
+    # The command first: an image without one is refused before anything is made.  The user
+    # is looked up in the made rootfs (no tree to build), which is undone if it is not there.
+    spec_for(config, None, None, image=f" {ref}", **{**kw, "user": "0"})
     bundle = os.path.abspath(bundle)
     made = False
     try:
@@ -293,6 +331,7 @@ def make_bundle(store, ref: str, bundle: str, cid: str | None = None, **kw) -> d
         else:
             store.checkout(image_id, rootfs)
         _write_json(os.path.join(bundle, MARKER), marker)
+        _, spec = image_spec(store, ref, rootfs, **kw)
         _write_json(os.path.join(bundle, "config.json"), spec)
     except BaseException:
         _free(store.root, bundle, marker)
