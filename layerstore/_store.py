@@ -603,7 +603,8 @@ class Store:
     def remove(self, refs, force: bool = False) -> list[tuple[str, str]]:
         """Removes images as `docker rmi` does: a tag is untagged, and its image deleted once
         no tag is left; an image named by id is deleted with all its tags, which needs force
-        when it has more than one.  An image a mounted container uses is never deleted.
+        when it has more than one.  An image a mounted container uses is never deleted; one a
+        `run` container was made from, only with force (the container runs on).
         Returns [("untagged", tag) | ("deleted", image id)] in order.  All refs or none:
         an unknown one (ImageNotFound) or a refusal changes nothing.  Deletes no file: the
         layers and objects an image held stay until gc.  A deleted image then leaves every
