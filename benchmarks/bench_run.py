@@ -144,8 +144,14 @@ class Podman:
         return _timed([*self.base, "run", "--name", f"c{i}", *PODMAN_RUN, self.tag, *PROBE])
 
     def cleanup(self) -> None:
+        # Not `podman system reset`: it also removes networks from the host's config.
         subprocess.run([*self.base, "rm", "--all", "--force"], capture_output=True)
-        subprocess.run([*self.base, "system", "reset", "--force"], capture_output=True)
+        subprocess.run([*self.base, "rmi", "--all", "--force"], capture_output=True)
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f]
+        for p in sorted((p for p in points if p.startswith((str(self.dir), self.runroot))),
+                        key=len, reverse=True):
+            subprocess.run(["umount", "-l", p], capture_output=True)
         shutil.rmtree(self.runroot, ignore_errors=True)
 
 
