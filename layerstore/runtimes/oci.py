@@ -25,7 +25,6 @@ forced (Runs below); gc keeps the layer dirs of mounted containers (overlay.Over
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import secrets
