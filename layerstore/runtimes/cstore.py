@@ -322,15 +322,12 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
             from None
     try:
         with _writing:
-            layers = _update(ctx, dest, adding, remove)
+            _update(ctx, dest, adding, remove)
     except errors.LayerstoreError:
         raise
     except OSError as exc:
         raise errors.host_path_error(exc, dest, "write the containers-storage store at") \
             from None
-    with index.write() as txn:          # no file names them any more
-        for lid in stores(index, txn).get(dest, set()) - set(layers):
-            index.unpin(txn, _pin(dest, lid))
     return ["sha256:" + i for i in _image_ids(dest)]
 
 
@@ -338,8 +335,8 @@ def _image_ids(dest: str) -> list[str]:
     return [i["id"] for i in _read_json(os.path.join(dest, "overlay-images", "images.json"))]
 
 
-def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> set[str]:
-    """Rewrites dest under its locks; returns the layer ids it now lists."""
+def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> None:
+    """Rewrites dest under its locks and drops the pins of the layers it no longer lists."""
     index = ctx.index
     kernel = _kernel_mode()
     with _locked(dest):
@@ -384,7 +381,11 @@ def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> set[s
         _write_atomic(layers_path, json.dumps(list(layers.values())).encode(), 0o600)
         _write_atomic(images_path, json.dumps(images).encode(), 0o600)
         _remove_stale(dest, set(layers), {i["id"] for i in images})
-    return set(layers)
+        # Still under the locks: once they are released another writer (another process) may
+        # list and pin a layer again, and this one's unpinning would then drop its pin.
+        with index.write() as txn:
+            for lid in stores(index, txn).get(dest, set()) - set(layers):
+                index.unpin(txn, _pin(dest, lid))
 
 
 def _make_layer(dest: str, lid: str, layer_dir: str, lower_ids: list[str]) -> None:
