@@ -498,3 +498,33 @@ def test_images_rm_and_containerd_gc_leave_the_store_whole(ctd, corpus_pair):
         assert all(os.path.isdir(os.path.join(ctd.root, "layers", d.split(":")[1]))
                    for d in top.diff_ids)
     assert run(ctd.root, "fsck").returncode == 0
+
+
+@need_root("the snapshotter needs root")
+def test_cleanup_never_removes_the_dir_of_a_snapshot_made_while_it_runs(tmp_path, monkeypatch):
+    """containerd may call Cleanup while another of its calls prepares a snapshot: a Prepare
+    that commits its record after Cleanup read the records, and makes its dir before Cleanup
+    lists the dirs, must keep its dir."""
+    import threading
+    M = api.M
+    with Store(tmp_path / "s") as store:
+        snap = store.snapshotter()
+        records = snap.index.snapshots
+        prepared = []
+
+        def prepare_meanwhile(txn):
+            found = records(txn)
+            if not prepared:
+                prepared.append(threading.Thread(target=snap.Prepare, args=(
+                    M["PrepareSnapshotRequest"](key="n/1/k"), None)))
+                prepared[0].start()
+                prepared[0].join(2)     # returns at once when Prepare does not wait
+            return found
+
+        monkeypatch.setattr(snap.index, "snapshots", prepare_meanwhile)
+        snap.Cleanup(M["CleanupRequest"](), None)
+        prepared[0].join()
+        assert os.listdir(os.path.join(store.root, "snapshotter")) == [rec_id(snap.index,
+                                                                              "n/1/k")]
+        assert os.path.isdir(os.path.join(store.root, "snapshotter",
+                                          rec_id(snap.index, "n/1/k"), "fs"))
