@@ -528,3 +528,35 @@ def test_cleanup_never_removes_the_dir_of_a_snapshot_made_while_it_runs(tmp_path
                                                                               "n/1/k")]
         assert os.path.isdir(os.path.join(store.root, "snapshotter",
                                           rec_id(snap.index, "n/1/k"), "fs"))
+
+
+def test_a_file_swapped_for_a_symlink_during_commit_is_not_followed(tmp_path, monkeypatch):
+    """What containerd commits may be a container's upper dir, written by the container as
+    it is read: a file replaced by a symlink to a host file between the directory listing
+    and the read must not bring the host file's bytes into the layer (we run as root)."""
+    import io
+    import tarfile
+    from layerstore import errors
+    from layerstore.runtimes import overlay
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host secret\n" * 10)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "f").write_bytes(b"container data\n")
+    xattrs = overlay._xattrs
+
+    def swap(path):
+        if path.endswith("/f") and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(secret, path)
+        return xattrs(path)
+
+    monkeypatch.setattr(overlay, "_xattrs", swap)
+    out = io.BytesIO()
+    try:
+        overlay.write_changeset(str(upper), out)
+    except errors.LayerstoreError:
+        return
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        for m in tf:
+            assert not (m.isfile() and b"host secret" in tf.extractfile(m).read())
