@@ -419,6 +419,11 @@ def test_cli_push_with_creds(htpasswd_registry, tmp_path, capsys):
     assert cli.main(["--root", root, "push", "test/app:1", dest]) == 1
     err = capsys.readouterr().err
     assert err.startswith("layerstore: error:") and PASSWORD not in err
+    wrong = PASSWORD + "-not-it"        # refused credentials never show either
+    assert cli.main(["--root", root, "push", "test/app:1", dest,
+                     "--creds", f"{USER}:{wrong}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("layerstore: error:") and err.count("\n") == 1 and wrong not in err
     assert cli.main(["--root", root, "push", "test/app:1", dest,
                      "--creds", f"{USER}:{PASSWORD}"]) == 0
     out = capsys.readouterr()
