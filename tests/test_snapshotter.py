@@ -560,3 +560,47 @@ def test_a_file_swapped_for_a_symlink_during_commit_is_not_followed(tmp_path, mo
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
         for m in tf:
             assert not (m.isfile() and b"host secret" in tf.extractfile(m).read())
+
+
+@need_root("the snapshotter needs root")
+def test_the_snapshotter_takes_over_only_a_socket_nothing_listens_on(tmp_path):
+    """--address names a socket a previous run left, which is replaced; not a file (the
+    snapshotter runs as root: a mistyped path must not be deleted), nor the socket of a
+    snapshotter still serving (containerd would lose it)."""
+    from helpers import one_line_error
+
+    def start(address):
+        p = subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(tmp_path / "s"),
+                              "snapshotter", "--address", str(address)],
+                             stderr=subprocess.PIPE, env=python_env())
+        line = p.stderr.readline().decode()
+        return p, line
+
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"keep me\n")
+    p, line = start(precious)
+    if "serving" in line:
+        p.terminate()
+        p.wait()
+    assert "serving" not in line and p.wait() == 1, line
+    assert line.startswith("layerstore: error: ") and precious.read_bytes() == b"keep me\n"
+    sock = tmp_path / "snap.sock"
+    first, line = start(sock)
+    try:
+        assert "serving" in line, line
+        second, line = start(sock)
+        if "serving" in line:
+            second.terminate()
+            second.wait()
+        assert "serving" not in line and second.wait() == 1, line
+        client = api.Client(str(sock))      # the first one still serves
+        try:
+            assert list(client.call("List", api.M["ListSnapshotsRequest"]())) == []
+        finally:
+            client.close()
+    finally:
+        first.terminate()
+        assert first.wait() == 0
+    again, line = start(sock)       # left by a run that ended: taken over
+    again.terminate()
+    assert "serving" in line and again.wait() == 0

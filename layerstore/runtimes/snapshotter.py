@@ -398,6 +398,27 @@ class _Handlers:
         return call
 
 
+def _take_address(address: str) -> None:
+    """Removes a socket a previous run left at address.  Anything else there stays: a file
+    (this runs as root, and a mistyped path must not be lost) or the socket of a
+    snapshotter still serving (containerd would lose it)."""
+    import socket
+    import stat
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise errors.LayerstoreError(f"snapshotter: {address} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(address)
+        except ConnectionRefusedError:
+            os.unlink(address)
+            return
+    raise errors.LayerstoreError(f"snapshotter: another process serves on {address}")
+
+
 def serve(snapshotter: Snapshotter, address: str, ready=None, workers: int = 8) -> None:
     """Serves snapshotter on the unix socket address until SIGTERM or SIGINT."""
     import signal
@@ -405,8 +426,7 @@ def serve(snapshotter: Snapshotter, address: str, ready=None, workers: int = 8) 
     from concurrent.futures import ThreadPoolExecutor
 
     os.makedirs(os.path.dirname(os.path.abspath(address)), mode=0o711, exist_ok=True)
-    if os.path.exists(address):
-        os.unlink(address)      # a socket left by a previous run
+    _take_address(address)
     server = grpc.server(ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((api.server_handler(_Handlers(snapshotter)),))
     if not server.add_insecure_port(f"unix:{os.path.abspath(address)}"):
