@@ -547,3 +547,25 @@ def test_pins_are_dropped_under_the_stores_locks(store, tmp_path, monkeypatch):
     real = os.path.realpath(dest)
     assert listed == set(cstore.layer_ids(app.diff_ids))
     assert set(_pins(store)) == {f"cstore/{real}/{lid}" for lid in listed}
+
+
+def test_a_containers_storage_store_layerstore_did_not_make_is_left_alone(store, tmp_path):
+    """cstore DIR rewrites DIR's layer and image lists and deletes the layers they no longer
+    name: pointed by mistake at podman's own store, it must refuse, not delete podman's
+    layers."""
+    dest = tmp_path / "podman-storage"
+    layer = dest / "overlay" / ("ab" * 32)
+    (layer / "diff").mkdir(parents=True)
+    (dest / "overlay-images").mkdir()
+    (dest / "overlay-images" / "images.json").write_text(json.dumps(
+        [{"id": "cd" * 32, "names": ["docker.io/library/podmans:own"], "layer": "ab" * 32}]))
+    with pytest.raises(errors.LayerstoreError, match="not made by layerstore"):
+        store.cstore(dest, ["app:1"])
+    assert (layer / "diff").is_dir() and _pins(store) == {}
+    assert "podmans" in (dest / "overlay-images" / "images.json").read_text()
+    # A store it made stays its own, and so does one made before stores were marked.
+    made = tmp_path / "cs"
+    store.cstore(made, ["app:1"])
+    os.unlink(made / cstore.MARK)
+    assert store.cstore(made, ["other:1"]) == [store.image("app:1").id,
+                                               store.image("other:1").id]

@@ -71,6 +71,7 @@ from .overlay import _hex, _kernel_mode, _now, layer_dirs
 
 DRIVER = "overlay"
 PIN_PREFIX = "cstore/"
+MARK = "layerstore-cstore"      # a file in DIR: layerstore made it, and may rewrite it
 _LINK_LEN = 26
 _FILE, _SEGMENT = 1, 2      # tar-split entry types
 # c/storage's fcntl locks order processes; threads of one process (which share those locks)
@@ -314,9 +315,11 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
     if not adding and not remove and not os.path.isdir(os.path.join(dest, "overlay-images")):
         _forget(ctx, dest)      # deleted by hand: nothing reads its layers any more
         return []
+    _claim_dir(ctx, dest)
     try:
         for sub in ("overlay/l", "overlay-layers", "overlay-images"):
             os.makedirs(os.path.join(dest, sub), mode=0o755, exist_ok=True)
+        _write_atomic(os.path.join(dest, MARK), b"")
     except OSError as exc:
         raise errors.host_path_error(exc, dest, "make the containers-storage store at") \
             from None
@@ -329,6 +332,21 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
         raise errors.host_path_error(exc, dest, "write the containers-storage store at") \
             from None
     return ["sha256:" + i for i in _image_ids(dest)]
+
+
+def _claim_dir(ctx: Context, dest: str) -> None:
+    """Refuses a containers-storage store layerstore did not make (podman's own, named by
+    mistake): a rewrite deletes every layer its lists do not name.  Stores made before MARK
+    existed are known by their pins."""
+    if os.path.exists(os.path.join(dest, MARK)) or not any(
+            os.path.isfile(os.path.join(dest, sub, name)) for sub, name in (
+                ("overlay-images", "images.json"), ("overlay-layers", "layers.json"))):
+        return
+    with ctx.index.read() as txn:
+        if dest in stores(ctx.index, txn):
+            return
+    raise errors.LayerstoreError(f"{dest} is a containers-storage store not made by "
+                                 "layerstore: it is left alone (name a new or empty directory)")
 
 
 def _image_ids(dest: str) -> list[str]:
