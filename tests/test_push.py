@@ -448,3 +448,18 @@ def test_a_failed_mount_whose_session_cannot_be_deleted_still_uploads(proxy, tmp
         result = store.push("test/app:1", f"{proxy.host}/mounting/app:1")
     assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
     assert [e["status"] for e in proxy.log if e["fault"]] == [405, 405]
+
+
+def test_an_image_removed_while_it_is_pushed_leaves_no_dangling_record(registry, tmp_path):
+    """rm takes no store lock, so it may delete the image while a push of it runs: what the
+    push records afterwards must not name the deleted image (fsck would call it damage)."""
+    store, image, _ = _store_with(tmp_path)
+
+    def remove_when_written(p):
+        if p.what == "manifest" and p.state == "written":
+            store.remove(["test/app:1"])
+
+    with store:
+        store.push("test/app:1", f"{registry.host}/team/app:1", progress=remove_when_written)
+        assert store.images() == []
+        assert store.fsck() == []
