@@ -51,3 +51,20 @@ def test_recipe_names_parameters_and_library_versions():
                                        "library": recipe("gzip").library}
     with pytest.raises(errors.UnsupportedFormat):
         recipe("brotli")
+
+
+def test_zstd_output_does_not_depend_on_the_number_of_cores(monkeypatch):
+    """The recipe runs zstd with a worker per core; its promise (the same digest on another
+    machine with the same libraries) holds only if the workers' count changes nothing.
+    Input of several of zstd's jobs, so the workers do split it."""
+    import os
+    data = DATA * 4
+    outs = set()
+    for cores in (1, 2, 8):
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        out = []
+        c = Compressor("zstd", out.append)
+        c.write(data)
+        c.close()
+        outs.add(b"".join(out))
+    assert len(outs) == 1

@@ -523,3 +523,49 @@ def test_podman_push_and_pull_back(served, tmp_path):
     with Store(tmp_path / "again") as again:
         (back,) = again.import_archive(archive)
         assert back.id == image.id and back.diff_ids == image.diff_ids
+
+
+def test_pins_are_dropped_under_the_stores_locks(store, tmp_path, monkeypatch):
+    """Another writer (a process: its own _writing lock) that adds an image back between this
+    one's rewrite and its unpinning must find the pins it took kept: the layers it lists stay
+    pinned, so gc never frees a layer dir podman may read."""
+    dest = tmp_path / "cs"
+    store.cstore(dest, ["app:1"])
+    app = store.image("app:1")
+    rewrite = cstore._update
+
+    def then_another_writer(ctx, d, adding, remove):
+        layers = rewrite(ctx, d, adding, remove)
+        with ctx.index.read() as txn:
+            again = [ctx.resolve(txn, "app:1")]
+        rewrite(ctx, d, again, ())
+        return layers
+
+    monkeypatch.setattr(cstore, "_update", then_another_writer)
+    store.cstore(dest, remove=["app:1"])
+    listed = {l["id"] for l in _json(dest / "overlay-layers" / "layers.json")}
+    real = os.path.realpath(dest)
+    assert listed == set(cstore.layer_ids(app.diff_ids))
+    assert set(_pins(store)) == {f"cstore/{real}/{lid}" for lid in listed}
+
+
+def test_a_containers_storage_store_layerstore_did_not_make_is_left_alone(store, tmp_path):
+    """cstore DIR rewrites DIR's layer and image lists and deletes the layers they no longer
+    name: pointed by mistake at podman's own store, it must refuse, not delete podman's
+    layers."""
+    dest = tmp_path / "podman-storage"
+    layer = dest / "overlay" / ("ab" * 32)
+    (layer / "diff").mkdir(parents=True)
+    (dest / "overlay-images").mkdir()
+    (dest / "overlay-images" / "images.json").write_text(json.dumps(
+        [{"id": "cd" * 32, "names": ["docker.io/library/podmans:own"], "layer": "ab" * 32}]))
+    with pytest.raises(errors.LayerstoreError, match="not made by layerstore"):
+        store.cstore(dest, ["app:1"])
+    assert (layer / "diff").is_dir() and _pins(store) == {}
+    assert "podmans" in (dest / "overlay-images" / "images.json").read_text()
+    # A store it made stays its own, and so does one made before stores were marked.
+    made = tmp_path / "cs"
+    store.cstore(made, ["app:1"])
+    os.unlink(made / cstore.MARK)
+    assert store.cstore(made, ["other:1"]) == [store.image("app:1").id,
+                                               store.image("other:1").id]

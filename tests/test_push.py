@@ -419,7 +419,47 @@ def test_cli_push_with_creds(htpasswd_registry, tmp_path, capsys):
     assert cli.main(["--root", root, "push", "test/app:1", dest]) == 1
     err = capsys.readouterr().err
     assert err.startswith("layerstore: error:") and PASSWORD not in err
+    wrong = PASSWORD + "-not-it"        # refused credentials never show either
+    assert cli.main(["--root", root, "push", "test/app:1", dest,
+                     "--creds", f"{USER}:{wrong}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("layerstore: error:") and err.count("\n") == 1 and wrong not in err
     assert cli.main(["--root", root, "push", "test/app:1", dest,
                      "--creds", f"{USER}:{PASSWORD}"]) == 0
     out = capsys.readouterr()
     assert out.out.strip().startswith(f"{dest}@sha256:") and PASSWORD not in out.err
+
+
+def test_a_failed_mount_whose_session_cannot_be_deleted_still_uploads(proxy, tmp_path):
+    """A blob recorded in a repository that no longer has it: the registry answers the mount
+    with an upload session, which is deleted; a registry that refuses that DELETE (405) has
+    only lost a session it expires itself, and the blob is uploaded."""
+    store, image, _ = _store_with(tmp_path)
+    with store:
+        index = context(store).index
+        with index.read() as txn:
+            manifest = json.loads(index.metadata(txn, index.image(txn, image.id)
+                                                 .manifest_digest))
+        with index.write() as txn:
+            for blob in manifest["layers"]:
+                index.add_blob_location(txn, blob["digest"], f"{proxy.host}/gone/app")
+        proxy.add(Fault("status", "DELETE", r"/v2/mounting/app/blobs/uploads/", status=405,
+                        times=2))
+        result = store.push("test/app:1", f"{proxy.host}/mounting/app:1")
+    assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
+    assert [e["status"] for e in proxy.log if e["fault"]] == [405, 405]
+
+
+def test_an_image_removed_while_it_is_pushed_leaves_no_dangling_record(registry, tmp_path):
+    """rm takes no store lock, so it may delete the image while a push of it runs: what the
+    push records afterwards must not name the deleted image (fsck would call it damage)."""
+    store, image, _ = _store_with(tmp_path)
+
+    def remove_when_written(p):
+        if p.what == "manifest" and p.state == "written":
+            store.remove(["test/app:1"])
+
+    with store:
+        store.push("test/app:1", f"{registry.host}/team/app:1", progress=remove_when_written)
+        assert store.images() == []
+        assert store.fsck() == []

@@ -498,3 +498,109 @@ def test_images_rm_and_containerd_gc_leave_the_store_whole(ctd, corpus_pair):
         assert all(os.path.isdir(os.path.join(ctd.root, "layers", d.split(":")[1]))
                    for d in top.diff_ids)
     assert run(ctd.root, "fsck").returncode == 0
+
+
+@need_root("the snapshotter needs root")
+def test_cleanup_never_removes_the_dir_of_a_snapshot_made_while_it_runs(tmp_path, monkeypatch):
+    """containerd may call Cleanup while another of its calls prepares a snapshot: a Prepare
+    that commits its record after Cleanup read the records, and makes its dir before Cleanup
+    lists the dirs, must keep its dir."""
+    import threading
+    M = api.M
+    with Store(tmp_path / "s") as store:
+        snap = store.snapshotter()
+        records = snap.index.snapshots
+        prepared = []
+
+        def prepare_meanwhile(txn):
+            found = records(txn)
+            if not prepared:
+                prepared.append(threading.Thread(target=snap.Prepare, args=(
+                    M["PrepareSnapshotRequest"](key="n/1/k"), None)))
+                prepared[0].start()
+                prepared[0].join(2)     # returns at once when Prepare does not wait
+            return found
+
+        monkeypatch.setattr(snap.index, "snapshots", prepare_meanwhile)
+        snap.Cleanup(M["CleanupRequest"](), None)
+        prepared[0].join()
+        assert os.listdir(os.path.join(store.root, "snapshotter")) == [rec_id(snap.index,
+                                                                              "n/1/k")]
+        assert os.path.isdir(os.path.join(store.root, "snapshotter",
+                                          rec_id(snap.index, "n/1/k"), "fs"))
+
+
+def test_a_file_swapped_for_a_symlink_during_commit_is_not_followed(tmp_path, monkeypatch):
+    """What containerd commits may be a container's upper dir, written by the container as
+    it is read: a file replaced by a symlink to a host file between the directory listing
+    and the read must not bring the host file's bytes into the layer (we run as root)."""
+    import io
+    import tarfile
+    from layerstore import errors
+    from layerstore.runtimes import overlay
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host secret\n" * 10)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "f").write_bytes(b"container data\n")
+    xattrs = overlay._xattrs
+
+    def swap(path):
+        if path.endswith("/f") and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(secret, path)
+        return xattrs(path)
+
+    monkeypatch.setattr(overlay, "_xattrs", swap)
+    out = io.BytesIO()
+    try:
+        overlay.write_changeset(str(upper), out)
+    except errors.LayerstoreError:
+        return
+    with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tf:
+        for m in tf:
+            assert not (m.isfile() and b"host secret" in tf.extractfile(m).read())
+
+
+@need_root("the snapshotter needs root")
+def test_the_snapshotter_takes_over_only_a_socket_nothing_listens_on(tmp_path):
+    """--address names a socket a previous run left, which is replaced; not a file (the
+    snapshotter runs as root: a mistyped path must not be deleted), nor the socket of a
+    snapshotter still serving (containerd would lose it)."""
+    from helpers import one_line_error
+
+    def start(address):
+        p = subprocess.Popen([sys.executable, "-m", "layerstore", "--root", str(tmp_path / "s"),
+                              "snapshotter", "--address", str(address)],
+                             stderr=subprocess.PIPE, env=python_env())
+        line = p.stderr.readline().decode()
+        return p, line
+
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"keep me\n")
+    p, line = start(precious)
+    if "serving" in line:
+        p.terminate()
+        p.wait()
+    assert "serving" not in line and p.wait() == 1, line
+    assert line.startswith("layerstore: error: ") and precious.read_bytes() == b"keep me\n"
+    sock = tmp_path / "snap.sock"
+    first, line = start(sock)
+    try:
+        assert "serving" in line, line
+        second, line = start(sock)
+        if "serving" in line:
+            second.terminate()
+            second.wait()
+        assert "serving" not in line and second.wait() == 1, line
+        client = api.Client(str(sock))      # the first one still serves
+        try:
+            assert list(client.call("List", api.M["ListSnapshotsRequest"]())) == []
+        finally:
+            client.close()
+    finally:
+        first.terminate()
+        assert first.wait() == 0
+    again, line = start(sock)       # left by a run that ended: taken over
+    again.terminate()
+    assert "serving" in line and again.wait() == 0

@@ -521,7 +521,9 @@ def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlo
                     "digest": blob.digest, "media_type": media_type, "size": blob.size,
                     **blob.recipe})
             index.add_blob_location(txn, blob.digest, job.location)
-        index.add_repo_digest(txn, f"{job.dest.name}@{digest}", job.image.id)
+        # rm takes no store lock: the image may have gone while it was pushed.
+        if index.image(txn, job.image.id) is not None:
+            index.add_repo_digest(txn, f"{job.dest.name}@{digest}", job.image.id)
 
 
 def resolve_destination(image_ref: str, ref: str | None) -> Reference:

@@ -288,7 +288,8 @@ class Client:
     def mount_blob(self, repo: str, digest: str, from_repo: str) -> bool:
         """Asks the registry to link a blob of from_repo into repo without uploading it:
         True when it did (201).  When it opened an upload session instead (202), the
-        session is cancelled and False returned: upload the blob then.  The token asked
+        session is cancelled (as far as the registry lets it) and False returned: upload
+        the blob then.  The token asked
         for holds pull on from_repo too."""
         path = (f"/v2/{_repo(repo)}/blobs/uploads/?mount={quote(check_digest(digest))}"
                 f"&from={quote(_repo(from_repo), safe='/')}")
@@ -297,7 +298,9 @@ class Client:
                              ok=(201, 202), what=("blob", digest))
         if resp.status == 201:
             return True
-        Upload(self, repo, resp).cancel()
+        # Quiet: a registry that keeps the session (refusing the DELETE) expires it itself,
+        # and the blob is still to be uploaded.
+        Upload(self, repo, resp).cancel(quiet=True)
         return False
 
     def start_upload(self, repo: str) -> Upload:

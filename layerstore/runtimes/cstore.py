@@ -71,6 +71,7 @@ from .overlay import _hex, _kernel_mode, _now, layer_dirs
 
 DRIVER = "overlay"
 PIN_PREFIX = "cstore/"
+MARK = "layerstore-cstore"      # a file in DIR: layerstore made it, and may rewrite it
 _LINK_LEN = 26
 _FILE, _SEGMENT = 1, 2      # tar-split entry types
 # c/storage's fcntl locks order processes; threads of one process (which share those locks)
@@ -314,32 +315,46 @@ def update(ctx: Context, dest, add=(), remove=()) -> list[str]:
     if not adding and not remove and not os.path.isdir(os.path.join(dest, "overlay-images")):
         _forget(ctx, dest)      # deleted by hand: nothing reads its layers any more
         return []
+    _claim_dir(ctx, dest)
     try:
         for sub in ("overlay/l", "overlay-layers", "overlay-images"):
             os.makedirs(os.path.join(dest, sub), mode=0o755, exist_ok=True)
+        _write_atomic(os.path.join(dest, MARK), b"")
     except OSError as exc:
         raise errors.host_path_error(exc, dest, "make the containers-storage store at") \
             from None
     try:
         with _writing:
-            layers = _update(ctx, dest, adding, remove)
+            _update(ctx, dest, adding, remove)
     except errors.LayerstoreError:
         raise
     except OSError as exc:
         raise errors.host_path_error(exc, dest, "write the containers-storage store at") \
             from None
-    with index.write() as txn:          # no file names them any more
-        for lid in stores(index, txn).get(dest, set()) - set(layers):
-            index.unpin(txn, _pin(dest, lid))
     return ["sha256:" + i for i in _image_ids(dest)]
+
+
+def _claim_dir(ctx: Context, dest: str) -> None:
+    """Refuses a containers-storage store layerstore did not make (podman's own, named by
+    mistake): a rewrite deletes every layer its lists do not name.  Stores made before MARK
+    existed are known by their pins."""
+    if os.path.exists(os.path.join(dest, MARK)) or not any(
+            os.path.isfile(os.path.join(dest, sub, name)) for sub, name in (
+                ("overlay-images", "images.json"), ("overlay-layers", "layers.json"))):
+        return
+    with ctx.index.read() as txn:
+        if dest in stores(ctx.index, txn):
+            return
+    raise errors.LayerstoreError(f"{dest} is a containers-storage store not made by "
+                                 "layerstore: it is left alone (name a new or empty directory)")
 
 
 def _image_ids(dest: str) -> list[str]:
     return [i["id"] for i in _read_json(os.path.join(dest, "overlay-images", "images.json"))]
 
 
-def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> set[str]:
-    """Rewrites dest under its locks; returns the layer ids it now lists."""
+def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> None:
+    """Rewrites dest under its locks and drops the pins of the layers it no longer lists."""
     index = ctx.index
     kernel = _kernel_mode()
     with _locked(dest):
@@ -384,7 +399,11 @@ def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> set[s
         _write_atomic(layers_path, json.dumps(list(layers.values())).encode(), 0o600)
         _write_atomic(images_path, json.dumps(images).encode(), 0o600)
         _remove_stale(dest, set(layers), {i["id"] for i in images})
-    return set(layers)
+        # Still under the locks: once they are released another writer (another process) may
+        # list and pin a layer again, and this one's unpinning would then drop its pin.
+        with index.write() as txn:
+            for lid in stores(index, txn).get(dest, set()) - set(layers):
+                index.unpin(txn, _pin(dest, lid))
 
 
 def _make_layer(dest: str, lid: str, layer_dir: str, lower_ids: list[str]) -> None:

@@ -589,6 +589,25 @@ def _info(name: str, st: os.stat_result) -> tarfile.TarInfo:
     return ti
 
 
+def _open_listed(path: str, st: os.stat_result):
+    """The regular file the directory listing saw at path.  A running container may have
+    replaced it since with a symlink to a host file, which this (root) process must not
+    read into a layer."""
+    changed = errors.LayerstoreError(f"{path} changed while its layer was written: commit "
+                                     "a stopped container")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise changed from None
+        raise
+    now = os.fstat(fd)
+    if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        os.close(fd)
+        raise changed
+    return open(fd, "rb")
+
+
 def write_changeset(upper: str, out) -> int:
     """Writes the upper dir as a layer tar: overlay whiteouts become ".wh.NAME", opaque dirs
     get "DIR/.wh..wh..opq", hardlinks within the upper dir stay hardlinks.  Each directory's
@@ -653,7 +672,7 @@ def write_changeset(upper: str, out) -> int:
                     seen[key] = arc
                 if stat.S_ISREG(mode):
                     ti.size = st.st_size
-                    with open(path, "rb") as f:
+                    with _open_listed(path, st) as f:
                         add(ti, f)
                 elif stat.S_ISLNK(mode):
                     ti.type, ti.linkname = tarfile.SYMTYPE, os.readlink(path)

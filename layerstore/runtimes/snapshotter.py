@@ -34,6 +34,7 @@ import logging
 import os
 import re
 import secrets
+import threading
 import time
 
 from .. import errors
@@ -93,6 +94,9 @@ class Snapshotter:
                 "whiteouts as 0/0 devices; rootless containerd is not supported yet")
         self.dir = os.path.join(ctx.root, "snapshotter")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        # Held from a new snapshot's record to its dir, and by Cleanup: a dir made between
+        # Cleanup's reading the records and its listing would otherwise look orphaned.
+        self._dirs = threading.Lock()
 
     # ---- records ------------------------------------------------------------------------------
 
@@ -212,18 +216,22 @@ class Snapshotter:
             raise _Status(grpc.StatusCode.ALREADY_EXISTS,
                           f"target snapshot {labels[LABEL_REF]!r} exists in layerstore")
         rec = self._new(kind, parent, labels)
-        # The record first, then the dirs: Cleanup removes dirs no record names.
-        with self.index.write() as txn:
-            if self._get(txn, key) is not None:
-                raise _Status(grpc.StatusCode.ALREADY_EXISTS, f"snapshot {key!r} exists")
-            lowers_chain = self._parent_chain(txn, parent)
-            self.index.put_snapshot(txn, key, rec)
         own = os.path.join(self.dir, rec["id"])
+        fs = os.path.join(own, "fs")
+        written = False
         try:
-            fs = os.path.join(own, "fs")
-            os.makedirs(fs, mode=0o755)
-            if kind == "active":
-                os.mkdir(os.path.join(own, "work"), 0o700)
+            # The record first, then the dirs: Cleanup removes dirs no record names.
+            with self._dirs:
+                with self.index.write() as txn:
+                    if self._get(txn, key) is not None:
+                        raise _Status(grpc.StatusCode.ALREADY_EXISTS,
+                                      f"snapshot {key!r} exists")
+                    lowers_chain = self._parent_chain(txn, parent)
+                    self.index.put_snapshot(txn, key, rec)
+                written = True
+                os.makedirs(fs, mode=0o755)
+                if kind == "active":
+                    os.mkdir(os.path.join(own, "work"), 0o700)
             if lowers_chain:
                 # The merged root shows the upper dir's metadata: make it the image's.
                 st = os.stat(self._lowers(lowers_chain)[-1])
@@ -231,9 +239,10 @@ class Snapshotter:
                 os.chmod(fs, st.st_mode & 0o7777)
             return self._mounts(rec)
         except BaseException:
-            with self.index.write() as txn:
-                self.index.delete_snapshot(txn, key)
-            _remove(own)
+            if written:
+                with self.index.write() as txn:
+                    self.index.delete_snapshot(txn, key)
+                _remove(own)
             raise
 
     def Prepare(self, req, context):
@@ -352,11 +361,12 @@ class Snapshotter:
 
     def Cleanup(self, req, context):
         """Removes snapshot dirs no record names (left by a crash between the two)."""
-        with self.index.read() as txn:
-            ids = {r["id"] for r in self.index.snapshots(txn).values()}
-        for name in os.listdir(self.dir):
-            if name not in ids:
-                _remove(os.path.join(self.dir, name))
+        with self._dirs:
+            with self.index.read() as txn:
+                ids = {r["id"] for r in self.index.snapshots(txn).values()}
+            for name in os.listdir(self.dir):
+                if name not in ids:
+                    _remove(os.path.join(self.dir, name))
         return api.M["Empty"]()
 
 
@@ -388,6 +398,27 @@ class _Handlers:
         return call
 
 
+def _take_address(address: str) -> None:
+    """Removes a socket a previous run left at address.  Anything else there stays: a file
+    (this runs as root, and a mistyped path must not be lost) or the socket of a
+    snapshotter still serving (containerd would lose it)."""
+    import socket
+    import stat
+    try:
+        st = os.lstat(address)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise errors.LayerstoreError(f"snapshotter: {address} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(address)
+        except ConnectionRefusedError:
+            os.unlink(address)
+            return
+    raise errors.LayerstoreError(f"snapshotter: another process serves on {address}")
+
+
 def serve(snapshotter: Snapshotter, address: str, ready=None, workers: int = 8) -> None:
     """Serves snapshotter on the unix socket address until SIGTERM or SIGINT."""
     import signal
@@ -395,8 +426,7 @@ def serve(snapshotter: Snapshotter, address: str, ready=None, workers: int = 8) 
     from concurrent.futures import ThreadPoolExecutor
 
     os.makedirs(os.path.dirname(os.path.abspath(address)), mode=0o711, exist_ok=True)
-    if os.path.exists(address):
-        os.unlink(address)      # a socket left by a previous run
+    _take_address(address)
     server = grpc.server(ThreadPoolExecutor(max_workers=workers))
     server.add_generic_rpc_handlers((api.server_handler(_Handlers(snapshotter)),))
     if not server.add_insecure_port(f"unix:{os.path.abspath(address)}"):
