@@ -97,8 +97,11 @@ def load(ctx: Context, ref: str, address: str, namespace: str = "default",
                 raise errors.LayerstoreError(
                     f"containerd-load: preparing layer {i} ({image.diff_ids[i]}) with "
                     f"snapshotter {snapshotter!r}: {exc.details()}") from None
-            client.call("Remove", api.M["RemoveSnapshotRequest"](snapshotter=snapshotter,
-                                                                 key=req.key), meta)
+            try:        # the snapshotter made an active snapshot: not ours to keep
+                client.call("Remove", api.M["RemoveSnapshotRequest"](snapshotter=snapshotter,
+                                                                     key=req.key), meta)
+            except grpc.RpcError:
+                pass        # left for containerd's gc, as any unclaimed snapshot of a lease
             raise errors.LayerstoreError(
                 f"containerd-load: snapshotter {snapshotter!r} did not claim layer {i} "
                 f"({image.diff_ids[i]}): is it `layerstore snapshotter` serving this store "

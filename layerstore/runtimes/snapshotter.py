@@ -434,13 +434,18 @@ def serve(snapshotter: Snapshotter, address: str, ready=None, workers: int = 8) 
     server.start()
     os.chmod(address, 0o600)
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if ready is not None:
-        ready()
-    stop.wait()
-    server.stop(5).wait()
+    # An embedding program gets its own handlers back when serve() returns.
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        os.unlink(address)
-    except FileNotFoundError:
-        pass
+        if ready is not None:
+            ready()
+        stop.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop(5).wait()
+        try:
+            os.unlink(address)
+        except FileNotFoundError:
+            pass
