@@ -18,7 +18,7 @@ from chunkedblobs import build_zstd_chunked
 from registry_servers import OCI_CONFIG, OCI_MANIFEST, Fault, RawPusher
 
 import archives as A
-from helpers import differences, snapshot
+from helpers import differences, invoke, invoke_error, snapshot
 from layerstore import Store, errors
 from layerstore.registry import partial
 
@@ -227,3 +227,39 @@ def test_fuzz_multipart(junk, at, insert):
     except errors.RegistryError:
         return
     assert {k: len(v) for k, v in got.items()} == {(0, 3): 3, (100, 110): 10}
+
+
+def test_cli_partial_choice_in_json_and_lying_toc_one_error_line(proxy, tmp_path, monkeypatch):
+    ref, _, diff_id, _ = _push_chunked(proxy.host, "partial/cli", {**SHARED, **NEW})
+    liar, _, _, _ = _push_chunked(proxy.host, "partial/cli-lie", {**SHARED, "x": b"y" * 99},
+                                  lies={"x": _sha(b"z")})
+    _holding(tmp_path, "s", SHARED).close()
+    monkeypatch.setenv("LAYERSTORE_ROOT", str(tmp_path / "s"))
+    err = invoke_error(["pull", "--partial", "always", liar])
+    assert "TOC" in err
+    rc, out, err = invoke("pull", "--partial", "always", "--json", ref)
+    assert rc == 0, err
+    (layer,) = json.loads(out)["layers"]
+    assert layer["action"] == "partial" and layer["diffID"] == diff_id
+    assert layer["partial"]["mode"] == "partial" and layer["partial"]["local"] == len(SHARED)
+    rc, out, _ = invoke("pull", "--partial", "never", "--json", ref)
+    assert rc == 0 and json.loads(out)["layers"][0]["action"] == "skipped"
+
+
+def test_single_ranges_that_would_move_most_of_the_blob_pull_it_whole(proxy, tmp_path):
+    """Old format, every other file held: refused multi-range, the single-range re-plan
+    (at most 64 GETs) would merge across held files and move most of the blob: a full
+    pull instead, the blob downloaded once."""
+    files = {f"f{i:03}": _rng.randbytes(3000) for i in range(200)}
+    ref, size, diff_id, blob = _push_chunked(proxy.host, "partial/most", files,
+                                             tarsplit=False)
+    proxy.reset()
+    proxy.add(Fault("status", "GET", "/blobs/", status=501, times=10, range=","))
+    held = {k: v for i, (k, v) in enumerate(files.items()) if i % 2 == 0}
+    with _holding(tmp_path, "s", held) as store:
+        image, layer = _pulled(store, ref, "always")
+        assert list(image.diff_ids) == [diff_id] and store.fsck() == []
+        assert layer.action == "downloaded" and layer.partial["mode"] == "full"
+    gets = _blob_gets(proxy, blob)
+    assert [e["range"] is None for e in gets].count(True) == 1
+    assert layer.bytes <= size + 64 * 1024      # the blob once, plus the TOC read

@@ -37,6 +37,7 @@ RANGES_PER_REQUEST = 1024
 REQUESTS_PER_LAYER = 64
 SINGLE_RANGE_REQUESTS = 64      # when the server refuses multi-range
 PART_OVERHEAD = 160             # multipart framing per part (registry 2.8 sends ~157)
+FETCH_LIMIT = 256 << 20         # fetched bytes are held in memory until the rebuild reads them
 READ_CHUNK = 1 << 20
 
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
@@ -260,6 +261,8 @@ def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tu
             single = True
             todo = coalesce([r for req in [asked] + todo for r in req], 1,
                             SINGLE_RANGE_REQUESTS)
+            if sum(e - s for req in todo for s, e in req) > blob_size // 2:
+                raise Refused("single ranges would move most of the blob")
             continue
         try:
             limit = sum(e - s for s, e in asked) + PART_OVERHEAD * len(asked) + 4096

@@ -252,6 +252,8 @@ class RegistrySource:
                                  lambda d: contentmap.lookup(self.ctx, txn, d))
         info = {"files": plan.files, "local": plan.local, "planned_bytes": plan.wire_bytes,
                 "planned_requests": len(plan.requests)}
+        if plan.wire_bytes > partial_.FETCH_LIMIT:
+            return full(f"over {partial_.FETCH_LIMIT} bytes to fetch", **info)
         bandwidth, rtt = partial_.measured_link(timing)
         info["bandwidth"], info["rtt"] = round(bandwidth), round(rtt, 6)
         if self.partial == "auto" and not partial_.worth_it(plan, layer.size, bandwidth, rtt):
