@@ -34,9 +34,13 @@ typedef struct {
 /* Hashes the rest of fd's st_size bytes, stopping there: reading up to EOF would cost one more
  * system call per object.  A file that shrank meanwhile is hashed as it is (fsck then sees
  * bytes that do not match). */
-static int hash_content(int fd, uint64_t size, ls_blake3 *h, uint8_t *buf, uint8_t *out)
+static int hash_content(int fd, uint64_t size, ls_blake3 *h, ls_sha256 *sha, uint8_t *buf,
+                        ls_object_check *o)
 {
-    ls_blake3_reset(h);
+    if (h)
+        ls_blake3_reset(h);
+    if (sha)
+        ls_sha256_reset(sha);
     while (size > 0) {
         ssize_t r = read(fd, buf, size < READ_CHUNK ? (size_t)size : READ_CHUNK);
         if (r < 0) {
@@ -46,10 +50,16 @@ static int hash_content(int fd, uint64_t size, ls_blake3 *h, uint8_t *buf, uint8
         }
         if (r == 0)
             break;
-        ls_blake3_update(h, buf, (size_t)r);
+        if (h)
+            ls_blake3_update(h, buf, (size_t)r);
+        if (sha)
+            ls_sha256_update(sha, buf, (size_t)r);
         size -= (uint64_t)r;
     }
-    ls_blake3_finalize(h, out, 32);
+    if (h)
+        ls_blake3_finalize(h, o->content_hash, 32);
+    if (sha)
+        ls_sha256_finalize(sha, o->content_sha256);
     return 0;
 }
 
@@ -75,7 +85,8 @@ static uint32_t applied_xattrs(int fd, int owners)
     return n;
 }
 
-static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t *buf)
+static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, ls_sha256 *sha,
+                      uint8_t *buf)
 {
     char path[66];
     struct stat st;
@@ -97,7 +108,7 @@ static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t 
         o->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
         if (b->flags & LS_CHECK_XATTRS)
             o->xattrs = applied_xattrs(fd, b->flags & LS_CHECK_OWNERS);
-        o->err = hash_content(fd, o->size, h, buf, o->content_hash);
+        o->err = hash_content(fd, o->size, h, sha, buf, o);
     }
     close(fd);
 }
@@ -105,20 +116,23 @@ static void check_one(const batch *b, ls_object_check *o, ls_blake3 *h, uint8_t 
 static void *work(void *arg)
 {
     batch *b = arg;
-    ls_blake3 *h = ls_blake3_new();
+    ls_blake3 *h = b->flags & LS_CHECK_NO_BLAKE3 ? NULL : ls_blake3_new();
+    ls_sha256 *sha = b->flags & LS_CHECK_SHA256 ? ls_sha256_new() : NULL;
     uint8_t *buf = malloc(READ_CHUNK);
-    if (!h || !buf) {
+    if ((!h && !(b->flags & LS_CHECK_NO_BLAKE3)) || (!sha && (b->flags & LS_CHECK_SHA256))
+        || !buf) {
         __atomic_store_n(&b->failed, 1, __ATOMIC_RELAXED);
     } else {
         while (!ls_progress_cancelled(b->progress)) {
             size_t i = __atomic_fetch_add(&b->next, 1, __ATOMIC_RELAXED);
             if (i >= b->n)
                 break;
-            check_one(b, &b->objs[i], h, buf);
+            check_one(b, &b->objs[i], h, sha, buf);
             ls_progress_add(b->progress, b->objs[i].size, 1);
         }
     }
     ls_blake3_free(h);
+    ls_sha256_free(sha);
     free(buf);
     return NULL;
 }

@@ -268,10 +268,12 @@ int ls_layer_write(const char *objects_dir, const uint8_t *records, size_t recor
  * store of small objects is hashed on every core without a call per file.  err is 0, an errno
  * (ENOENT: missing), or LS_CHECK_NOT_REGULAR.  With LS_CHECK_XATTRS, xattrs counts the
  * object's xattrs that ls_xattr_applies names (owners: LS_CHECK_OWNERS), so that a label the
- * host puts on every file costs fsck nothing; else 0. */
+ * host puts on every file costs fsck nothing; else 0.  With LS_CHECK_SHA256, content_sha256 is
+ * the SHA-256 of the same bytes (what zstd:chunked and eStargz TOCs name files by), read once
+ * for both hashes; LS_CHECK_NO_BLAKE3 leaves content_hash zero when only that is wanted. */
 
 enum { LS_CHECK_NOT_REGULAR = -1 };
-enum { LS_CHECK_XATTRS = 1, LS_CHECK_OWNERS = 2 };
+enum { LS_CHECK_XATTRS = 1, LS_CHECK_OWNERS = 2, LS_CHECK_SHA256 = 4, LS_CHECK_NO_BLAKE3 = 8 };
 
 typedef struct {
     uint8_t id[32];             /* in */
@@ -281,6 +283,7 @@ typedef struct {
     uint64_t size;
     int64_t mtime_ns;
     uint8_t content_hash[32];
+    uint8_t content_sha256[32];
 } ls_object_check;
 
 int ls_objects_check(const char *objects_dir, ls_object_check *objs, size_t n, int threads,

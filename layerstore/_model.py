@@ -147,7 +147,10 @@ class LayerPull:
     """One layer of a pull as it stands.  action: "skipped" (stored already: by its diffID,
     or by its blob digest), "waiting", "downloading" or "downloaded"; bytes: blob bytes
     received (a resumed download counts each byte once, a restarted one twice); requests:
-    the blob GETs sent (resumes included)."""
+    the blob GETs sent (resumes included).  partial: for a chunked layer (zstd:chunked),
+    what the partial pull chose and why ({"mode": "partial"|"full", "reason", and the plan:
+    "files", "local", "planned_bytes", "planned_requests"}), else None; a partial pull's
+    action is "partial" once its files are fetched."""
 
     digest: str
     diff_id: str
@@ -157,6 +160,7 @@ class LayerPull:
     requests: int = 0
     resumes: int = 0
     seconds: float = 0.0
+    partial: dict | None = None
 
 
 @dataclass(frozen=True, slots=True)

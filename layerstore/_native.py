@@ -570,6 +570,19 @@ class ObjectCheck:
 NOT_REGULAR = lib.LS_CHECK_NOT_REGULAR
 
 
+def _objects_check(objects_dir: str, ids: list[bytes], flags: int, report):
+    """ls_objects_check over ids on every core: the filled ls_object_check array."""
+    objs = ffi.new("ls_object_check[]", len(ids))
+    for o, oid in zip(objs, ids):
+        o.id = oid
+    err = ffi.new("char[]", 1024)
+    rc = observed(lambda progress: lib.ls_objects_check(
+        os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1, flags, progress, err,
+        1024), report)
+    _check(rc, ffi.string(err).decode(errors="replace"))
+    return objs
+
+
 def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
                   report=None) -> list[ObjectCheck]:
     """Stats and BLAKE3-hashes the objects named by ids on every core (see ls_objects_check),
@@ -577,20 +590,28 @@ def check_objects(objects_dir: str, ids: list[bytes], owners: bool,
     xattr_applies(name, owners) names.  report: see observed (items: objects checked)."""
     if not ids:
         return []
-    objs = ffi.new("ls_object_check[]", len(ids))
-    for o, oid in zip(objs, ids):
-        o.id = oid
-    err = ffi.new("char[]", 1024)
-    rc = observed(lambda progress: lib.ls_objects_check(
-        os.fsencode(objects_dir), objs, len(ids), os.cpu_count() or 1,
-        lib.LS_CHECK_XATTRS | (lib.LS_CHECK_OWNERS if owners else 0), progress, err, 1024),
-        report)
-    _check(rc, ffi.string(err).decode(errors="replace"))
+    objs = _objects_check(objects_dir, ids, lib.LS_CHECK_XATTRS |
+                          (lib.LS_CHECK_OWNERS if owners else 0), report)
     buf = ffi.buffer(objs)
     size = ffi.sizeof("ls_object_check")
     hash_at = ffi.offsetof("ls_object_check", "content_hash")
     return [ObjectCheck(o.err, o.mode, o.uid, o.gid, o.size, o.mtime_ns,
                         buf[i * size + hash_at:i * size + hash_at + 32], o.xattrs)
+            for i, o in enumerate(objs)]
+
+
+def objects_sha256(objects_dir: str, ids: list[bytes], report=None) -> list[bytes | None]:
+    """The SHA-256 of each object's content (None for one that is missing or not a regular
+    file), on every core through the fsck reading path (ls_objects_check, BLAKE3 skipped).
+    ids biggest first spreads the work best.  report: see observed."""
+    if not ids:
+        return []
+    objs = _objects_check(objects_dir, ids, lib.LS_CHECK_SHA256 | lib.LS_CHECK_NO_BLAKE3,
+                          report)
+    buf = ffi.buffer(objs)
+    size = ffi.sizeof("ls_object_check")
+    at = ffi.offsetof("ls_object_check", "content_sha256")
+    return [buf[i * size + at:i * size + at + 32] if o.err == 0 else None
             for i, o in enumerate(objs)]
 
 

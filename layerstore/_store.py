@@ -146,13 +146,17 @@ class Store:
 
     def pull(self, ref: str, platform: str | None = None, all_platforms: bool = False,
              jobs: int = 3, registry=None,
-             progress: Callable[[Progress], None] | None = None) -> list[Image]:
+             progress: Callable[[Progress], None] | None = None,
+             partial: str = "auto") -> list[Image]:
         """Pulls an image from a registry (OCI distribution, Docker Hub first): ref as Docker
         reads it ("python" is docker.io/library/python:latest; name@sha256:... pins a
         digest).  An index yields the image for platform (default this machine's), or every
         image with all_platforms; the tag names the one for the platform wanted.  Layers the
         store holds (by diffID, or by a blob digest pulled before) are not downloaded; the
         others download jobs at a time, each streamed into the store as it arrives.
+        partial: for zstd:chunked layers, "auto" fetches only the files the store lacks
+        when that costs less than the blob, "always" whenever it can, "never" pulls them
+        whole (registry/pull.py); LayerPull.partial says what was chosen.
         registry: a registry.RegistryOptions (credentials, TLS).  progress receives
         PullProgress: blob bytes downloaded of those to download, files ingested, and each
         layer's state.
@@ -169,7 +173,7 @@ class Store:
             platform = parse_platform(platform)
         options = registry if registry is not None else RegistryOptions()
         with options.client(reference.domain) as client:
-            src = RegistrySource(client, reference, self._ctx, jobs)
+            src = RegistrySource(client, reference, self._ctx, jobs, partial)
             last = Progress(0, None, 0)
 
             def report(p: Progress) -> None:

@@ -300,8 +300,13 @@ class _PullDisplay:
 @click.option("--json", "as_json", is_flag=True,
               help="Print the images and, per layer, what was done (skipped, downloaded), "
                    "bytes and requests, as JSON.")
+@click.option("--partial", type=click.Choice(["auto", "never", "always"]), default="auto",
+              show_default=True,
+              help="zstd:chunked layers: fetch only the files the store lacks (always), when "
+                   "that costs less than the whole blob (auto), or never.")
 @click.pass_obj
-def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, as_json):
+def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, as_json,
+         partial):
     """Pull an image from a registry (Docker Hub unless REF names another: python,
     quay.io/org/app:1, localhost:5000/app@sha256:...).  Layers the store holds are not
     downloaded; the others stream into the store as they arrive, every digest verified."""
@@ -309,7 +314,7 @@ def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, 
     display = _PullDisplay(enabled=not (quiet or as_json))
     try:
         images = store.pull(reference, platform=platform, all_platforms=all_platforms,
-                            jobs=jobs, registry=registry, progress=display)
+                            jobs=jobs, registry=registry, progress=display, partial=partial)
     finally:
         display.done()
     if as_json:
@@ -319,7 +324,8 @@ def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, 
             "layers": [{"digest": layer.digest, "diffID": layer.diff_id, "size": layer.size,
                         "action": layer.action, "bytes": layer.bytes,
                         "requests": layer.requests, "resumes": layer.resumes,
-                        "seconds": round(layer.seconds, 3)} for layer in p.layers],
+                        "seconds": round(layer.seconds, 3), "partial": layer.partial}
+                       for layer in p.layers],
             "requests": p.requests}, indent=2))
     elif quiet:
         for image in images:

@@ -15,6 +15,7 @@ __all__ = [
     "LimitExceeded",
     "UnsupportedFormat",
     "DigestMismatch",
+    "InvalidTOC",
     "MissingBlob",
     "InvalidReference",
     "InvalidPlatform",
@@ -71,6 +72,11 @@ class UnsupportedFormat(LayerstoreError, ValueError):
 
 class DigestMismatch(CorruptArchive):
     """Content does not hash to the digest that names it."""
+
+
+class InvalidTOC(CorruptArchive):
+    """A zstd:chunked or eStargz layer's table of contents or tar-split is malformed, over
+    a size cap, or not what its digest says."""
 
 
 class MissingBlob(CorruptArchive):

@@ -391,7 +391,8 @@ class Fault:
     Range header; "headers" forwards and sets headers of the answer; "body" forwards and
     replaces the answer's body (keeping status and the other headers); "hold" forwards,
     sends `after` bytes of the body, sets held and waits (up to a minute) for release
-    before sending the rest.
+    before sending the rest.  range: a regex the request's Range header must match (""
+    matches requests without one too; "," only multi-range requests).
     """
 
     kind: str
@@ -405,6 +406,7 @@ class Fault:
     forward: bool = False
     held: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
+    range: str = ""
 
 
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"}
@@ -440,17 +442,18 @@ class FaultProxy(ThreadServer):
             self.faults.append(fault)
         return fault
 
-    def _take(self, method: str, path: str) -> Fault | None:
+    def _take(self, method: str, path: str, range_: str | None = None) -> Fault | None:
         with self._lock:
             for f in self.faults:
-                if f.times > 0 and f.method == method and re.search(f.path, path):
+                if f.times > 0 and f.method == method and re.search(f.path, path) and \
+                        (not f.range or re.search(f.range, range_ or "")):
                     f.times -= 1
                     return f
         return None
 
     def forward(self, h: _Handler) -> None:
         body = h.body()
-        fault = self._take(h.command, h.path)
+        fault = self._take(h.command, h.path, h.headers.get("Range"))
         entry = {"method": h.command, "path": h.path, "range": h.headers.get("Range"),
                  "authorization": h.headers.get("Authorization") is not None,
                  "content_range": h.headers.get("Content-Range"), "length": len(body),

@@ -493,9 +493,9 @@ def test_two_processes_import_overlapping_images(tmp_path):
     assert all(refs == 1 for refs in s["objects"].values())
 
 
-def test_a_schema_1_index_is_migrated_to_2(tmp_path):
-    """Stores made before pulls (schema 1) open as schema 2: the new tables appear empty and
-    every image stays as it was."""
+def test_a_schema_1_index_is_migrated_to_current(tmp_path):
+    """Stores made before pulls (schema 1) open as the current schema: the new tables appear
+    empty and every image stays as it was."""
     import lmdb
     path = tmp_path / "old.tar"
     path.write_bytes(A.docker_archive([([A.layer(("f", "a", b"a"))], ["old:1"])]))
@@ -509,7 +509,7 @@ def test_a_schema_1_index_is_migrated_to_2(tmp_path):
         assert s.image("old:1") == image and s.fsck() == []
         index = context(s).index
         with index.read() as txn:
-            assert txn.get(b"schema", db=index.db["meta"]) == b"2"
+            assert txn.get(b"schema", db=index.db["meta"]) == b"3"
             assert index.repo_digests(txn, image.id) == []
 
 

@@ -27,12 +27,15 @@ class Blob:
     already.  The import reads the reader to its end before it takes the next blob from the
     same thread.  digest: set by a source whose reader verifies the blob itself (a
     registry's: the read that completes it raises DigestMismatch otherwise), which the
-    import then does not hash again."""
+    import then does not hash again.  stands_for: (compression, digest, size) of the blob
+    when the reader gives a tar rebuilt from part of it (a partial pull of a chunked
+    layer): the diffID the import computes is then what verifies it."""
 
     key: str
     reader: BinaryIO
     head: bytes = b""
     digest: str | None = None
+    stands_for: tuple[str, str, int] | None = None
 
 
 class Source(Protocol):

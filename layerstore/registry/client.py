@@ -259,18 +259,33 @@ class Client:
         return int(length) if length and length.isdigit() else 0
 
     def get_blob(self, repo: str, digest: str, size: int | None = None,
-                 restart: bool = False) -> BlobReader:
+                 restart: bool = False, response: Response | None = None) -> BlobReader:
         """A blob as a verifying, resuming stream (transport.BlobReader; restart: as there);
-        the GET is sent now, so errors.BlobUnknown comes from here.  Close it when done."""
+        the GET is sent now, so errors.BlobUnknown comes from here.  Close it when done.
+        response: a 200 answer with the whole blob to a GET already sent (a range GET the
+        server answered so), read instead of sending another."""
         path = f"/v2/{_repo(repo)}/blobs/{check_digest(digest)}"
 
         def open_at(offset: int) -> Response:
+            nonlocal response
+            if response is not None and offset == 0:
+                first, response = response, None
+                return first
             headers = {"Range": f"bytes={offset}-"} if offset else {}
             return self._request("GET", path, repo, _pull(repo), headers=headers, stream=True,
                                  ok=(200, 206), what=("blob", digest))
 
         return BlobReader(open_at, digest, size, self.transport,
                           label=f"blob {self.host}/{repo}@{digest}", restart=restart)
+
+    def get_blob_ranges(self, repo: str, digest: str, ranges: list[tuple[int, int]]) -> Response:
+        """One GET of the (start, end) byte ranges of a blob, streamed, answered as the server
+        chose: 206 (multipart/byteranges, or one part), 200 (the whole blob: Range ignored)
+        or 400/416/501 (ranges refused).  Close it when done."""
+        spec = ",".join(f"{s}-{e - 1}" for s, e in ranges)
+        return self._request("GET", f"/v2/{_repo(repo)}/blobs/{check_digest(digest)}", repo,
+                             _pull(repo), headers={"Range": f"bytes={spec}"}, stream=True,
+                             ok=(200, 206, 400, 416, 501), what=("blob", digest))
 
     def get_blob_bytes(self, repo: str, digest: str, size: int | None = None,
                        limit: int = CONFIG_LIMIT) -> bytes:

@@ -15,6 +15,16 @@ diffID, or whose blob digest, the store has are never asked for, so never reques
 by `jobs` threads side by side; a broken connection resumes with Range, and a server that
 ignores Range is read again from the start, skipping what was handed out.
 
+A zstd:chunked layer (partial="auto"|"always") is read by partial pull instead
+(registry/partial.py): its TOC, found from the manifest's annotations or the blob's footer
+(a zstd layer without them costs one tail read), says which files the store lacks; only
+their frames (and the tar-split, or the frames between files) are fetched, the tar stream
+is rebuilt from the store's objects and those bytes, and the import checks its diffID as for
+any layer.  "auto" goes partial when the store holds some of the files and the bytes and
+requests cost less than the blob at the bandwidth and round-trip time the TOC's reads
+took (partial.worth_it); a server that answers a range GET with the whole blob has that answer streamed as a
+full pull.  The choice is in LayerPull.partial.
+
 record() writes, in the import's commit: the digest the images were pulled as
 ("domain/path@sha256:...", as Docker's RepoDigests: an index's names the image for the
 platform wanted, the others of an index pulled whole are named by their manifest's), the
@@ -34,6 +44,9 @@ from ..formats.manifests import ImagePlan, choose_manifests, plan_manifest, sha2
 from ..formats.platforms import host_platform, platform_matches, platform_rank
 from ..formats.reference import Reference
 from ..formats.source import Blob, Reader
+from ..formats import chunked
+from ..store import contentmap
+from . import partial as partial_
 from .client import Client, Manifest, _classify
 
 
@@ -49,12 +62,16 @@ class _Layer:
     reader: object = None
     started: float = 0.0
     seconds: float = 0.0
+    media_type: str | None = None
+    annotations: dict | None = None
+    partial: dict | None = None
+    range_requests: int = 0
 
     def view(self) -> LayerPull:
         r = self.reader
         return LayerPull(self.digest, self.diff_id, self.size, self.action, self.bytes,
-                         r.requests if r is not None else 0, r.resumes if r is not None else 0,
-                         self.seconds)
+                         (r.requests if r is not None else 0) + self.range_requests,
+                         r.resumes if r is not None else 0, self.seconds, self.partial)
 
 
 class _Tracked(Reader):
@@ -85,9 +102,14 @@ class RegistrySource:
     size: int | None
     readers: int
 
-    def __init__(self, client: Client, ref: Reference, ctx, jobs: int = 3) -> None:
+    def __init__(self, client: Client, ref: Reference, ctx, jobs: int = 3,
+                 partial: str = "auto") -> None:
         if jobs < 1:
             raise ValueError("jobs must be at least 1")
+        if partial not in ("auto", "never", "always"):
+            raise ValueError("partial must be auto, never or always")
+        self.partial = partial
+        self._mapped = False
         self.client, self.ref, self.ctx = client, ref, ctx
         self.readers = jobs
         self.size = None
@@ -138,10 +160,17 @@ class RegistrySource:
             else plans[0]
         if ref.tag is not None:
             self.primary.tags = [f"{ref.name}:{ref.tag}"]
+        annotations = {d.get("digest"): d.get("annotations")
+                       for m, _ in chosen for d in m.json.get("layers") or []
+                       if isinstance(d, dict)}
         for plan in plans:
             for layer in plan.layers:
+                ann = annotations.get(layer.digest)
                 self.layers.setdefault(layer.digest,
-                                       _Layer(layer.digest, layer.diff_id, layer.size))
+                                       _Layer(layer.digest, layer.diff_id, layer.size,
+                                              media_type=layer.media_type,
+                                              annotations=ann if isinstance(ann, dict)
+                                              else None))
         return plans
 
     def blobs(self, keys: list[str] | None) -> Iterator[Blob]:
@@ -151,8 +180,19 @@ class RegistrySource:
         self.size = sum(layer.size or 0 for layer in todo)
         for layer in todo:
             layer.started = time.monotonic()
+            whole = None
+            try:
+                blob = self._partial(layer)
+            except partial_.WholeBlob as exc:
+                blob, whole = None, exc.response
+                layer.partial = {**(layer.partial or {}), "mode": "full",
+                                 "reason": "the server answered a range GET with the whole "
+                                           "blob"}
+            if blob is not None:
+                yield blob
+                continue
             layer.reader = self.client.get_blob(self.ref.path, layer.digest, layer.size,
-                                                restart=True)
+                                                restart=True, response=whole)
             with self._lock:
                 self._open.append(layer.reader)
             layer.action = "downloading"
@@ -163,6 +203,98 @@ class RegistrySource:
             for reader in self._open:
                 reader.close()
             self._open = []
+
+    # -- partial pulls ---------------------------------------------------------------------
+
+    def _partial(self, layer: _Layer) -> Blob | None:
+        """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
+        for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
+        was answered with the whole blob, to be read as the full pull."""
+        if self.partial == "never" or not layer.size:
+            return None
+        ann = layer.annotations
+        named = chunked.locate(ann, layer.size) is not None \
+            or chunked.estargz_digest(ann) is not None
+        zstd = (layer.media_type or "").endswith("zstd")
+        if not named and not zstd:
+            return None         # gzip without annotations: never a tail read for nothing
+        timing: list[tuple[int, float]] = []
+
+        def fetch(offset: int, length: int) -> bytes:
+            t = time.monotonic()
+            got = self._fetch_range(layer, offset, length)
+            timing.append((length, time.monotonic() - t))
+            return got
+
+        def full(reason: str, **more) -> None:
+            layer.partial = {"mode": "full", "reason": reason, **more}
+
+        try:
+            found = chunked.read_toc(fetch, layer.size, ann)
+        except partial_.Refused:
+            return full("the server refuses range requests")
+        except errors.LimitExceeded as exc:
+            return full(str(exc))
+        except errors.InvalidTOC:
+            if named:
+                raise           # the manifest vouches for this TOC: it lies
+            return full("the blob's footer points at no valid TOC")
+        if found is None:
+            return full("not a chunked layer")
+        loc, toc, tarsplit = found
+        if loc.format != chunked.ZSTD_CHUNKED:
+            return full("eStargz layers are pulled whole")
+        if not self._mapped:
+            contentmap.fill(self.ctx)
+            self._mapped = True
+        with self.ctx.index.read() as txn:
+            plan = partial_.plan(loc, toc, tarsplit,
+                                 lambda d: contentmap.lookup(self.ctx, txn, d))
+        info = {"files": plan.files, "local": plan.local, "planned_bytes": plan.wire_bytes,
+                "planned_requests": len(plan.requests)}
+        if plan.wire_bytes > partial_.FETCH_LIMIT:
+            return full(f"over {partial_.FETCH_LIMIT} bytes to fetch", **info)
+        bandwidth, rtt = partial_.measured_link(timing)
+        info["bandwidth"], info["rtt"] = round(bandwidth), round(rtt, 6)
+        if self.partial == "auto" and not partial_.worth_it(plan, layer.size, bandwidth, rtt):
+            return full("cheaper whole by the cost model", **info)
+        counts = {"requests": 0, "bytes": 0}
+        layer.action = "downloading"
+        try:
+            fetched = partial_.fetch(self.client, self.ref.path, layer.digest, layer.size,
+                                     plan.requests, counts)
+        except partial_.Refused:
+            return full("the server refuses range requests", **info)
+        finally:
+            layer.range_requests += counts["requests"]
+            layer.bytes += counts["bytes"]
+        layer.partial = {"mode": "partial", "reason": "fewer bytes" if self.partial == "auto"
+                         else "asked for", **info}
+        layer.action = "partial"
+        layer.seconds = time.monotonic() - layer.started
+        rebuilt = partial_.Rebuilt(plan, fetched, self.ctx.object_path,
+                                   f"layer {self.ref.name}@{layer.digest}")
+        return Blob(layer.digest, rebuilt, stands_for=("zstd", layer.digest, layer.size))
+
+    def _fetch_range(self, layer: _Layer, offset: int, length: int) -> bytes:
+        resp = self.client.get_blob_ranges(self.ref.path, layer.digest,
+                                           [(offset, offset + length)])
+        layer.range_requests += 1
+        if resp.status == 200:
+            raise partial_.WholeBlob(resp)
+        try:
+            if resp.status != 206:
+                raise partial_.Refused(f"answered {resp.status}")
+            data = partial_.read_all(resp, length)
+        finally:
+            if resp.status != 200:
+                resp.close()
+        layer.bytes += len(data)
+        m = partial_.CONTENT_RANGE.match(resp.header("Content-Range") or "")
+        if not m or int(m.group(1)) != offset or len(data) != length:
+            raise errors.RegistryError(f"blob {layer.digest}: a range answer that is not "
+                                       f"bytes {offset}-{offset + length - 1}")
+        return data
 
     # -- what a pull adds ----------------------------------------------------------------
 

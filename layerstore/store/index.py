@@ -22,6 +22,11 @@ Named databases (keys and values are bytes):
                 container runtime reads in place, which gc keeps (with their layer dirs)
                 whether or not an image still names them (schema 2)
     snapshots   a containerd snapshot key -> JSON record of the snapshotter (schema 2)
+    sha256      32-byte SHA-256 of an object's content -> 32-byte object ids (sorted
+                duplicates): what zstd:chunked and eStargz TOCs name files by (schema 3)
+    object_sha256   32-byte object id -> the SHA-256 of its content: which objects the sha256
+                map holds.  Both stay empty until a store first meets a chunked layer
+                (store/contentmap.py fills them); meta b"sha256-map" -> b"" says it did
 
 Reference counts: a layer counts the image slots that name it; an object counts the layers that
 contain it (once per layer).  The empty file is never an object.
@@ -45,10 +50,12 @@ import zstandard
 
 from .. import errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _OBJ = struct.Struct("<QI")
 _DBS = ("meta", "images", "tags", "metadata", "layers", "layer_data", "image_trees", "blobs",
-        "objects", "blob_locations", "repo_digests", "pins", "snapshots")
+        "objects", "blob_locations", "repo_digests", "pins", "snapshots", "sha256",
+        "object_sha256")
+_DUPSORT = ("sha256",)
 LOCATIONS_KEPT = 16     # per blob: enough to find one to mount from, bounded
 MAP_SIZE = 1 << 40      # address space, not disk: the file grows as data is written
 
@@ -122,7 +129,8 @@ class Index:
                 # other process holds the environment open: its snapshot pins old pages (the
                 # file only grows) and, once max_readers are stale, every read fails.
                 env.reader_check()
-                dbs = {name: env.open_db(name.encode()) for name in _DBS}
+                dbs = {name: env.open_db(name.encode(), dupsort=name in _DUPSORT)
+                       for name in _DBS}
                 entry = _envs[self._key] = [env, dbs, 0]
             entry[2] += 1
         self.env, self.db = entry[0], entry[1]
@@ -460,6 +468,44 @@ class Index:
     def object_count(self, txn) -> int:
         return txn.stat(self.db["objects"])["entries"]
 
+    # ---- the content SHA-256 map (store/contentmap.py) ------------------------------------------
+
+    _SHA256_MAP = b"sha256-map"
+
+    def has_sha256_map(self, txn) -> bool:
+        return txn.get(self._SHA256_MAP, db=self.db["meta"]) is not None
+
+    def sha256_objects(self, txn, sha: bytes) -> list[bytes]:
+        """The ids of live objects whose content has SHA-256 sha (none if the map lacks it)."""
+        cur = txn.cursor(db=self.db["sha256"])
+        if not cur.set_key(sha):
+            return []
+        odb = self.db["objects"]
+        return [oid for oid in cur.iternext_dup() if txn.get(oid, db=odb) is not None]
+
+    def sha256_todo(self, txn) -> tuple[list[tuple[bytes, int]], list[bytes]]:
+        """(objects the map lacks, with their sizes; ids the map holds that gc removed)."""
+        mapped = self.db["object_sha256"]
+        missing = [(oid, _OBJ.unpack(v)[0]) for oid, v in txn.cursor(db=self.db["objects"])
+                   if txn.get(oid, db=mapped) is None]
+        odb = self.db["objects"]
+        dead = [oid for oid in txn.cursor(db=mapped).iternext(values=False)
+                if txn.get(oid, db=odb) is None]
+        return missing, dead
+
+    def put_sha256(self, txn, found: list[tuple[bytes, bytes]], dead: list[bytes]) -> None:
+        """Adds (object id, content SHA-256) pairs, drops dead ids, and marks the map made."""
+        mapped, by_sha = self.db["object_sha256"], self.db["sha256"]
+        for oid in dead:
+            sha = txn.get(oid, db=mapped)
+            if sha is not None:
+                txn.delete(sha, oid, db=by_sha)
+                txn.delete(oid, db=mapped)
+        for oid, sha in found:
+            txn.put(oid, sha, db=mapped)
+            txn.put(sha, oid, db=by_sha)
+        txn.put(self._SHA256_MAP, b"", db=self.db["meta"])
+
     # ---- fsck (store/fsck.py): raw rows and re-import marks -----------------------------------
     # A layer whose objects fsck found missing or damaged gets a mark in meta,
     # b"reimport/<diffID>": import treats a marked layer as unknown and ingests it again, which
@@ -529,6 +575,11 @@ def _from_1(index: Index, txn) -> None:
     makes a named database when it is first opened): nothing to convert."""
 
 
+def _from_2(index: Index, txn) -> None:
+    """Schema 2 -> 3: the content SHA-256 map (sha256, object_sha256) appears, empty: it is
+    filled when the store first meets a chunked layer."""
+
+
 # version -> the function that brings an index of that version to the next, run in order
 # inside the write transaction that then records SCHEMA_VERSION.
-_MIGRATIONS = {1: _from_1}
+_MIGRATIONS = {1: _from_1, 2: _from_2}

@@ -258,6 +258,9 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
         while counted.read(CHUNK):
             pass
         digest = blob.digest if compression != "tar" else None
+    if blob.stands_for is not None:
+        emit(LayerRead(blob.key, BlobInfo(*blob.stands_for)))
+        return
     emit(LayerRead(blob.key, BlobInfo(compression, digest, counted.count)))
 
 

@@ -1,0 +1,512 @@
+"""zstd:chunked and eStargz layers: where the table of contents (TOC) is, and what it says.
+
+Both formats are ordinary compressed tar streams (a client that knows nothing of them pulls
+them whole) in which every regular file's content starts new compressed frames, so one file
+can be fetched by byte range, and a TOC lists each file with the SHA-256 of its content and
+its compressed byte range.  The formats are defined by code (research/registry.md, A.8):
+
+zstd:chunked (containers/storage pkg/chunked): after the content come zstd skippable frames
+(magic 50 2A 4D 18, LE32 length) holding the zstd-compressed TOC JSON, the zstd-compressed
+tar-split (current format only) and a footer of LE64 fields: TOC offset, compressed length,
+uncompressed length, manifest type 1, then (current format) tar-split offset, compressed
+length, uncompressed length; then the magic "GnUlInUx".  64 bytes now, 40 in the old format
+(c/storage <= 1.43, Debian's skopeo 1.9.3).  The layer annotations say the same:
+`io.github.containers.zstd-chunked.manifest-checksum` (sha256 of the *compressed* TOC) and
+`...manifest-position` "offset:length:uncompressed:1", `...tarsplit-position`
+"offset:length:uncompressed"; the old format used the prefix `io.containers.zstd-chunked.`.
+
+eStargz (stargz-snapshotter docs/estargz.md): gzip members; the TOC is the last tar entry,
+`stargz.index.json`, in its own member; a 51-byte empty gzip member whose Extra field holds
+"%016xSTARGZ" (the TOC member's offset) ends the blob.  The annotation
+`containerd.io/snapshot/stargz/toc.digest` is the sha256 of the *uncompressed* TOC JSON.
+
+Trust: a TOC found by the annotation is checked against the annotation's digest (which the
+manifest digest covers).  One found by the footer alone (copiers such as skopeo 1.9 drop the
+annotations when they reuse a blob) is an unauthenticated hint: safe only because a partial
+pull rebuilds the tar stream and the C ingest checks its diffID against the config.  Either
+way every field is checked here before anything uses it, sizes are capped before anything is
+fetched or decompressed, and every failure is errors.InvalidTOC.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+import hashlib
+import io
+import json
+import re
+import struct
+import tarfile
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import errors
+
+ZSTD_CHUNKED = "zstd:chunked"
+ESTARGZ = "estargz"
+
+ANNOTATION_PREFIXES = ("io.github.containers.zstd-chunked.", "io.containers.zstd-chunked.")
+ESTARGZ_TOC_DIGEST = "containerd.io/snapshot/stargz/toc.digest"
+
+# Caps before anything is fetched or decompressed (c/storage allows 150 MiB; ours parses in
+# Python, and a layer whose TOC is over them is pulled whole).
+TOC_LIMIT = 16 << 20
+TOC_UNCOMPRESSED_LIMIT = 64 << 20
+TARSPLIT_LIMIT = 64 << 20
+TARSPLIT_UNCOMPRESSED_LIMIT = 256 << 20
+ENTRY_LIMIT = 1 << 20
+NAME_LIMIT = 1 << 16
+
+SKIPPABLE_MAGIC = b"\x50\x2a\x4d\x18"
+ZSTD_MAGIC = b"GnUlInUx"
+FOOTER_SIZE = 64            # current format; the old one has 40
+OLD_FOOTER_SIZE = 40
+ESTARGZ_FOOTER_SIZE = 51
+TAIL_SIZE = 8 + FOOTER_SIZE  # what one Range GET of the blob's end reads
+
+ENTRY_TYPES = ("reg", "hardlink", "symlink", "dir", "char", "block", "fifo", "chunk")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+_INT_MAX = (1 << 63) - 1
+
+
+@dataclass(frozen=True)
+class Span:
+    """A compressed byte range of the blob and the length it decompresses to."""
+
+    offset: int
+    length: int
+    uncompressed: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass(frozen=True)
+class TocLocation:
+    """Where a layer's TOC (and tar-split) is; digest is the annotation's, None when the
+    location came from the footer alone (source "footer")."""
+
+    format: str
+    toc: Span
+    digest: str | None
+    tarsplit: Span | None
+    source: str
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One TOC entry.  offset/end_offset: the compressed range of the entry's frames
+    (eStargz gives only the start: end_offset is then 0 until Toc computes it)."""
+
+    type: str
+    name: str
+    size: int = 0
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    link_name: str = ""
+    digest: str = ""
+    offset: int = 0
+    end_offset: int = 0
+    chunk_offset: int = 0
+    chunk_size: int = 0
+    chunk_digest: str = ""
+    chunk_type: str = ""
+    dev_major: int = 0
+    dev_minor: int = 0
+    xattrs: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class File:
+    """A regular file's content: its SHA-256, size and the compressed range holding all of
+    its frames (the reg entry and its chunk entries)."""
+
+    name: str
+    digest: str
+    size: int
+    offset: int
+    end_offset: int
+
+
+@dataclass
+class Toc:
+    format: str
+    entries: list[Entry]
+    tarsplit_digest: str | None
+    verified: bool          # checked against an annotation digest
+
+    def files(self) -> list[File]:
+        """Every regular file with content, in TOC order."""
+        out: list[File] = []
+        for e in self.entries:
+            if e.type == "reg" and e.size > 0:
+                out.append(File(e.name, e.digest, e.size, e.offset, e.end_offset))
+            elif e.type == "chunk" and out and e.end_offset > out[-1].end_offset:
+                last = out[-1]
+                out[-1] = File(last.name, last.digest, last.size, last.offset, e.end_offset)
+        return out
+
+
+@dataclass(frozen=True)
+class TarSplitEntry:
+    """A tar-split record: a segment of raw tar bytes (headers, padding), or a file whose
+    size bytes of content go there."""
+
+    segment: bytes | None
+    name: str | None = None
+    size: int = 0
+
+
+def _bad(what: str) -> errors.InvalidTOC:
+    return errors.InvalidTOC(what)
+
+
+# -- where the TOC is ------------------------------------------------------------------------
+
+def _position(value, fields: int, what: str) -> tuple[int, ...]:
+    if not isinstance(value, str) or len(value) > 100:
+        raise _bad(f"layer annotation {what} is not a position")
+    parts = value.split(":")
+    if len(parts) != fields or not all(p.isdigit() and p.isascii() for p in parts):
+        raise _bad(f"layer annotation {what} is not a position: {value!r}")
+    return tuple(int(p) for p in parts)
+
+
+def _check_span(span: Span, blob_size: int | None, limit: int, ulimit: int, what: str) -> Span:
+    if span.length <= 0 or span.uncompressed <= 0:
+        raise _bad(f"the {what} is empty")
+    if blob_size is not None and span.end > blob_size:
+        raise _bad(f"the {what} ({span.offset}+{span.length}) is past the blob's end "
+                   f"({blob_size})")
+    if span.length > limit or span.uncompressed > ulimit:
+        raise errors.LimitExceeded(f"the {what} is {span.length} bytes ({span.uncompressed} "
+                                   f"uncompressed), over the {limit} ({ulimit}) layerstore "
+                                   "reads")
+    return span
+
+
+def locate(annotations: dict | None, blob_size: int | None) -> TocLocation | None:
+    """The TOC's location as a layer descriptor's annotations give it, or None when they name
+    none.  The current keys win over the old ones; eStargz's annotation holds only the
+    digest, so its location comes from the footer (with_footer)."""
+    if not isinstance(annotations, dict):
+        return None
+    for prefix in ANNOTATION_PREFIXES:
+        checksum = annotations.get(prefix + "manifest-checksum")
+        position = annotations.get(prefix + "manifest-position")
+        if checksum is None and position is None:
+            continue
+        if not isinstance(checksum, str) or not _DIGEST.match(checksum):
+            raise _bad(f"layer annotation {prefix}manifest-checksum is not a sha256 digest")
+        offset, length, size, kind = _position(position, 4, prefix + "manifest-position")
+        if kind != 1:
+            raise _bad(f"zstd:chunked manifest type {kind} is not 1")
+        toc = _check_span(Span(offset, length, size), blob_size, TOC_LIMIT,
+                          TOC_UNCOMPRESSED_LIMIT, "TOC")
+        tarsplit = None
+        if prefix + "tarsplit-position" in annotations:
+            offset, length, size = _position(annotations[prefix + "tarsplit-position"], 3,
+                                             prefix + "tarsplit-position")
+            tarsplit = _check_span(Span(offset, length, size), blob_size, TARSPLIT_LIMIT,
+                                   TARSPLIT_UNCOMPRESSED_LIMIT, "tar-split")
+        return TocLocation(ZSTD_CHUNKED, toc, checksum, tarsplit, "annotations")
+    return None
+
+
+def estargz_digest(annotations: dict | None) -> str | None:
+    value = annotations.get(ESTARGZ_TOC_DIGEST) if isinstance(annotations, dict) else None
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _DIGEST.match(value):
+        raise _bad(f"layer annotation {ESTARGZ_TOC_DIGEST} is not a sha256 digest")
+    return value
+
+
+def parse_footer(tail: bytes, blob_size: int, digest: str | None = None) -> TocLocation | None:
+    """The TOC's location from the last bytes of a blob of blob_size bytes (TAIL_SIZE of
+    them, or all of a smaller blob), or None when the blob ends in neither format's footer.
+    digest: an eStargz TOC digest from the annotations, kept in the location."""
+    if len(tail) > blob_size:
+        raise ValueError("tail longer than the blob")
+    if tail.endswith(ZSTD_MAGIC):
+        for size in (FOOTER_SIZE, OLD_FOOTER_SIZE):
+            if len(tail) < size + 8 or tail[-size - 8:-size] != \
+                    SKIPPABLE_MAGIC + struct.pack("<I", size):
+                continue
+            fields = struct.unpack(f"<{size // 8 - 1}Q", tail[-size:-8])
+            offset, length, usize, kind = fields[:4]
+            if kind != 1:
+                raise _bad(f"zstd:chunked footer: manifest type {kind} is not 1")
+            content_end = blob_size - size - 8
+            toc = _check_span(Span(offset, length, usize), content_end, TOC_LIMIT,
+                              TOC_UNCOMPRESSED_LIMIT, "TOC")
+            tarsplit = None
+            if size == FOOTER_SIZE and fields[5]:
+                tarsplit = _check_span(Span(*fields[4:7]), content_end, TARSPLIT_LIMIT,
+                                       TARSPLIT_UNCOMPRESSED_LIMIT, "tar-split")
+            return TocLocation(ZSTD_CHUNKED, toc, None, tarsplit, "footer")
+        return None
+    foot = tail[-ESTARGZ_FOOTER_SIZE:]
+    if len(foot) == ESTARGZ_FOOTER_SIZE and foot[:4] == b"\x1f\x8b\x08\x04" \
+            and foot[12:16] == b"SG\x16\x00" and foot[32:38] == b"STARGZ":
+        hexoff = foot[16:32]
+        if not re.fullmatch(rb"[0-9a-f]{16}", hexoff):
+            raise _bad("eStargz footer: the TOC offset is not hexadecimal")
+        offset = int(hexoff, 16)
+        content_end = blob_size - ESTARGZ_FOOTER_SIZE
+        if offset >= content_end:
+            raise _bad(f"eStargz footer: TOC offset {offset} is past the content")
+        # The member's uncompressed size is unknown until read: capped by the limit.
+        toc = _check_span(Span(offset, content_end - offset, 1), content_end, TOC_LIMIT,
+                          TOC_UNCOMPRESSED_LIMIT, "TOC")
+        return TocLocation(ESTARGZ, toc, digest, None, "footer")
+    return None
+
+
+# -- what it says ----------------------------------------------------------------------------
+
+def _unzstd(data: bytes, expect: int, limit: int, what: str) -> bytes:
+    import zstandard
+    out = bytearray()
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
+        while len(out) <= limit:
+            chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
+            if not chunk:
+                break
+            out += chunk
+    except zstandard.ZstdError as exc:
+        raise _bad(f"the {what} is not zstd: {exc}") from None
+    if len(out) > limit:
+        raise errors.LimitExceeded(f"the {what} decompresses to over {limit} bytes")
+    if len(out) != expect:
+        raise _bad(f"the {what} decompresses to {len(out)} bytes, not {expect}")
+    return bytes(out)
+
+
+def _check_digest(data: bytes, digest: str, what: str) -> None:
+    got = "sha256:" + hashlib.sha256(data).hexdigest()
+    if got != digest:
+        raise errors.InvalidTOC(f"the {what} is {got}, not {digest} as the layer says")
+
+
+def _int(e: dict, key: str, where: str) -> int:
+    v = e.get(key, 0)
+    if type(v) is not int or not 0 <= v <= _INT_MAX:
+        raise _bad(f"{where}: {key} is not a non-negative integer")
+    return v
+
+
+def _str(e: dict, key: str, where: str, limit: int = NAME_LIMIT) -> str:
+    v = e.get(key, "")
+    if not isinstance(v, str) or len(v) > limit or "\0" in v:
+        raise _bad(f"{where}: {key} is not a string")
+    return v
+
+
+def _entry(e, i: int, fmt: str, content_end: int) -> Entry:
+    where = f"TOC entry {i}"
+    if not isinstance(e, dict):
+        raise _bad(f"{where} is not an object")
+    kind = e.get("type")
+    if kind not in ENTRY_TYPES:
+        raise _bad(f"{where}: unknown type {kind!r}")
+    digest = _str(e, "digest", where, 80)
+    chunk_digest = _str(e, "chunkDigest", where, 80)
+    for d, key in ((digest, "digest"), (chunk_digest, "chunkDigest")):
+        if d and not _DIGEST.match(d):
+            raise _bad(f"{where}: {key} is not a sha256 digest")
+    xattrs = e.get("xattrs") or {}
+    if not isinstance(xattrs, dict) or len(xattrs) > 1024:
+        raise _bad(f"{where}: xattrs is not an object")
+    decoded = {}
+    for k, v in xattrs.items():
+        if not isinstance(v, str) or len(k) > 255 or len(v) > NAME_LIMIT:
+            raise _bad(f"{where}: xattr {k!r} is not base64")
+        try:
+            decoded[k] = base64.b64decode(v, validate=True)
+        except binascii.Error:
+            raise _bad(f"{where}: xattr {k!r} is not base64") from None
+    entry = Entry(kind, _str(e, "name", where), _int(e, "size", where), _int(e, "mode", where),
+                  _int(e, "uid", where), _int(e, "gid", where), _str(e, "linkName", where),
+                  digest, _int(e, "offset", where), _int(e, "endOffset", where),
+                  _int(e, "chunkOffset", where), _int(e, "chunkSize", where), chunk_digest,
+                  _str(e, "chunkType", where, 16), _int(e, "devMajor", where),
+                  _int(e, "devMinor", where), decoded)
+    if kind != "chunk" and not entry.name:
+        raise _bad(f"{where}: no name")
+    if kind == "reg" and entry.size > 0 and not digest:
+        raise _bad(f"{where}: regular file {entry.name!r} has no digest")
+    if kind in ("reg", "chunk") and (entry.size > 0 or kind == "chunk"):
+        if entry.offset > content_end or entry.end_offset > content_end:
+            raise _bad(f"{where}: range {entry.offset}-{entry.end_offset} is past the "
+                       f"content ({content_end} bytes)")
+        if fmt == ZSTD_CHUNKED and kind == "reg" and entry.end_offset < entry.offset:
+            raise _bad(f"{where}: range {entry.offset}-{entry.end_offset} ends before it starts")
+    return entry
+
+
+def parse_toc(data: bytes, loc: TocLocation) -> Toc:
+    """The TOC in data (the blob's bytes at loc.toc), checked against loc.digest when there
+    is one (zstd:chunked: of the compressed bytes; eStargz: of the JSON)."""
+    if len(data) != loc.toc.length:
+        raise _bad(f"the TOC is {len(data)} bytes, not {loc.toc.length}")
+    if loc.format == ZSTD_CHUNKED:
+        if loc.digest is not None:
+            _check_digest(data, loc.digest, "TOC")
+        raw = _unzstd(data, loc.toc.uncompressed, TOC_UNCOMPRESSED_LIMIT, "TOC")
+    else:
+        raw = _estargz_json(data)
+        if loc.digest is not None:
+            _check_digest(raw, loc.digest, "TOC")
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _bad("the TOC is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1:
+        raise _bad("the TOC is not a version 1 table of contents")
+    entries = doc.get("entries")
+    if not isinstance(entries, list) or len(entries) > ENTRY_LIMIT:
+        raise _bad("the TOC has no entry list, or over a million entries")
+    tarsplit_digest = doc.get("tarSplitDigest") or None
+    if tarsplit_digest is not None and (not isinstance(tarsplit_digest, str)
+                                        or not _DIGEST.match(tarsplit_digest)):
+        raise _bad("the TOC's tarSplitDigest is not a sha256 digest")
+    content_end = loc.toc.offset
+    parsed = [_entry(e, i, loc.format, content_end) for i, e in enumerate(entries)]
+    seen: set[str] = set()
+    file: Entry | None = None
+    for i, e in enumerate(parsed):
+        if e.type == "chunk":
+            if file is None or (e.name and e.name != file.name):
+                raise _bad(f"TOC entry {i}: a chunk that follows no regular file")
+            if loc.format == ZSTD_CHUNKED and not file.offset <= e.offset <= file.end_offset:
+                raise _bad(f"TOC entry {i}: a chunk outside its file's range")
+            continue
+        file = e if e.type == "reg" and e.size > 0 else None
+        if e.name in seen:
+            raise _bad(f"TOC entry {i}: {e.name!r} is listed twice")
+        seen.add(e.name)
+    if loc.format == ESTARGZ:
+        parsed = _estargz_ends(parsed, content_end)
+    return Toc(loc.format, parsed, tarsplit_digest, loc.digest is not None)
+
+
+def _estargz_json(data: bytes) -> bytes:
+    """The JSON of an eStargz TOC member: a gzip member holding the tar entry
+    stargz.index.json (capped before it is decompressed further)."""
+    d = zlib.decompressobj(31)
+    try:
+        tar = d.decompress(data, TOC_UNCOMPRESSED_LIMIT + 1)
+    except zlib.error as exc:
+        raise _bad(f"the eStargz TOC is not gzip: {exc}") from None
+    if len(tar) > TOC_UNCOMPRESSED_LIMIT:
+        raise errors.LimitExceeded(f"the TOC decompresses to over {TOC_UNCOMPRESSED_LIMIT} bytes")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as tf:
+            member = tf.next()
+            if member is None or member.name != "stargz.index.json" or not member.isfile():
+                raise _bad("the eStargz TOC member does not hold stargz.index.json")
+            f = tf.extractfile(member)
+            raw = f.read() if f is not None else b""
+    except (tarfile.TarError, EOFError):
+        raise _bad("the eStargz TOC member is not a tar entry") from None
+    if len(raw) != member.size:
+        raise _bad("the eStargz TOC is truncated")
+    return raw
+
+
+def _estargz_ends(entries: list[Entry], content_end: int) -> list[Entry]:
+    """eStargz gives each payload's member start only: a file's frames end where the next
+    member with a payload (or the TOC) starts."""
+    starts = sorted({e.offset for e in entries if e.type in ("reg", "chunk") and
+                     (e.size > 0 or e.type == "chunk")} | {content_end})
+    out = []
+    for e in entries:
+        if e.type in ("reg", "chunk") and (e.size > 0 or e.type == "chunk"):
+            end = starts[bisect.bisect_right(starts, e.offset)] \
+                if e.offset < content_end else content_end
+            e = Entry(**{**e.__dict__, "end_offset": end})
+        out.append(e)
+    return out
+
+
+def parse_tarsplit(data: bytes, span: Span, digest: str | None) -> list[TarSplitEntry]:
+    """The tar-split records in data (the blob's bytes at span), checked against digest
+    (TOC.tarSplitDigest, of the compressed bytes)."""
+    if len(data) != span.length:
+        raise _bad(f"the tar-split is {len(data)} bytes, not {span.length}")
+    if digest is not None:
+        _check_digest(data, digest, "tar-split")
+    raw = _unzstd(data, span.uncompressed, TARSPLIT_UNCOMPRESSED_LIMIT, "tar-split")
+    out: list[TarSplitEntry] = []
+    for n, line in enumerate(raw.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            raise _bad(f"tar-split line {n} is not JSON") from None
+        if not isinstance(rec, dict):
+            raise _bad(f"tar-split line {n} is not an object")
+        kind = rec.get("type")
+        where = f"tar-split line {n}"
+        if kind == 2:
+            payload = rec.get("payload", "")
+            if payload is None:
+                payload = ""
+            if not isinstance(payload, str):
+                raise _bad(f"{where}: payload is not base64")
+            try:
+                out.append(TarSplitEntry(base64.b64decode(payload, validate=True)))
+            except binascii.Error:
+                raise _bad(f"{where}: payload is not base64") from None
+        elif kind == 1:
+            name = rec.get("name")
+            if name is None and "name_raw" in rec:
+                raw_name = rec["name_raw"]
+                if not isinstance(raw_name, str):
+                    raise _bad(f"{where}: name_raw is not a string")
+                name = raw_name.encode("latin-1", "replace").decode("utf-8", "surrogateescape")
+            if not isinstance(name, str) or len(name) > NAME_LIMIT:
+                raise _bad(f"{where}: no name")
+            out.append(TarSplitEntry(None, name, _int(rec, "size", where)))
+        else:
+            raise _bad(f"{where}: unknown type {kind!r}")
+    return out
+
+
+# -- reading it from a registry --------------------------------------------------------------
+
+Fetch = Callable[[int, int], bytes]     # (offset, length) -> the blob's bytes there
+
+
+def read_toc(fetch: Fetch, blob_size: int, annotations: dict | None
+             ) -> tuple[TocLocation, Toc, list[TarSplitEntry] | None] | None:
+    """A layer's location, TOC and tar-split (None for the old format), read through fetch;
+    None when the layer is in neither format.  Annotations first; without them, one read of
+    the blob's tail."""
+    loc = locate(annotations, blob_size)
+    if loc is None:
+        n = min(TAIL_SIZE, blob_size)
+        if n <= 0:
+            return None
+        tail = fetch(blob_size - n, n)
+        if len(tail) != n:
+            raise _bad(f"the blob's tail is {len(tail)} bytes, not {n}")
+        loc = parse_footer(tail, blob_size, estargz_digest(annotations))
+        if loc is None:
+            return None
+    toc = parse_toc(fetch(loc.toc.offset, loc.toc.length), loc)
+    tarsplit = None
+    if loc.tarsplit is not None:
+        if toc.tarsplit_digest is None:
+            raise _bad("the layer has a tar-split but its TOC has no tarSplitDigest")
+        tarsplit = parse_tarsplit(fetch(loc.tarsplit.offset, loc.tarsplit.length),
+                                  loc.tarsplit, toc.tarsplit_digest)
+    return loc, toc, tarsplit

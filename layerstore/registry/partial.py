@@ -1,0 +1,371 @@
+"""Partial pulls of zstd:chunked layers: fetch only the files the store lacks, rebuild the
+exact tar stream, and let the C ingest's diffID decide (research/registry.md C.3).
+
+plan() turns a layer's TOC (formats/chunked.py) into the pieces of its tar stream, in order:
+raw tar bytes from the tar-split, files the store holds (found by content SHA-256 in
+store/contentmap.py), and byte ranges of the blob to fetch - missing files' frames, and,
+without a tar-split (the old format), the frames between files, which hold the tar headers
+and padding.  The ranges are coalesced (gaps under MERGE_GAP) and capped: at most
+RANGES_PER_REQUEST per GET and REQUESTS_PER_LAYER GETs, merging the cheapest gaps first.
+
+fetch() sends multi-range GETs and goes by the answer: 206 multipart/byteranges (or one part
+covering what was asked) is used; 200 means the server sends the whole blob, and that
+response is handed back to stream into a full pull (never downloaded twice); 400, 416 and
+501 refuse multi-range: the plan is re-coalesced to single-range GETs, and a refusal of
+those too ends in a full pull.
+
+Rebuilt is the tar stream as a reader for the import pipeline: every fetched file's frames
+decompress to its TOC size and SHA-256 or the read raises errors.InvalidTOC (a lying TOC
+fails before anything is committed); the pipeline then checks the stream's diffID against
+the config, which is what vouches for the tar headers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+import zstandard
+
+from .. import errors
+from ..formats import chunked
+
+MERGE_GAP = 1024                # bytes between ranges always fetched rather than split
+RANGES_PER_REQUEST = 1024
+REQUESTS_PER_LAYER = 64
+SINGLE_RANGE_REQUESTS = 64      # when the server refuses multi-range
+PART_OVERHEAD = 160             # multipart framing per part (registry 2.8 sends ~157)
+FETCH_LIMIT = 256 << 20         # fetched bytes are held in memory until the rebuild reads them
+READ_CHUNK = 1 << 20
+
+CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of the tar stream: raw bytes (data), a stored object (oid), or the blob
+    range [offset, end) - a file's frames (digest, size) or frames of headers (digest "")."""
+
+    data: bytes | None = None
+    oid: bytes | None = None
+    offset: int = 0
+    end: int = 0
+    digest: str = ""
+    size: int = 0
+
+
+@dataclass
+class Plan:
+    pieces: list[Piece]
+    requests: list[list[tuple[int, int]]]   # per GET, its (start, end) ranges
+    files: int = 0                          # regular files with content
+    local: int = 0                          # of them, read from the store
+
+    @property
+    def ranges(self) -> list[tuple[int, int]]:
+        return [r for request in self.requests for r in request]
+
+    @property
+    def wire_bytes(self) -> int:
+        return sum(e - s for s, e in self.ranges) + PART_OVERHEAD * len(self.ranges)
+
+
+# (bytes per second, seconds per request) to use instead of what the TOC's reads measured:
+# set by tests (and benchmarks) that must not depend on timing.
+LINK: tuple[float, float] | None = None
+
+
+def measured_link(timing: list[tuple[int, float]]) -> tuple[float, float]:
+    """(bandwidth, round trip) from the (bytes, seconds) of the reads so far: the quickest
+    is taken as the round trip, the rest of the time as transfer."""
+    if LINK is not None:
+        return LINK
+    rtt = min(t for _, t in timing)
+    moved, took = sum(n for n, _ in timing), sum(t for _, t in timing)
+    return moved / max(took - rtt * len(timing), 1e-6), rtt
+
+
+def worth_it(plan: "Plan", blob_size: int, bandwidth: float, rtt: float) -> bool:
+    """The cost model: partial when the store holds some of the files and the plan's bytes
+    and requests take less time than the blob in one request."""
+    partial = plan.wire_bytes / bandwidth + len(plan.requests) * rtt
+    return plan.local > 0 and partial < blob_size / bandwidth + rtt
+
+
+def _norm(name: str) -> str:
+    while name.startswith("./"):
+        name = name[2:]
+    return name.lstrip("/")
+
+
+def plan(loc: chunked.TocLocation, toc: chunked.Toc,
+         tarsplit: list[chunked.TarSplitEntry] | None, have,
+         per_request: int = RANGES_PER_REQUEST,
+         max_requests: int = REQUESTS_PER_LAYER) -> Plan:
+    """The pieces of the layer's tar stream and the GETs that fetch what is missing.
+    have(digest) -> a stored object id with that content, or None."""
+    files = toc.files()
+    pieces: list[Piece] = []
+    local = 0
+
+    def file_piece(f: chunked.File) -> Piece:
+        nonlocal local
+        oid = have(f.digest)
+        if oid is not None:
+            local += 1
+            return Piece(oid=oid, digest=f.digest, size=f.size)
+        return Piece(offset=f.offset, end=f.end_offset, digest=f.digest, size=f.size)
+
+    if tarsplit is not None:
+        by_name = {_norm(f.name): f for f in files}
+        used = 0
+        for rec in tarsplit:
+            if rec.segment is not None:
+                if rec.segment:
+                    pieces.append(Piece(data=rec.segment))
+            elif rec.size > 0:
+                f = by_name.get(_norm(rec.name))
+                if f is None or f.size != rec.size:
+                    raise errors.InvalidTOC(f"the tar-split's file {rec.name!r} "
+                                            f"({rec.size} bytes) is not in the TOC")
+                used += 1
+                pieces.append(file_piece(f))
+        if used != len(files):
+            raise errors.InvalidTOC(f"the TOC lists {len(files)} files with content, the "
+                                    f"tar-split {used}")
+    else:
+        # The old format: the frames between files hold the tar headers and padding.
+        content_end = loc.toc.offset - 8
+        at = 0
+        for f in sorted(files, key=lambda f: f.offset):
+            if f.offset < at or f.end_offset <= f.offset:
+                raise errors.InvalidTOC(f"the TOC's range of {f.name!r} overlaps another "
+                                        "or is empty")
+            if f.offset > at:
+                pieces.append(Piece(offset=at, end=f.offset))
+            pieces.append(file_piece(f))
+            at = f.end_offset
+        if at < content_end:
+            pieces.append(Piece(offset=at, end=content_end))
+    wanted = sorted({(p.offset, p.end) for p in pieces if p.data is None and p.oid is None})
+    return Plan(pieces, coalesce(wanted, per_request, max_requests), len(files), local)
+
+
+def coalesce(ranges: list[tuple[int, int]], per_request: int = RANGES_PER_REQUEST,
+             max_requests: int = REQUESTS_PER_LAYER) -> list[list[tuple[int, int]]]:
+    """Sorted (start, end) ranges merged where the gap is under MERGE_GAP, then, while over
+    per_request * max_requests, across the smallest gaps; cut into GETs."""
+    merged: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if merged and s - merged[-1][1] < MERGE_GAP:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    limit = per_request * max_requests
+    if len(merged) > limit:
+        gaps = sorted(range(1, len(merged)), key=lambda i: merged[i][0] - merged[i - 1][1])
+        join = set(gaps[:len(merged) - limit])
+        out: list[list[int]] = []
+        for i, r in enumerate(merged):
+            if i in join:
+                out[-1][1] = r[1]
+            else:
+                out.append(list(r))
+        merged = out
+    flat = [(s, e) for s, e in merged]
+    return [flat[i:i + per_request] for i in range(0, len(flat), per_request)]
+
+
+# -- fetching ----------------------------------------------------------------------------------
+
+class WholeBlob(Exception):
+    """The server answered a range GET with the whole blob (200): response streams it."""
+
+    def __init__(self, response):
+        super().__init__("the server sent the whole blob")
+        self.response = response
+
+
+class Refused(Exception):
+    """The server refused ranges (400, 416, 501) even one at a time."""
+
+
+def parse_multipart(body: bytes, content_type: str, asked: list[tuple[int, int]]
+                    ) -> dict[tuple[int, int], bytes]:
+    """The parts of a multipart/byteranges body, by (start, end); each must be one of the
+    ranges asked for or cover some of them (a server may merge ranges)."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type)
+    if not m:
+        raise errors.RegistryError("a multipart answer without a boundary")
+    boundary = b"--" + m.group(1).encode()
+    parts: dict[tuple[int, int], bytes] = {}
+    at = 0
+    while True:
+        start = body.find(boundary, at)
+        if start < 0:
+            raise errors.RegistryError("a multipart answer that does not end")
+        at = start + len(boundary)
+        if body[at:at + 2] == b"--":
+            break
+        head_end = body.find(b"\r\n\r\n", at)
+        if head_end < 0:
+            raise errors.RegistryError("a multipart part without headers")
+        headers = body[at:head_end].decode("latin-1").split("\r\n")
+        cr = next((h.split(":", 1)[1].strip() for h in headers
+                   if h.lower().startswith("content-range:")), "")
+        rm = CONTENT_RANGE.match(cr)
+        if not rm:
+            raise errors.RegistryError(f"a multipart part with Content-Range {cr!r}")
+        s, e = int(rm.group(1)), int(rm.group(2)) + 1
+        data = body[head_end + 4:head_end + 4 + (e - s)]
+        if e <= s or len(data) != e - s:
+            raise errors.RegistryError("a multipart part shorter than its Content-Range")
+        parts[(s, e)] = data
+        at = head_end + 4 + (e - s)
+    return _cover(parts, asked)
+
+
+def _cover(parts: dict[tuple[int, int], bytes], asked: list[tuple[int, int]]
+           ) -> dict[tuple[int, int], bytes]:
+    out = {}
+    for s, e in asked:
+        for (ps, pe), data in parts.items():
+            if ps <= s and e <= pe:
+                out[(s, e)] = data[s - ps:e - ps]
+                break
+        else:
+            raise errors.RegistryError(f"the server did not send bytes {s}-{e - 1}")
+    return out
+
+
+def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tuple[int, int]]],
+          counts: dict) -> dict[tuple[int, int], bytes]:
+    """Every range of requests, by (start, end).  Raises WholeBlob (a 200: stream it) or
+    Refused (ranges refused even one at a time).  counts: "requests", "bytes" are added to."""
+    out: dict[tuple[int, int], bytes] = {}
+    todo = list(requests)
+    single = False
+    while todo:
+        asked = todo.pop(0)
+        resp = client.get_blob_ranges(repo, digest, asked)
+        counts["requests"] += 1
+        if resp.status == 200:
+            raise WholeBlob(resp)
+        if resp.status != 206:
+            resp.close()
+            if single:
+                raise Refused(f"answered {resp.status} to a single range")
+            # Multi-range refused: the rest again as single ranges, merged to a few GETs.
+            single = True
+            todo = coalesce([r for req in [asked] + todo for r in req], 1,
+                            SINGLE_RANGE_REQUESTS)
+            if sum(e - s for req in todo for s, e in req) > blob_size // 2:
+                raise Refused("single ranges would move most of the blob")
+            continue
+        try:
+            limit = sum(e - s for s, e in asked) + PART_OVERHEAD * len(asked) + 4096
+            body = read_all(resp, limit)
+        finally:
+            resp.close()
+        counts["bytes"] += len(body)
+        ctype = resp.header("Content-Type") or ""
+        if ctype.lower().startswith("multipart/byteranges"):
+            out.update(parse_multipart(body, ctype, asked))
+        else:
+            rm = CONTENT_RANGE.match(resp.header("Content-Range") or "")
+            if not rm or int(rm.group(2)) + 1 - int(rm.group(1)) != len(body):
+                raise errors.RegistryError("a 206 answer without a matching Content-Range")
+            out.update(_cover({(int(rm.group(1)), int(rm.group(2)) + 1): body}, asked))
+    return out
+
+
+def read_all(resp, limit: int) -> bytes:
+    chunks, n = [], 0
+    while True:
+        data = resp.read(READ_CHUNK)
+        if not data:
+            return b"".join(chunks)
+        n += len(data)
+        if n > limit:
+            raise errors.RegistryError(f"a range answer over the {limit} bytes asked for")
+        chunks.append(data)
+
+
+# -- the rebuilt stream ------------------------------------------------------------------------
+
+class Rebuilt:
+    """The layer's tar stream, read piece by piece: raw bytes, stored objects, and fetched
+    frames decompressed (a file's checked against its TOC size and digest)."""
+
+    def __init__(self, plan: Plan, fetched: dict[tuple[int, int], bytes], object_path,
+                 label: str):
+        self.plan, self.label = plan, label
+        self._object_path = object_path
+        self._ranges = sorted(fetched.items())
+        self._pieces = iter(plan.pieces)
+        self._current = None
+        self._buf = b""
+        self.closed = False
+
+    def _slice(self, s: int, e: int) -> bytes:
+        for (rs, re_), data in self._ranges:
+            if rs <= s and e <= re_:
+                return data[s - rs:e - rs]
+        raise errors.InvalidTOC(f"{self.label}: bytes {s}-{e - 1} were not fetched")
+
+    def _open(self, p: Piece):
+        if p.data is not None:
+            yield p.data
+            return
+        if p.oid is not None:
+            with open(self._object_path(p.oid.hex()), "rb") as f:
+                # The object's content has the digest: a TOC size that differs lies.
+                if os.fstat(f.fileno()).st_size != p.size:
+                    raise errors.InvalidTOC(f"{self.label}: the TOC says {p.digest} is "
+                                            f"{p.size} bytes, but that content is not")
+                while data := f.read(READ_CHUNK):
+                    yield data
+            return
+        reader = zstandard.ZstdDecompressor().stream_reader(self._slice(p.offset, p.end),
+                                                            read_across_frames=True)
+        sha, n = hashlib.sha256(), 0
+        try:
+            while data := reader.read(READ_CHUNK):
+                n += len(data)
+                if p.digest and n > p.size:
+                    break
+                sha.update(data)
+                yield data
+        except zstandard.ZstdError as exc:
+            raise errors.InvalidTOC(f"{self.label}: bytes {p.offset}-{p.end - 1} are not "
+                                    f"zstd frames: {exc}") from None
+        if p.digest and (n != p.size or "sha256:" + sha.hexdigest() != p.digest):
+            raise errors.InvalidTOC(f"{self.label}: the file at bytes {p.offset}-{p.end - 1} "
+                                    f"is not the {p.size} bytes of {p.digest} the TOC says")
+
+    def _next(self) -> bytes:
+        while True:
+            if self._current is None:
+                piece = next(self._pieces, None)
+                if piece is None:
+                    return b""
+                self._current = self._open(piece)
+            data = next(self._current, None)
+            if data is None:
+                self._current = None
+            elif data:
+                return data
+
+    def read(self, n: int = -1) -> bytes:
+        if not self._buf:
+            self._buf = self._next()
+        if n < 0 or n >= len(self._buf):
+            data, self._buf = self._buf, b""
+        else:
+            data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def close(self) -> None:
+        self.closed = True

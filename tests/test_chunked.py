@@ -1,0 +1,279 @@
+"""zstd:chunked and eStargz tables of contents (layerstore/formats/chunked.py): found from the
+annotations (current and old keys) or from the footer alone, checked against their digest,
+capped, and parsed so that hostile bytes end in errors.CorruptArchive (InvalidTOC or
+LimitExceeded) and nothing else.  Blobs are built here in the format's layout; the corpus
+test reads what Debian's skopeo 1.9.3 writes (the old format)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+import subprocess
+
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chunkedblobs import _sha, _skippable, _z, build_estargz, build_zstd_chunked
+from layerstore import errors
+from layerstore.formats import chunked as c
+
+
+FILES = {"etc/hostname": b"box\n", "usr/bin/tool": bytes(range(256)) * 300,
+         "empty": b"", "usr/lib/x.so": b"\x7fELF" + b"z" * 70000}
+
+
+def _fetch(blob: bytes, log: list | None = None):
+    def fetch(offset: int, length: int) -> bytes:
+        if log is not None:
+            log.append((offset, length))
+        return blob[offset:offset + length]
+    return fetch
+
+
+def _content(blob: bytes, f: c.File) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(blob[f.offset:f.end_offset],
+                                                      read_across_frames=True).read()
+
+
+@pytest.mark.parametrize("tarsplit", [True, False], ids=["current", "old"])
+@pytest.mark.parametrize("with_annotations", [True, False], ids=["annotations", "footer"])
+def test_zstd_chunked_toc_found_checked_and_ranges_hold_files(tarsplit, with_annotations):
+    blob, ann, tar = build_zstd_chunked(FILES, tarsplit=tarsplit)
+    log: list = []
+    loc, toc, split = c.read_toc(_fetch(blob, log), len(blob),
+                                 ann if with_annotations else None)
+    assert loc.format == c.ZSTD_CHUNKED
+    assert loc.source == ("annotations" if with_annotations else "footer")
+    assert toc.verified is with_annotations
+    # Annotations: no tail read; footer: exactly one, of the blob's last bytes.
+    assert (log[0] == (len(blob) - c.TAIL_SIZE, c.TAIL_SIZE)) is not with_annotations
+    assert {f.name: _content(blob, f) for f in toc.files()} == \
+        {k: v for k, v in FILES.items() if v}
+    if tarsplit:
+        rebuilt = b"".join(e.segment if e.segment is not None else FILES[e.name]
+                           for e in split)
+        assert rebuilt == tar
+    else:
+        assert split is None and loc.tarsplit is None
+
+
+def test_old_annotation_keys_and_current_keys_win():
+    blob, ann, _ = build_zstd_chunked(FILES, tarsplit=False)
+    assert c.locate(ann, len(blob)).digest == ann["io.containers.zstd-chunked.manifest-checksum"]
+    both = dict(ann)
+    both["io.github.containers.zstd-chunked.manifest-checksum"] = "sha256:" + "0" * 64
+    both["io.github.containers.zstd-chunked.manifest-position"] = "1:2:3:1"
+    assert c.locate(both, len(blob)).toc == c.Span(1, 2, 3)
+    assert c.locate({"org.opencontainers.image.title": "x"}, len(blob)) is None
+    assert c.locate(None, len(blob)) is None
+
+
+def test_plain_blob_is_not_chunked():
+    blob = _z(b"just a tar" * 100)
+    assert c.read_toc(_fetch(blob), len(blob), None) is None
+    assert c.read_toc(_fetch(b"ab"), 2, None) is None
+
+
+def test_estargz_toc_from_footer_checked_against_annotation():
+    blob, ann = build_estargz(FILES)
+    loc, toc, split = c.read_toc(_fetch(blob), len(blob), ann)
+    assert loc.format == c.ESTARGZ and toc.verified and split is None
+    contents = {f.name: gzip.decompress(blob[f.offset:f.end_offset])[:f.size]
+                for f in toc.files()}
+    assert contents == {k: v for k, v in FILES.items() if v}
+    with pytest.raises(errors.InvalidTOC, match="not .* as the layer says"):
+        c.read_toc(_fetch(blob), len(blob), {c.ESTARGZ_TOC_DIGEST: "sha256:" + "1" * 64})
+
+
+def _replace(ann: dict, key: str, value: str) -> dict:
+    return {k: (value if k.endswith(key) else v) for k, v in ann.items()}
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda a, n: _replace(a, "manifest-checksum", "sha256:" + "0" * 64), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-checksum", "md5:x"), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-position", f"{n}:10:10:1"), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-position", "1:2:3:2"), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-position", "1:2:-3:1"), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-position", "0:0:0:1"), errors.InvalidTOC),
+    (lambda a, n: _replace(a, "manifest-position", f"0:{n}:{1 << 40}:1"), errors.LimitExceeded),
+    (lambda a, n: _replace(a, "tarsplit-position", f"{n}:1:1"), errors.InvalidTOC),
+], ids=["digest", "not-digest", "past-end", "type", "negative", "empty", "cap", "tarsplit"])
+def test_annotations_that_lie_are_refused(change, error):
+    blob, ann, _ = build_zstd_chunked(FILES)
+    with pytest.raises(error):
+        c.read_toc(_fetch(blob), len(blob), change(ann, len(blob)))
+
+
+def _with_toc(entries: list, tarsplit_digest=None) -> tuple[bytes, dict]:
+    """A zstd:chunked blob around a TOC of these entries (content: 4 KiB of zstd)."""
+    content = _z(b"a" * 4096) * 4
+    doc = {"version": 1, "entries": entries}
+    if tarsplit_digest:
+        doc["tarSplitDigest"] = tarsplit_digest
+    raw = json.dumps(doc).encode()
+    toc_z = _z(raw)
+    blob = content + _skippable(toc_z)
+    blob += _skippable(struct.pack("<4Q", len(content) + 8, len(toc_z), len(raw), 1)
+                       + c.ZSTD_MAGIC)
+    return blob, {"io.containers.zstd-chunked.manifest-checksum": _sha(toc_z),
+                  "io.containers.zstd-chunked.manifest-position":
+                      f"{len(content) + 8}:{len(toc_z)}:{len(raw)}:1"}
+
+
+REG = {"type": "reg", "name": "f", "size": 4096, "digest": _sha(b"a" * 4096), "offset": 0,
+       "endOffset": 10}
+
+
+@pytest.mark.parametrize("entries, message", [
+    ([REG, REG], "listed twice"),
+    ([{"type": "chunk", "offset": 0}], "follows no regular file"),
+    ([REG, {"type": "chunk", "name": "g", "offset": 1}], "follows no regular file"),
+    ([REG, {"type": "chunk", "offset": 11}], "outside its file"),
+    ([{**REG, "endOffset": 1 << 20}], "past the content"),
+    ([{**REG, "offset": 9, "endOffset": 3}], "ends before it starts"),
+    ([{**REG, "digest": ""}], "has no digest"),
+    ([{**REG, "digest": "sha256:XYZ"}], "not a sha256 digest"),
+    ([{**REG, "type": "socket"}], "unknown type"),
+    ([{**REG, "size": -1}], "non-negative"),
+    ([{**REG, "size": True}], "non-negative"),
+    ([{**REG, "name": ""}], "no name"),
+    ([{**REG, "name": "a\0b"}], "not a string"),
+    ([{**REG, "xattrs": {"user.x": "!!"}}], "not base64"),
+    (["x"], "not an object"),
+], ids=["dup", "orphan-chunk", "chunk-other-name", "chunk-outside", "past-content",
+        "backwards", "no-digest", "bad-digest", "type", "negative", "bool", "no-name", "nul",
+        "xattr", "not-object"])
+def test_toc_entries_that_lie_are_refused(entries, message):
+    blob, ann = _with_toc(entries)
+    for given_ann in (ann, None):
+        with pytest.raises(errors.InvalidTOC, match=message):
+            c.read_toc(_fetch(blob), len(blob), given_ann)
+
+
+def test_toc_documents_that_are_not_tocs():
+    for doc in (b"[]", b'{"version": 2, "entries": []}', b'{"version": 1}', b"{" * 100000):
+        toc_z = _z(doc)
+        loc = c.TocLocation(c.ZSTD_CHUNKED, c.Span(0, len(toc_z), len(doc)), None, None, "x")
+        with pytest.raises(errors.InvalidTOC):
+            c.parse_toc(toc_z, loc)
+    # A zstd bomb stops at the cap, whatever the position says.
+    bomb = _z(b"\0" * (c.TOC_UNCOMPRESSED_LIMIT + 10))
+    loc = c.TocLocation(c.ZSTD_CHUNKED, c.Span(0, len(bomb), 5), None, None, "x")
+    with pytest.raises(errors.LimitExceeded):
+        c.parse_toc(bomb, loc)
+
+
+def test_tarsplit_digest_and_records_checked():
+    blob, ann, _ = build_zstd_chunked(FILES)
+    loc = c.locate(ann, len(blob))
+    data = blob[loc.tarsplit.offset:loc.tarsplit.end]
+    with pytest.raises(errors.InvalidTOC, match="tar-split is sha256"):
+        c.parse_tarsplit(data, loc.tarsplit, "sha256:" + "2" * 64)
+    for line in (b'{"type": 3}', b'{"type": 2, "payload": "@@"}', b'{"type": 1}', b"[1]",
+                 b'{"type": 1, "name": "x", "size": -4}', b"nope"):
+        z = _z(line)
+        with pytest.raises(errors.InvalidTOC):
+            c.parse_tarsplit(z, c.Span(0, len(z), len(line)), None)
+    # A TOC that points at a tar-split must say its digest.
+    toc_blob, toc_ann = _with_toc([REG])
+    with pytest.raises(errors.InvalidTOC, match="no tarSplitDigest"):
+        c.read_toc(_fetch(toc_blob), len(toc_blob), {
+            **toc_ann, "io.containers.zstd-chunked.tarsplit-position": "0:10:10"})
+
+
+HOSTILE = (errors.InvalidTOC, errors.LimitExceeded)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_fuzz_mutated_blobs_end_in_a_clean_error(data):
+    """Any byte of a valid blob's TOC, tar-split or footer changed: the parse succeeds with
+    checked fields, or ends in InvalidTOC/LimitExceeded, never another exception."""
+    tarsplit = data.draw(st.booleans())
+    blob, ann, _ = build_zstd_chunked(FILES, tarsplit=tarsplit)
+    start = c.locate(ann, len(blob)).toc.offset - 8
+    pos = data.draw(st.integers(start, len(blob) - 1))
+    blob = bytearray(blob)
+    blob[pos] = data.draw(st.integers(0, 255))
+    blob = bytes(blob)
+    use_ann = data.draw(st.booleans())
+    try:
+        got = c.read_toc(_fetch(blob), len(blob), ann if use_ann else None)
+    except HOSTILE:
+        return
+    if got is not None:
+        for f in got[1].files():
+            assert 0 <= f.offset <= f.end_offset <= got[0].toc.offset
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2, 1 << 64) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_entry = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(c.ENTRY_TYPES + ("x",)), "name": st.text(max_size=6) | _json,
+    "size": st.integers(-1, 1 << 64) | _json, "digest": st.sampled_from(["", _sha(b"")]) | _json,
+    "offset": st.integers(-1, 100), "endOffset": st.integers(-1, 100), "xattrs": _json,
+    "uid": _json, "linkName": _json, "chunkType": _json})
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_entry | _json, max_size=6), _json)
+def test_fuzz_toc_json(entries, extra):
+    doc = {"version": 1, "entries": entries, "tarSplitDigest": extra}
+    raw = json.dumps(doc).encode()
+    z = _z(raw)
+    loc = c.TocLocation(c.ZSTD_CHUNKED, c.Span(50, len(z), len(raw)), None, None, "x")
+    try:
+        toc = c.parse_toc(z, loc)
+    except HOSTILE:
+        return
+    for e in toc.entries:
+        assert e.type in c.ENTRY_TYPES and isinstance(e.name, str)
+    for f in toc.files():
+        assert f.digest.startswith("sha256:") and 0 <= f.offset <= f.end_offset <= 50
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=c.TAIL_SIZE), st.integers(0, 1 << 40))
+def test_fuzz_footer(tail, extra):
+    try:
+        loc = c.parse_footer(tail, len(tail) + extra)
+    except HOSTILE:
+        return
+    if loc is not None:
+        assert loc.toc.end <= len(tail) + extra
+
+
+def test_skopeo_zstd_chunked_old_format(corpus_images, tmp_path):
+    """What Debian's skopeo writes (the old format, no tar-split): the TOC found from the
+    annotations and from the footer alike, verified, and every file range decompresses to
+    content of the TOC's digest."""
+    if shutil.which("skopeo") is None:
+        pytest.skip("needs skopeo")
+    image = min(corpus_images, key=lambda i: sum(p.stat().st_size for p in i.layers))
+    archive = tmp_path / "image.tar"
+    with open(image.archive, "rb") as f, open(archive, "wb") as out:
+        zstandard.ZstdDecompressor().copy_stream(f, out)
+    layout = tmp_path / "oci"
+    subprocess.run(["skopeo", "copy", "-q", "--format", "oci", "--dest-compress-format",
+                    "zstd:chunked", f"docker-archive:{archive}", f"oci:{layout}:x"],
+                   check=True, capture_output=True)
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((blobs / index["manifests"][0]["digest"][7:]).read_bytes())
+    for layer in manifest["layers"]:
+        blob = (blobs / layer["digest"][7:]).read_bytes()
+        found = [c.read_toc(_fetch(blob), len(blob), ann)
+                 for ann in (layer.get("annotations"), None)]
+        assert found[0][0].source == "annotations" and found[0][1].verified
+        assert found[1][0].source == "footer" and found[0][1].entries == found[1][1].entries
+        files = found[0][1].files()
+        assert files
+        for f in files:
+            data = _content(blob, f)
+            assert len(data) == f.size and _sha(data) == f.digest
