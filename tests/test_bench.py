@@ -75,12 +75,17 @@ def test_layer_whiteouts_keep_the_layers_own_entries_under_an_opaque_dir():
 
 def test_absent_program_is_reported_skipped(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))       # nothing on it
-    chosen, skipped = resolve(["tar", "podman-overlay", "containerd-native", "no-such"])
+    chosen, skipped = resolve(["tar", "podman-overlay", "containerd-native", "no-such",
+                               "podman-layerstore", "containerd-layerstore"])
     reasons = dict(skipped)
     assert chosen == []
     assert reasons["tar"] == "tar is not installed"
     assert reasons["podman-overlay"] == "podman is not installed"
     assert reasons["containerd-native"] == "containerd is not installed"
+    assert reasons["podman-layerstore"] == "podman is not installed"
+    assert reasons["containerd-layerstore"] in ("containerd is not installed",
+                                                "the containerd snapshotter needs grpcio and "
+                                                "protobuf: pip install 'layerstore[containerd]'")
     assert reasons["no-such"].startswith("no such driver")
 
 

@@ -104,11 +104,8 @@ def _builtin() -> dict[str, str]:
         "layerstore": "layerstore.bench.drivers.layerstore:LayerstoreCheckout",
         "layerstore-link": "layerstore.bench.drivers.layerstore:LayerstoreLink",
         "layerstore-mount": "layerstore.bench.drivers.layerstore:LayerstoreMount",
-        # The integrations being built: podman reading layerstore's layers through its
-        # additional image store (layerstore/runtimes/ cstore), containerd through the
-        # layerstore proxy snapshotter.  Their drivers go here once those exist, e.g.
-        # "podman-layerstore": "layerstore.bench.drivers.podman:PodmanLayerstore",
-        # "containerd-layerstore": "layerstore.bench.drivers.containerd:ContainerdLayerstore",
+        "podman-layerstore": "layerstore.bench.drivers.podman:PodmanLayerstore",
+        "containerd-layerstore": "layerstore.bench.drivers.containerd:ContainerdLayerstore",
     }
 
 

@@ -4,7 +4,12 @@ the driver's directory, the CRI plugin off.  A container start is what `ctr run`
 storage without the process: prepare an active snapshot on the image's top chainID and mount it.
 
 containerd 1.6 still puts shim sockets under /run/containerd; no task is started here, so none
-are made."""
+are made.
+
+containerd-layerstore adds a `layerstore snapshotter` of its own over a layerstore root in the
+driver's directory, as a [proxy_plugins] entry: images go in by `layerstore import` +
+`layerstore containerd-load` (containerd gets the manifest and config, the snapshotter claims
+the layers), and containers are prepared on it as on containerd's own snapshotters."""
 
 from __future__ import annotations
 
@@ -12,12 +17,15 @@ import hashlib
 import shlex
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+from ...errors import LayerstoreError
 from ..driver import Driver
 from ..system import CommandFailed, mounts_under, run
+from .layerstore import layerstore_cli
 
 
 def chain_id(diff_ids: list[str]) -> str:
@@ -27,8 +35,35 @@ def chain_id(diff_ids: list[str]) -> str:
     return chain
 
 
+def spawn(cmd: list[str], log: Path, sock: Path) -> subprocess.Popen:
+    """Starts a daemon writing to log, and returns once it listens on sock."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    for _ in range(400):
+        if sock.exists():
+            return proc
+        if proc.poll() is not None:
+            # the log goes with the driver's filesystem: its last lines go in the message
+            tail = log.read_text(errors="replace").splitlines()[-3:]
+            raise CommandFailed(f"{cmd[0]} exited {proc.returncode}: " + " / ".join(tail))
+        time.sleep(0.05)
+    stop(proc)
+    raise CommandFailed(f"{' '.join(cmd)}: no socket {sock} after 20 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class _Containerd(Driver):
     snapshotter = "?"
+    namespace = "lsbench"
 
     @classmethod
     def available(cls):
@@ -55,19 +90,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   address = ""
 [plugins."io.containerd.internal.v1.opt"]
   path = "{self.root / 'opt'}"
-""")
-        self.log = open(self.root / "containerd.log", "wb")
-        self.proc = subprocess.Popen(["containerd", "--config", str(self.root / "config.toml")],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        for _ in range(200):
-            if self.sock.exists():
-                break
-            if self.proc.poll() is not None:
-                # the log goes with the driver's filesystem: its last lines go in the message
-                tail = (self.root / "containerd.log").read_text(errors="replace").splitlines()[-3:]
-                raise CommandFailed(f"containerd exited {self.proc.returncode}: "
-                                    + " / ".join(tail))
-            time.sleep(0.05)
+{self.proxy_plugins()}""")
+        self.proc = spawn(["containerd", "--config", str(self.root / "config.toml")],
+                          self.root / "containerd.log", self.sock)
         plugins = self.ctr("plugins", "ls")
         line = next((l for l in plugins.splitlines()
                      if "io.containerd.snapshotter.v1" in l and f" {self.snapshotter} " in l), "")
@@ -75,8 +100,12 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             raise CommandFailed(f"containerd's {self.snapshotter} snapshotter is not loaded: "
                                 f"{line.strip() or 'absent'}")
 
+    def proxy_plugins(self) -> str:
+        """containerd config for snapshotters served by other processes."""
+        return ""
+
     def ctr(self, *args) -> str:
-        return run(["ctr", "-a", str(self.sock), "-n", "lsbench", *args])
+        return run(["ctr", "-a", str(self.sock), "-n", self.namespace, *args])
 
     def daemons(self):
         return [self.proc.pid]
@@ -109,18 +138,11 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     def teardown(self):
         for m in reversed(mounts_under(self.root / "containers")):
             run(["umount", m], check=False)
-        if getattr(self, "proc", None) and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if getattr(self, "proc", None):
+            stop(self.proc)
         # Mounts containerd left under its root (btrfs subvolumes are not mounts).
         for m in reversed(mounts_under(self.root)):
             run(["umount", m], check=False)
-        if getattr(self, "log", None):
-            self.log.close()
         if getattr(self, "state", None):
             shutil.rmtree(self.state, ignore_errors=True)
 
@@ -144,6 +166,54 @@ class ContainerdBtrfs(_Containerd):
     def available(cls):
         return cls.need("containerd", "ctr", "mkfs.btrfs")
 
-# Where containerd reading layerstore's layers (the proxy snapshotter being built) goes: a
-# subclass whose config adds [proxy_plugins.layerstore] and starts `layerstore snapshotter`,
-# with snapshotter = "layerstore".
+
+class ContainerdLayerstore(_Containerd):
+    name = "containerd-layerstore"
+    snapshotter = "layerstore"
+
+    @classmethod
+    def available(cls):
+        try:
+            from ...runtimes import containerd_api  # noqa: F401 - needs grpcio and protobuf
+        except LayerstoreError as exc:
+            return str(exc)
+        return cls.need("containerd", "ctr")
+
+    def setup(self):
+        self.store = self.root / "store"
+        self.ls_state = Path(tempfile.mkdtemp(prefix="lsbench-lss-", dir="/run"))
+        self.ls_sock = self.ls_state / "snapshotter.sock"
+        self.snapshotter_proc = spawn(
+            [sys.executable, "-m", "layerstore", "--root", str(self.store), "snapshotter",
+             "--address", str(self.ls_sock)], self.root / "snapshotter.log", self.ls_sock)
+        super().setup()
+
+    def proxy_plugins(self):
+        return (f'[proxy_plugins]\n  [proxy_plugins.{self.snapshotter}]\n    type = "snapshot"\n'
+                f'    address = "{self.ls_sock}"\n')
+
+    def daemons(self):
+        return [*super().daemons(), self.snapshotter_proc.pid]
+
+    def ls(self, *args) -> str:
+        return layerstore_cli(self.store, *args)
+
+    def load(self, image):
+        self.ls("import", str(image.archive))
+        self.ls("containerd-load", image.id, "--address", str(self.sock),
+                "--namespace", self.namespace, "--snapshotter", self.snapshotter)
+
+    def remove(self, image):
+        super().remove(image)       # containerd's gc removes its snapshots: the pins go
+        self.ls("rm", image.id)
+
+    def gc(self):
+        super().gc()
+        self.ls("gc")
+
+    def teardown(self):
+        super().teardown()
+        if getattr(self, "snapshotter_proc", None):
+            stop(self.snapshotter_proc)
+        if getattr(self, "ls_state", None):
+            shutil.rmtree(self.ls_state, ignore_errors=True)

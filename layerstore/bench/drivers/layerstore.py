@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import shutil
 import sys
+from pathlib import Path
 
 from ..driver import Driver
 from ..system import mounts_under, run
+
+
+def layerstore_cli(store: Path, *args: str, check: bool = True) -> str:
+    """`layerstore --root store ARGS...` with this Python, as a user runs it (the podman and
+    containerd drivers over layerstore use it too)."""
+    return run([sys.executable, "-m", "layerstore", "--root", str(store), *args], check=check)
 
 
 class _Layerstore(Driver):
@@ -16,7 +23,7 @@ class _Layerstore(Driver):
         (self.root / "containers").mkdir(parents=True)
 
     def ls(self, *args) -> str:
-        return run([sys.executable, "-m", "layerstore", "--root", str(self.root / "store"), *args])
+        return layerstore_cli(self.root / "store", *args)
 
     def load(self, image):
         self.ls("import", str(image.archive))

@@ -3,7 +3,13 @@ root, run root, storage.conf and containers.conf of its own.  A container start 
 create` + `podman mount`: the storage work of `podman run` without the process.
 
 Flags this machine needs (see the research notes on runtimes): cgroupfs and file events (no
-systemd), no network, and low ulimits (runc may not raise them without CAP_SYS_RESOURCE)."""
+systemd), no network, low ulimits (runc may not raise them without CAP_SYS_RESOURCE), and runc
+as the runtime (crun, podman's first choice when installed, refuses a hybrid cgroup
+hierarchy).
+
+podman-layerstore is podman's overlay driver reading the images from a read-only image store
+that `layerstore cstore` keeps over layerstore's layer dirs (`--storage-opt
+overlay.imagestore=DIR`): podman's own store holds only the containers' layers."""
 
 from __future__ import annotations
 
@@ -13,10 +19,12 @@ from pathlib import Path
 
 from ..driver import Driver
 from ..system import run
+from .layerstore import layerstore_cli
 
 
 class _Podman(Driver):
     storage_driver = "?"
+    storage_opts: tuple[str, ...] = ()      # --storage-opt values
 
     @classmethod
     def available(cls):
@@ -35,7 +43,8 @@ class _Podman(Driver):
         tmp.mkdir()
         (conf / "containers.conf").write_text(
             '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n'
-            'netns = "none"\n[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+            'netns = "none"\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\n'
+            'events_logger = "file"\n'
             f'tmp_dir = "{tmp}"\nstatic_dir = "{self.storage}/libpod"\n'
             f'volume_path = "{self.storage}/volumes"\n')
         self.env = {"CONTAINERS_STORAGE_CONF": str(conf / "storage.conf"),
@@ -46,7 +55,9 @@ class _Podman(Driver):
     def podman(self, *args, check: bool = True) -> str:
         return run(["podman", "--root", str(self.storage), "--runroot", str(self.runroot),
                     "--storage-driver", self.storage_driver, "--cgroup-manager", "cgroupfs",
-                    "--events-backend", "file", *args], env=self.env, check=check)
+                    "--events-backend", "file",
+                    *(f for o in self.storage_opts for f in ("--storage-opt", o)), *args],
+                   env=self.env, check=check)
 
     def load(self, image):
         self.podman("load", "-q", "-i", str(image.archive))
@@ -93,6 +104,28 @@ class PodmanBtrfs(_Podman):
     def available(cls):
         return cls.need("podman", "mkfs.btrfs")
 
-# Where podman reading layerstore's layers (the additional image store being built in
-# layerstore/runtimes/) goes: a subclass whose setup exports the cstore and adds
-# `--storage-opt overlay.imagestore=<store>/cstore`, whose load is `layerstore import`.
+
+class PodmanLayerstore(PodmanOverlay):
+    """Images in layerstore (`layerstore import`), served to podman by `layerstore cstore
+    DIR`; containers in podman's own overlay store, as for podman-overlay."""
+    name = "podman-layerstore"
+
+    def setup(self):
+        self.store, self.cstore = self.root / "store", self.root / "cstore"
+        self.storage_opts = (f"overlay.imagestore={self.cstore}",)
+        super().setup()
+
+    def ls(self, *args) -> str:
+        return layerstore_cli(self.store, *args)
+
+    def load(self, image):
+        self.ls("import", str(image.archive))
+        self.ls("cstore", str(self.cstore), image.id)
+
+    def remove(self, image):
+        self.ls("cstore", str(self.cstore), "--remove", image.id)
+        self.ls("rm", image.id)
+
+    def gc(self):
+        super().gc()
+        self.ls("gc")
