@@ -305,7 +305,9 @@ def test_tampered_object_fails_save_clearly(size, tmp_path):
         path = store.object_path(entry.object_id)
         os.chmod(path, 0o644)
         with open(path, "r+b") as f:
-            f.write(b"X")
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 0xFF]))      # always a change, whatever the byte was
         out = tmp_path / "out.tar"
         with pytest.raises(errors.DigestMismatch, match=r"victim.*content hash|"
                            r"does not match") as exc:
@@ -387,7 +389,9 @@ def test_objects_checked_by_either_thread(tmp_path):
         path = store.object_path(victim.object_id)
         os.chmod(path, 0o644)
         with open(path, "r+b") as f:
-            f.write(b"X")
+            first = f.read(1)
+            f.seek(0)
+            f.write(bytes([first[0] ^ 0xFF]))
         _, error = _slow_pipe_write(objects, records, raw)
         assert isinstance(error, errors.CorruptArchive)
         assert "d/f0850" in str(error) and victim.object_id[2:] in str(error)
