@@ -549,6 +549,26 @@ def test_pins_are_dropped_under_the_stores_locks(store, tmp_path, monkeypatch):
     assert set(_pins(store)) == {f"cstore/{real}/{lid}" for lid in listed}
 
 
+def test_an_image_removed_while_cstore_runs_is_not_served(store, tmp_path, monkeypatch):
+    """An `rm` that lands after cstore named its images but before it took DIR's locks must
+    not leave DIR serving (and pinning) the removed image: rm's own pass over DIR found
+    nothing to take out yet."""
+    dest = tmp_path / "cs"
+    claim = cstore._claim_dir
+
+    def then_removed(ctx, d):
+        with ctx.index.write() as txn:
+            ctx.index.delete_image(txn, ctx.resolve(txn, "app:1").id)
+        return claim(ctx, d)
+
+    monkeypatch.setattr(cstore, "_claim_dir", then_removed)
+    with pytest.raises(errors.ImageNotFound, match="removed"):
+        store.cstore(dest, ["app:1"])
+    listed = dest / "overlay-images" / "images.json"
+    assert not listed.exists() or _json(listed) == []
+    assert _pins(store) == {}
+
+
 def test_a_containers_storage_store_layerstore_did_not_make_is_left_alone(store, tmp_path):
     """cstore DIR rewrites DIR's layer and image lists and deletes the layers they no longer
     name: pointed by mistake at podman's own store, it must refuse, not delete podman's

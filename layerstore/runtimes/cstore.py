@@ -369,6 +369,10 @@ def _update(ctx: Context, dest: str, adding: list[ImageRecord], remove) -> None:
                 if rec is not None and old["id"] not in dropped:
                     want[old["id"]] = rec
             for rec in adding:
+                # Named before DIR's locks were taken: an rm since then has already made
+                # its pass over DIR, so serving the image now would outlive it.
+                if index.image(txn, rec.id) is None:
+                    raise errors.ImageNotFound(f"image {rec.id} was removed while cstore ran")
                 want[_hex(rec.id)] = rec
             chains: dict[str, list[str]] = {}
             for rec in want.values():
