@@ -12,7 +12,7 @@ against c/storage v1.43 (podman 4.3) and a store `podman load` wrote:
     DIR/overlay/<layer id>/lower       "l/<parent link>:l/<grandparent link>..." (not the bottom)
     DIR/overlay/l/<link>               -> ../<layer id>/diff
     DIR/overlay-layers/layers.json     the layers: id, parent, diff digest and size, ...
-    DIR/overlay-layers/<id>.tar-split.gz   tar-split of the layer (see tar_split)
+    DIR/overlay-layers/<id>.tar-split.gz   tar-split of the layer (formats/tarsplit.py)
     DIR/overlay-images/images.json     the images: id, names, top layer, big-data names ...
     DIR/overlay-images/<image id>/     big data: the manifest ("manifest", "manifest-<digest>")
                                        and the config ("sha256:<image id>"), file names as
@@ -37,13 +37,9 @@ reloads; files of layers and images no longer listed go last.  Pins: every layer
 the pin "cstore/<DIR>/<layer id>" (its chain of diffIDs), taken before any file names it and
 dropped only after no file does, so gc never frees a layer dir a runtime may read.
 
-tar-split.  c/storage rebuilds a layer's tar for `podman save`/`push` from its tar-split:
-gzip'd JSON lines (vbatts/tar-split tar/storage: {"type":2,"payload":<raw bytes>} segments and
-{"type":1,"name","size","payload":<CRC-64/ISO, 8 bytes big-endian>} files), file contents read
-from diff/<name> and checked against the CRC.  layerstore keeps each layer's raw tar metadata
-and the records say where each file's content goes, so the tar-split is those raw bytes and
-one file entry per tar entry, with the CRCs of the objects (computed here, in C:
-_native.objects_crc64).  The rebuilt tar is the imported one, so `podman save` gives back the
+tar-split.  c/storage rebuilds a layer's tar for `podman save`/`push` from its tar-split
+(formats/tarsplit.py), gzip'd beside the layer, file contents read from diff/<name> and
+checked against the CRC.  The rebuilt tar is the imported one, so `podman save` gives back the
 same diffIDs.  A layer with sparse files, or with two regular files at one path, gets none
 (tar-split cannot say it); save of its images then fails in podman as it would without.
 """
@@ -63,7 +59,7 @@ import threading
 from contextlib import contextmanager
 
 from .. import _native, errors
-from .._model import EntryType
+from ..formats import tarsplit
 from ..formats.reference import DIGEST_RE, normalize_tag
 from ..store.context import Context
 from ..store.index import ImageRecord
@@ -73,7 +69,6 @@ DRIVER = "overlay"
 PIN_PREFIX = "cstore/"
 MARK = "layerstore-cstore"      # a file in DIR: layerstore made it, and may rewrite it
 _LINK_LEN = 26
-_FILE, _SEGMENT = 1, 2      # tar-split entry types
 # c/storage's fcntl locks order processes; threads of one process (which share those locks)
 # take turns here.
 _writing = threading.Lock()
@@ -168,62 +163,6 @@ def _read_json(path: str) -> list:
         raise errors.LayerstoreError(f"{path} is not JSON ({exc}): not a store layerstore "
                                      "wrote") from None
     return data if isinstance(data, list) else []
-
-
-# ---- tar-split --------------------------------------------------------------------------------
-
-def tar_split(ctx: Context, txn, diff_id: str) -> bytes | None:
-    """The layer's tar-split, as JSON lines (not yet gzip'd); None when the layer has sparse
-    files or two regular files at one path, which tar-split cannot describe."""
-    index = ctx.index
-    records = list(_native.decode_records(index.layer_data(txn, diff_id, "records")))
-    if any(r.flags & _native.SPARSE for r in records):
-        return None
-    files = {r.entry.object_id for r in records
-             if r.entry.type is EntryType.FILE and r.entry.size}
-    order = sorted(files)
-    crcs = dict(zip(order, _native.objects_crc64(ctx.objects_dir,
-                                                 [bytes.fromhex(o) for o in order])))
-    raw = index.layer_data(txn, diff_id, "raw")
-    lines: list[bytes] = []
-
-    def add(entry: dict) -> None:
-        entry["position"] = len(lines)
-        lines.append(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
-
-    def segment(data: bytes) -> None:
-        add({"type": _SEGMENT, "payload": base64.b64encode(data).decode()})
-
-    off = 0
-    seen: set[str] = set()
-    for r in records:
-        e = r.entry
-        if r.raw_len:
-            segment(raw[off:off + r.raw_len])
-            off += r.raw_len
-        size = e.size if e.type is EntryType.FILE else 0
-        if e.path in seen:
-            # tar-split's reader refuses a name twice: a repeat with no content is left to
-            # the segments; one with content cannot be read back from the layer dir.
-            if size:
-                return None
-            continue
-        seen.add(e.path)
-        entry: dict = {"type": _FILE}
-        name = os.fsencode(e.path)
-        try:
-            entry["name"] = name.decode("utf-8")
-        except UnicodeDecodeError:
-            entry["name_raw"] = base64.b64encode(name).decode()
-        if size:
-            entry["size"] = size
-            entry["payload"] = base64.b64encode(crcs[e.object_id].to_bytes(8, "big")).decode()
-        else:
-            entry["payload"] = None
-        add(entry)
-    if off < len(raw):
-        segment(raw[off:])
-    return b"".join(lines)
 
 
 # ---- the store --------------------------------------------------------------------------------
@@ -441,7 +380,7 @@ def _make_tar_split(ctx: Context, txn, dest: str, lid: str, diff_id: str) -> Non
     path = os.path.join(dest, "overlay-layers", f"{lid}.tar-split.gz")
     if os.path.exists(path):
         return      # a layer's tar-split never changes
-    data = tar_split(ctx, txn, diff_id)
+    data = tarsplit.build(ctx, txn, diff_id)
     if data is not None:
         _write_atomic(path, gzip.compress(data, compresslevel=1, mtime=0), 0o600)
 
