@@ -293,7 +293,7 @@ class PushedBlob:
     digest: str
     diff_id: str | None         # a layer's
     action: str
-    compression: str | None     # "gzip", "zstd", "none" (a layer's)
+    compression: str | None     # "gzip", "zstd", "zstd:chunked", "none" (a layer's)
     size: int
     bytes_sent: int
     requests: int
@@ -301,6 +301,7 @@ class PushedBlob:
     original: bool = False
     upload: str | None = None
     recipe: dict | None = None
+    annotations: dict | None = None     # the layer descriptor's (zstd:chunked's TOC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -418,7 +418,7 @@ class Store:
         and uploaded, compressed with the pinned recipe (formats/compression.py), streamed.
         When every layer is the original manifest's blob, the original manifest bytes are
         pushed, so its digest survives; otherwise a new manifest over the same config.
-        compress: "gzip", "zstd" or "none" for uploads (and only blobs so compressed are
+        compress: "gzip", "zstd", "zstd:chunked" or "none" for uploads (and only blobs so compressed are
         reused; default: each layer's original compression, else gzip); format: "docker" or
         "oci" (default: the original manifest's, else docker; zstd needs oci); registry: a
         registry.RegistryOptions (credentials, TLS); chunk_size: upload in PATCHes of that

@@ -876,9 +876,11 @@ def _pushed_json(b) -> dict:
 @cli.command()
 @click.argument("image")
 @click.argument("ref", metavar="[REF]", required=False)
-@click.option("--compress", type=click.Choice(["gzip", "zstd", "none"]), default=None,
+@click.option("--compress", type=click.Choice(["gzip", "zstd", "zstd:chunked", "none"]),
+              default=None,
               help="Compression of the layers uploaded, and the only one reused (default: "
-                   "each layer's original, else gzip).")
+                   "each layer's original, else gzip).  zstd:chunked lets a pull fetch only "
+                   "the files it lacks (needs --format oci, the default for it).")
 @click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default=None,
               help="Manifest format (default: the image's original, else docker).")
 @click.option("--digestfile", type=click.Path(dir_okay=False), metavar="FILE",

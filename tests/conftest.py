@@ -1,10 +1,14 @@
+import base64
+import json
 import os
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from helpers import CORPUS
+from helpers import CORPUS, oracle_env
 
 # The registry tests' servers (docker-registry, token server, CDN, fault proxy) and their
 # fixtures; session-scoped and started only by a test that asks for one.
@@ -85,3 +89,28 @@ def corpus_images(corpus_dir, tmp_path_factory):
         digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
         images.append(CorpusImage(archive, config, digest, config["rootfs"]["diff_ids"], layers))
     return images
+
+
+@pytest.fixture(scope="session")
+def gotar(tmp_path_factory):
+    """Go's archive/tar as a command: tests/tools/gotar built once per session."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("needs go on PATH (Go's archive/tar is an oracle here)")
+    out = tmp_path_factory.mktemp("gotar") / "gotar"
+    env = oracle_env()
+    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
+        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
+    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
+                   cwd=Path(__file__).parent / "tools" / "gotar")
+
+    def read(data: bytes) -> dict:
+        proc = subprocess.run([str(out)], input=data, capture_output=True, check=True,
+                              env=oracle_env())
+        listed = json.loads(proc.stdout)
+        for h in listed["headers"]:     # names and records come as bytes (base64)
+            h["name"] = os.fsdecode(base64.b64decode(h["name"]))
+            h["linkname"] = os.fsdecode(base64.b64decode(h["linkname"]))
+            h["pax"] = {base64.b64decode(k): base64.b64decode(v) for k, v in h["pax"]}
+        return listed
+    return read

@@ -17,7 +17,6 @@ has it and this reader always did.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import json
@@ -32,7 +31,7 @@ from pathlib import Path
 import pytest
 
 import archives as A
-from helpers import clean, feed, sha256_id
+from helpers import clean, feed, oracle_env, sha256_id
 from layerstore import Store, _native, errors
 from tarcases import (GNU, V7, archive, ext, file, header, longname, member, pad, record,
                       records)
@@ -338,14 +337,6 @@ def our_tree(entries) -> tuple[dict, list]:
     return tree, sorted(sorted(g) for g in groups.values())
 
 
-def oracle_env() -> dict:
-    """The environment for GNU tar and Go: without the sanitizer runtime CI's ASan pass
-    preloads into every process, which would judge the oracles' own bugs (GNU tar 1.34 reads
-    past a buffer on xattrs in a global header) instead of ours."""
-    return {k: v for k, v in os.environ.items()
-            if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
-
-
 def gnu_tree(data: bytes, dest: Path) -> tuple[int, str, dict, list]:
     dest.mkdir()
     args = ["tar", "-x", "-p", "-f", "-", "-C", str(dest), "--xattrs", "--xattrs-include=*",
@@ -411,31 +402,6 @@ def gnu_tar():
                                                        capture_output=True).stdout:
         pytest.skip("needs GNU tar on PATH")
     return tar
-
-
-@pytest.fixture(scope="session")
-def gotar(tmp_path_factory):
-    """Go's archive/tar as a command: tests/tools/gotar built once per session."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("needs go on PATH (Go's archive/tar is an oracle here)")
-    out = tmp_path_factory.mktemp("gotar") / "gotar"
-    env = oracle_env()
-    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
-        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
-    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
-                   cwd=Path(__file__).parent / "tools" / "gotar")
-
-    def read(data: bytes) -> dict:
-        proc = subprocess.run([str(out)], input=data, capture_output=True, check=True,
-                              env=oracle_env())
-        listed = json.loads(proc.stdout)
-        for h in listed["headers"]:     # names and records come as bytes (base64)
-            h["name"] = os.fsdecode(base64.b64decode(h["name"]))
-            h["linkname"] = os.fsdecode(base64.b64decode(h["linkname"]))
-            h["pax"] = {base64.b64decode(k): base64.b64decode(v) for k, v in h["pax"]}
-        return listed
-    return read
 
 
 # ---- accepted ---------------------------------------------------------------------------------

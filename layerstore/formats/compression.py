@@ -21,6 +21,9 @@ versions.  Decompression is unaffected: every output is an ordinary gzip or zstd
            across zlib and zlib-ng (which some distributions ship as libz), and at level 1
            it compresses at ~90 MB/s against ISA-L's ~450 MB/s.
     zstd   level 3 (zstd's default), multi-threaded mode, no checksum, no content size.
+    zstd:chunked   containers/storage's format, written by formats/chunked_write.py: a
+           frame per file (per 4 MiB of it) and per run of tar headers, each at level 3 in
+           single-threaded mode, then the TOC, tar-split and footer.  Push only.
     none   the tar itself.
 """
 
@@ -65,9 +68,16 @@ def recipe(compression: str) -> Recipe:
         version = ".".join(map(str, zstandard.ZSTD_VERSION))
         return Recipe("zstd", "zstd-3/multithreaded/block-1MiB",
                       f"zstandard {zstandard.__version__}, libzstd {version}")
+    if compression == "zstd:chunked":
+        import zstandard
+        from .chunked_write import recipe_name
+        version = ".".join(map(str, zstandard.ZSTD_VERSION))
+        return Recipe("zstd:chunked", recipe_name(),
+                      f"zstandard {zstandard.__version__}, libzstd {version}")
     if compression == "none":
         return Recipe("none", "tar", "")
-    raise errors.UnsupportedFormat(f"unknown compression {compression!r} (none, gzip, zstd)")
+    raise errors.UnsupportedFormat(f"unknown compression {compression!r} "
+                                   "(none, gzip, zstd, zstd:chunked)")
 
 
 class Compressor:
@@ -141,6 +151,13 @@ class Compressor:
             self._sink(out)
         if self._gzip:
             self._sink(struct.pack("<II", self._crc & 0xFFFFFFFF, self.size_in & 0xFFFFFFFF))
+
+    def abandon(self) -> None:
+        """Drops the stream unfinished (a failed or cancelled upload) and its engine's
+        buffers with it, rather than leaving them to the garbage collector."""
+        self._closed = True
+        self._engine = None
+        self._buf = bytearray()
 
     def flush(self) -> None:
         """Nothing to do: a file-like writer's flush, which must not end a block early (it

@@ -39,6 +39,7 @@ from .._model import PushedBlob, PushProgress, PushResult
 from ..registry.client import DOCKER_MANIFEST, OCI_MANIFEST, Client
 from ..store.context import Context
 from ..store.index import LayerRecord
+from . import chunked, chunked_write
 from .compression import Compressor, recipe
 from .export import _Hasher, _Out, _Raw, _verify, write_layer
 from .reference import Reference
@@ -51,6 +52,7 @@ LAYER_TYPES = {
                "none": "application/vnd.docker.image.rootfs.diff.tar"},
     "oci": {"gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
             "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+            "zstd:chunked": "application/vnd.oci.image.layer.v1.tar+zstd",
             "none": "application/vnd.oci.image.layer.v1.tar"},
 }
 JOBS = 3                        # layers at once: registries throttle (Docker 3-5, regclient 3)
@@ -59,10 +61,15 @@ DEFAULT_CHUNK = 16 << 20        # chunked upload when the registry asks for it
 QUEUE_CHUNKS = 8                # compressed pieces waiting for the upload, at most
 # Answers to an upload that mean "not this way": the next way is tried.
 _REFUSED = (400, 405, 411, 413, 415, 416, 501)
+CHUNKED_KEY = chunked.ANNOTATION_PREFIXES[0] + "manifest-checksum"
 
 
 def compression_of(blob: dict) -> str | None:
-    """"gzip", "zstd", "none" or None (unknown) for a layer blob record or descriptor."""
+    """"gzip", "zstd", "zstd:chunked", "none" or None (unknown) for a layer blob record or
+    descriptor.  zstd:chunked is a zstd blob whose annotations locate its TOC in the current
+    format (the old format's are not read by podman: to it those blobs are plain zstd)."""
+    if CHUNKED_KEY in (blob.get("annotations") or {}):
+        return "zstd:chunked"
     sniffed = blob.get("compression")
     if sniffed:
         return "none" if sniffed == "tar" else sniffed
@@ -160,14 +167,18 @@ class LayerStream:
     verified, so a layer that does not (a damaged object) never completes an upload: the
     iteration raises instead.  With expect (a recorded blob's {"digest", "size"}) the
     iteration raises _NotTheRecipe as soon as the bytes cannot be that blob, before the
-    last byte goes.  digest and size are the compressed blob's, once iterated."""
+    last byte goes.  digest and size are the compressed blob's, once iterated, and for
+    zstd:chunked (layout: chunked_write.layout's) annotations the descriptor's."""
 
     def __init__(self, ctx: Context, layer: LayerRecord, compression: str,
                  sent: Callable[[int], None] | None = None,
-                 stop: threading.Event | None = None, expect: dict | None = None) -> None:
+                 stop: threading.Event | None = None, expect: dict | None = None,
+                 layout: chunked_write.Layout | None = None) -> None:
         self.recipe = recipe(compression)
         self.size = 0
         self.digest: str | None = None
+        self.annotations: dict | None = None
+        self._layout = layout
         self._ctx, self._layer, self._compression = ctx, layer, compression
         self._sha = hashlib.sha256()
         self._sent = sent
@@ -222,14 +233,17 @@ class LayerStream:
     def _run(self) -> None:
         ctx, layer = self._ctx, self._layer
         what = f"layer {layer.diff_id}"
-        hasher = None
+        hasher = compressor = None
         objects_fd = -1
         try:
             with ctx.index.read() as txn:
                 records = ctx.index.layer_data(txn, layer.diff_id, "records")
                 raw = ctx.index.layer_data(txn, layer.diff_id, "raw", compressed=True)
             objects_fd = os.open(ctx.objects_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            compressor = Compressor(self._compression, self._put)
+            if self._compression == "zstd:chunked":
+                compressor = chunked_write.Writer(self._layout, self._put)
+            else:
+                compressor = Compressor(self._compression, self._put)
             out = _Out(stream=compressor)
             out.hasher = hasher = _Hasher(what)
             write_layer(out, records, _Raw(raw), objects_fd, what)
@@ -242,10 +256,13 @@ class LayerStream:
             hasher, h = None, hasher
             _verify(layer.diff_id, h)
             compressor.close()
+            self.annotations = getattr(compressor, "annotations", None)
         except BaseException as exc:    # noqa: BLE001 - raised by the iteration
             self._error = exc
             if hasher is not None:
                 hasher.abandon()
+            if compressor is not None:
+                compressor.abandon()
         finally:
             if objects_fd >= 0:
                 os.close(objects_fd)
@@ -351,7 +368,16 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
                        source)
             return PushedBlob("layer", blob["digest"], diff_id, action, blob["compression"],
                               blob["size"], 0, counts[0], source,
-                              blob.get("original", False), None)
+                              blob.get("original", False), None,
+                              annotations=blob.get("annotations"))
+    layout = None
+    if compression == "zstd:chunked":
+        with job.ctx.index.read() as txn:
+            layout = chunked_write.layout(job.ctx, txn, diff_id)
+        if layout is None:
+            compression = "zstd"
+            job.report("layer", diff_id, None, "checking", detail="sparse files or a path "
+                       "twice: zstd:chunked cannot describe it, plain zstd instead")
     # Regenerate.  A blob this recipe made before names its digest and size in advance.
     rec = recipe(compression).record()
     known = next((b for b in layer.blobs if compression_of(b) == compression and
@@ -371,7 +397,7 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
     last_error = None
     for mode in modes:
         stream = LayerStream(job.ctx, layer, compression, tick, job.stop,
-                             known if mode == "monolithic" else None)
+                             known if mode == "monolithic" else None, layout)
         sent[0] = 0
         try:
             digest = _upload(job, mode, stream, known, counts)
@@ -389,7 +415,7 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
         return PushedBlob("layer", digest, diff_id, "uploaded", compression, stream.size,
                           stream.size, counts[0], None, is_original, mode,
                           dict(rec, compression="tar" if compression == "none" else
-                               compression))
+                               compression), stream.annotations)
     raise last_error
 
 
@@ -440,13 +466,19 @@ def _manifest(image: _Image, fmt: str, layers: list[PushedBlob]) -> tuple[bytes,
     doc = {"schemaVersion": 2, "mediaType": media_type,
            "config": {"mediaType": DOCKER_CONFIG if fmt == "docker" else OCI_CONFIG,
                       "size": len(image.config), "digest": image.id},
-           "layers": [{"mediaType": types[l.compression], "size": l.size, "digest": l.digest}
-                      for l in layers]}
+           "layers": [_descriptor(types[l.compression], l) for l in layers]}
     if fmt == "oci" and image.manifest is not None:
         annotations = json.loads(image.manifest).get("annotations")
         if _family(image.manifest_media_type) == "oci" and annotations:
             doc["annotations"] = annotations
     return json.dumps(doc, separators=(",", ":")).encode(), media_type
+
+
+def _descriptor(media_type: str, blob: PushedBlob) -> dict:
+    desc = {"mediaType": media_type, "size": blob.size, "digest": blob.digest}
+    if blob.annotations:
+        desc["annotations"] = dict(sorted(blob.annotations.items()))
+    return desc
 
 
 def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress: str | None,
@@ -462,7 +494,8 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
     if chunk_size is not None and chunk_size <= 0:
         raise errors.UnsupportedFormat(f"chunk size must be positive, not {chunk_size}")
     original_family = _family(image.manifest_media_type)
-    fmt = fmt or original_family or ("oci" if compress == "zstd" else "docker")
+    fmt = fmt or original_family or ("oci" if compress in ("zstd", "zstd:chunked")
+                                     else "docker")
     if compress is not None and compress not in LAYER_TYPES[fmt]:
         raise errors.UnsupportedFormat(f"a {fmt} manifest cannot carry {compress} layers: "
                                        "push with --format oci")
@@ -517,9 +550,11 @@ def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlo
         for blob in layers:
             if blob.recipe is not None:
                 media_type = LAYER_TYPES["oci"][blob.compression]
-                index.add_layer_blob(txn, blob.diff_id, {
-                    "digest": blob.digest, "media_type": media_type, "size": blob.size,
-                    **blob.recipe})
+                record = {"digest": blob.digest, "media_type": media_type, "size": blob.size,
+                          **blob.recipe}
+                if blob.annotations:
+                    record["annotations"] = blob.annotations
+                index.add_layer_blob(txn, blob.diff_id, record)
             index.add_blob_location(txn, blob.digest, job.location)
         # rm takes no store lock: the image may have gone while it was pushed.
         if index.image(txn, job.image.id) is not None:
