@@ -24,6 +24,7 @@ that is not UTF-8 (JSON cannot carry it) - has no layout(); push sends it as pla
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import os
@@ -183,6 +184,7 @@ def _entry(block: bytes, pax: dict, long_name: bytes | None, long_link: bytes | 
     return e
 
 
+@functools.lru_cache(maxsize=4096)     # a layer's files share a few times
 def _time(value: bytes) -> str | None:
     """A tar time ("seconds[.fraction]") as Go's time.Time marshals it (RFC 3339 with
     nanoseconds, trailing zeros dropped); None for 0, which c/storage leaves out."""
