@@ -280,8 +280,33 @@ def test_reused_blobs_keep_their_annotations(registry, tmp_path):
     assert "annotations" not in manifest["layers"][0]
 
 
-def test_a_layer_the_format_cannot_describe_goes_as_plain_zstd(registry, tmp_path):
-    twice = A.layer(("f", "a", b"first\n"), ("f", "a", b"second\n"))
+def _global_header_layer() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT,
+                      pax_headers={"comment": "a global header"}) as tf:
+        ti = tarfile.TarInfo("a")
+        ti.size = 6
+        tf.addfile(ti, io.BytesIO(b"first\n"))
+    return buf.getvalue()
+
+
+def _not_utf8_layer() -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT,
+                      encoding="utf-8", errors="surrogateescape") as tf:
+        ti = tarfile.TarInfo(os.fsdecode(b"caf\xe9"))
+        ti.size = 6
+        tf.addfile(ti, io.BytesIO(b"first\n"))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: A.layer(("f", "a", b"first\n"), ("f", "a", b"second\n")),
+    _global_header_layer,
+    _not_utf8_layer,
+], ids=["path-twice", "global-header", "name-not-utf8"])
+def test_a_layer_the_format_cannot_describe_goes_as_plain_zstd(registry, tmp_path, make):
+    twice = make()
     store, image = _store(tmp_path, "s", [twice, A.layer(("f", "b", b"b\n"))])
     seen = []
     result = store.push(image.id, f"{registry.host}/t/app:1", compress="zstd:chunked",

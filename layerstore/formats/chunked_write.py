@@ -46,9 +46,11 @@ BATCH = 1 << 20         # frames compressed by one task: at least this much inpu
 AHEAD = 4               # tasks per thread compressed ahead of the output
 LEVEL = 3
 
-_TYPES = {b"0": "reg", b"\0": "reg", b"7": "reg", b"1": "hardlink", b"2": "symlink",
-          b"3": "char", b"4": "block", b"5": "dir", b"6": "fifo"}
-_EXTENDED = (b"x", b"g", b"L", b"K")
+# The typeflags c/storage's TOC knows (Go reads "\0" as "0"): a layer with any other, or with a
+# PAX global header (Go lists it as an entry of its own), goes as plain zstd.
+_TYPES = {b"0": "reg", b"\0": "reg", b"1": "hardlink", b"2": "symlink", b"3": "char",
+          b"4": "block", b"5": "dir", b"6": "fifo"}
+_EXTENDED = (b"x", b"L", b"K")
 _FILE = 0               # _native.scan_records' type of a regular file
 
 
@@ -122,7 +124,10 @@ def _header(seg: bytes) -> dict | None:
             elif flag == b"K":
                 long_link = body.split(b"\0", 1)[0]
             continue
-        return _entry(block, pax, long_name, long_link)
+        try:
+            return _entry(block, pax, long_name, long_link)
+        except ValueError:      # a PAX number Go would not read either
+            return None
     return None
 
 
@@ -176,9 +181,11 @@ def _entry(block: bytes, pax: dict, long_name: bytes | None, long_link: bytes | 
         for key, field in (("devMajor", block[329:337]), ("devMinor", block[337:345])):
             if kind in ("char", "block") and _number(field):
                 e[key] = _number(field)
-    xattrs = {k[len(b"SCHILY.xattr."):].decode("utf-8", "surrogateescape"):
-              base64.b64encode(v).decode()
-              for k, v in pax.items() if k.startswith(b"SCHILY.xattr.")}
+    try:
+        xattrs = {k[len(b"SCHILY.xattr."):].decode(): base64.b64encode(v).decode()
+                  for k, v in pax.items() if k.startswith(b"SCHILY.xattr.")}
+    except UnicodeDecodeError:
+        return None
     if xattrs:
         e["xattrs"] = dict(sorted(xattrs.items()))
     return e
