@@ -36,25 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import (bench_filesystem, corpus_images, disk_usage, fresh_dir, machine,  # noqa: E402
                      table, warm)
 
-CONFIG = """version = 2
-root = "{d}/ctd-root"
-state = "{d}/ctd-state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{d}/ctd.sock"
-[ttrpc]
-  address = "{d}/ctd.sock.ttrpc"
-[debug]
-  address = "{d}/ctd-debug.sock"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/ctd-opt"
-[proxy_plugins]
-  [proxy_plugins.layerstore]
-    type = "snapshot"
-    address = "{d}/snapshotter.sock"
-"""
+from layerstore.bench.drivers.containerd import private_config  # noqa: E402
 
 
 class Bench:
@@ -68,7 +50,9 @@ class Bench:
         self.tag = ""
 
     def start(self) -> None:
-        (self.work / "config.toml").write_text(CONFIG.format(d=self.work))
+        (self.work / "config.toml").write_text(private_config(
+            self.work / "ctd-root", self.work / "ctd-state", self.sock,
+            {"layerstore": self.work / "snapshotter.sock"}))
         log = open(self.work / "containerd.log", "w")
         self.procs.append(subprocess.Popen(["containerd", "--config",
                                             str(self.work / "config.toml")],

@@ -24,6 +24,7 @@ grpc = pytest.importorskip("grpc", reason="needs the containerd extra (grpcio, p
 pytest.importorskip("google.protobuf", reason="needs the containerd extra (grpcio, protobuf)")
 
 from layerstore import Store  # noqa: E402
+from layerstore.bench.drivers.containerd import private_config  # noqa: E402
 from layerstore.runtimes import containerd_api as api  # noqa: E402
 from layerstore.runtimes.overlay import chain_ids  # noqa: E402
 from layerstore.runtimes.snapshotter import LABEL_DIFF_ID, LABEL_REF, _Status  # noqa: E402
@@ -235,27 +236,6 @@ def rec_id(index, key: str) -> str:
 
 # ---- real containerd ----------------------------------------------------------------------------
 
-CONFIG = """version = 2
-root = "{d}/ctd/root"
-state = "{d}/ctd/state"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{d}/ctd.sock"
-[ttrpc]
-  address = "{d}/ctd.sock.ttrpc"
-[debug]
-  address = "{d}/ctd-debug.sock"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{d}/ctd/opt"
-[proxy_plugins]
-  [proxy_plugins.{name}]
-    type = "snapshot"
-    address = "{d}/snapshotter.sock"
-"""
-
-
 class Containerd:
     def __init__(self, d: str, root: str) -> None:
         self.d, self.root, self.address = d, root, f"{d}/ctd.sock"
@@ -306,7 +286,8 @@ def ctd(corpus_store):
         pytest.skip("needs the overlay filesystem (the snapshotter's mounts are overlayfs)")
     d, root = corpus_store
     with open(f"{d}/config.toml", "w") as f:
-        f.write(CONFIG.format(d=d, name=SNAPSHOTTER))
+        f.write(private_config(f"{d}/ctd/root", f"{d}/ctd/state", f"{d}/ctd.sock",
+                               {SNAPSHOTTER: f"{d}/snapshotter.sock"}))
     c = Containerd(d, root)
     procs = []
     try:

@@ -61,6 +61,31 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def private_config(root, state, address, snapshotters: dict | None = None) -> str:
+    """config.toml for a containerd of one's own, as the tests and benchmarks run one beside
+    the system's: its root (the opt plugin's dir inside it), state and sockets at the paths
+    given (a socket path must fit in 108 bytes), no CRI plugin, and each snapshotter of
+    snapshotters ({name: socket}) served by another process as a [proxy_plugins] entry - the
+    block README's "Running images with containerd" has users add to their own config."""
+    lines = [
+        "version = 2",
+        f'root = "{root}"',
+        f'state = "{state}"',
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]',
+        "[grpc]", f'  address = "{address}"',
+        "[ttrpc]", f'  address = "{address}.ttrpc"',
+        "[debug]", f'  address = "{address}.debug"',
+        "[metrics]", '  address = ""',
+        '[plugins."io.containerd.internal.v1.opt"]', f'  path = "{root}/opt"',
+    ]
+    if snapshotters:
+        lines.append("[proxy_plugins]")
+        for name, socket in snapshotters.items():
+            lines += [f"  [proxy_plugins.{name}]", '    type = "snapshot"',
+                      f'    address = "{socket}"']
+    return "\n".join(lines) + "\n"
+
+
 class _Containerd(Driver):
     snapshotter = "?"
     namespace = "lsbench"
@@ -76,21 +101,8 @@ class _Containerd(Driver):
         for d in ("root", "containers"):
             (self.root / d).mkdir(parents=True)
         self.sock = state / "containerd.sock"
-        (self.root / "config.toml").write_text(f"""version = 2
-root = "{self.root / 'root'}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{self.sock}"
-[ttrpc]
-  address = "{self.sock}.ttrpc"
-[debug]
-  address = "{state / 'debug.sock'}"
-[metrics]
-  address = ""
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{self.root / 'opt'}"
-{self.proxy_plugins()}""")
+        (self.root / "config.toml").write_text(
+            private_config(self.root / "root", state, self.sock, self.proxy_plugins()))
         self.proc = spawn(["containerd", "--config", str(self.root / "config.toml")],
                           self.root / "containerd.log", self.sock)
         plugins = self.ctr("plugins", "ls")
@@ -100,9 +112,9 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             raise CommandFailed(f"containerd's {self.snapshotter} snapshotter is not loaded: "
                                 f"{line.strip() or 'absent'}")
 
-    def proxy_plugins(self) -> str:
-        """containerd config for snapshotters served by other processes."""
-        return ""
+    def proxy_plugins(self) -> dict:
+        """Snapshotters served by other processes: {name: socket}."""
+        return {}
 
     def ctr(self, *args) -> str:
         return run(["ctr", "-a", str(self.sock), "-n", self.namespace, *args])
@@ -189,8 +201,7 @@ class ContainerdLayerstore(_Containerd):
         super().setup()
 
     def proxy_plugins(self):
-        return (f'[proxy_plugins]\n  [proxy_plugins.{self.snapshotter}]\n    type = "snapshot"\n'
-                f'    address = "{self.ls_sock}"\n')
+        return {self.snapshotter: self.ls_sock}
 
     def daemons(self):
         return [*super().daemons(), self.snapshotter_proc.pid]
