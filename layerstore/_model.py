@@ -229,8 +229,9 @@ class ImageUsage:
 
 @dataclass(frozen=True, slots=True)
 class DuResult:
-    """Disk use of the store.  logical_bytes sums the images' logical bytes (what a copy of
-    every image would take); layer_bytes counts each distinct layer once (what a per-layer
+    """Disk use of the store.  logical_bytes sums the images' logical bytes and those of
+    layers no image holds (what a copy of every image, and of each such layer, would take:
+    a snapshotter's or cstore's layers, import_layer's); layer_bytes counts each distinct layer once (what a per-layer
     store such as overlay2 holds); disk_bytes is what layerstore holds: object files (each
     inode once, st_blocks*512) plus the index.  dedup_ratio = logical_bytes / disk_bytes."""
 

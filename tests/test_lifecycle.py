@@ -1,6 +1,7 @@
 """rm, gc and du: Docker's rmi semantics, what gc frees (and what it must not), gc's locking
 against imports, and du's figures against an independent count of the store's files."""
 
+import io
 import json
 import os
 import subprocess
@@ -393,6 +394,10 @@ def test_du_against_an_independent_count(tmp_path, both):
     assert r.logical_bytes == sum(i.size for i in both.images())
     assert r.layer_bytes == sum(l.file_bytes for l in both.layers())
     assert r.dedup_ratio == round(r.logical_bytes / r.disk_bytes, 3)
+    # A layer outside every image (import_layer; a snapshotter's) counts once in logical.
+    extra = both.import_layer(io.BytesIO(A.layer(("f", "outside", b"o" * 50000))))
+    r2 = both.du()
+    assert r2.logical_bytes == r.logical_bytes + extra.file_bytes
 
 
 # ---- CLI ---------------------------------------------------------------------------------------

@@ -337,9 +337,13 @@ def du(ctx: Context) -> DuResult:
         images = sorted(index.images(txn), key=lambda r: r.id)
         layer_objects: dict[str, dict[bytes, int]] = {}
         layer_bytes = 0
+        in_images = {d for rec in images for d in rec.diff_ids}
+        outside = 0         # logical bytes of layers no image holds (pinned, import_layer)
         for rec in index.layers(txn):
             layer_bytes += rec.file_bytes
             layer_objects[rec.diff_id] = _records_objects(index, txn, rec.diff_id)
+            if rec.diff_id not in in_images:
+                outside += rec.file_bytes
         n_objects = index.object_count(txn)
     # Every file under objects/, each inode once: the store's truth, garbage included.
     on_disk: dict[bytes, tuple[tuple[int, int], int]] = {}
@@ -381,7 +385,7 @@ def du(ctx: Context) -> DuResult:
     for name in _listdir(idir):
         got = _blocks(os.path.join(idir, name))
         index_bytes += got[1] if got else 0
-    logical = sum(u.logical_bytes for u in usage)
+    logical = sum(u.logical_bytes for u in usage) + outside
     disk_bytes = object_bytes + index_bytes
     return DuResult(tuple(usage), logical, layer_bytes, object_bytes, index_bytes, disk_bytes,
                     round(logical / disk_bytes, 3) if disk_bytes else 0.0, n_objects, len(inodes))
