@@ -450,6 +450,26 @@ def test_a_failed_mount_whose_session_cannot_be_deleted_still_uploads(proxy, tmp
     assert [e["status"] for e in proxy.log if e["fault"]] == [405, 405]
 
 
+def test_a_refused_mount_that_names_no_session_still_uploads(proxy, tmp_path):
+    """A mount answered 202 with no Location (a registry that opens no session when it
+    refuses a mount): nothing to cancel, the blob is uploaded."""
+    store, image, _ = _store_with(tmp_path)
+    with store:
+        index = context(store).index
+        with index.read() as txn:
+            manifest = json.loads(index.metadata(txn, index.image(txn, image.id)
+                                                 .manifest_digest))
+        with index.write() as txn:
+            for blob in manifest["layers"]:
+                index.add_blob_location(txn, blob["digest"], f"{proxy.host}/elsewhere/app")
+        proxy.add(Fault("status", "POST", r"/v2/mounting/app/blobs/uploads/\?mount=",
+                        status=202, times=2))
+        result = store.push("test/app:1", f"{proxy.host}/mounting/app:1")
+    assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
+    assert [e["status"] for e in proxy.log if e["fault"]] == [202, 202]
+    assert not [e for e in proxy.log if e["method"] == "DELETE"]
+
+
 def test_an_image_removed_while_it_is_pushed_leaves_no_dangling_record(registry, tmp_path):
     """rm takes no store lock, so it may delete the image while a push of it runs: what the
     push records afterwards must not name the deleted image (fsck would call it damage)."""

@@ -314,8 +314,9 @@ class Client:
         if resp.status == 201:
             return True
         # Quiet: a registry that keeps the session (refusing the DELETE) expires it itself,
-        # and the blob is still to be uploaded.
-        Upload(self, repo, resp).cancel(quiet=True)
+        # and the blob is still to be uploaded.  One that names no session has none to end.
+        if resp.header("Location"):
+            Upload(self, repo, resp).cancel(quiet=True)
         return False
 
     def start_upload(self, repo: str) -> Upload:
