@@ -307,9 +307,9 @@ class PushedBlob:
 
 @dataclass(frozen=True, slots=True)
 class PushResult:
-    """A push: the manifest digest the registry stored under reference, whether it is the
-    image's original manifest (unchanged bytes, so its digest survived), and per blob what
-    was done.  bytes_sent: blob and manifest bytes uploaded; requests: HTTP requests made
+    """A push: the manifest (or, with all_platforms, index) digest the registry stored under
+    reference, whether it is the original manifest or index (unchanged bytes, so its digest
+    survived), and per blob what was done.  bytes_sent: blob and manifest bytes uploaded; requests: HTTP requests made
     (token requests and retries included)."""
 
     reference: str
@@ -321,6 +321,7 @@ class PushResult:
     bytes_sent: int
     requests: int
     seconds: float
+    images: tuple = ()      # push of an index (--all-platforms): each image's PushResult
 
 
 @dataclass(frozen=True, slots=True)

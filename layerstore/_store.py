@@ -410,7 +410,7 @@ class Store:
     def push(self, image: str, ref: str | None = None, compress: str | None = None,
              format: str | None = None, registry=None,
              progress: Callable[[PushProgress], None] | None = None,
-             chunk_size: int | None = None) -> PushResult:
+             chunk_size: int | None = None, all_platforms: bool = False) -> PushResult:
         """Pushes an image to a registry repository under a tag: ref ("host:5000/team/app:1",
         "docker.io/me/app", ...), else the tag image names it by.  Each layer's blob is
         skipped when the repository has it, mounted when another repository of the registry
@@ -423,13 +423,21 @@ class Store:
         "oci" (default: the original manifest's, else docker; zstd needs oci); registry: a
         registry.RegistryOptions (credentials, TLS); chunk_size: upload in PATCHes of that
         many bytes.  progress receives a PushProgress per step of each blob.  Returns a
-        PushResult; raises errors.RegistryError's classes.
+        PushResult; raises errors.RegistryError's classes.  all_platforms: push every image
+        of the multi-platform index image came in (pulled or imported with all_platforms),
+        each by digest, then the index under the tag (the original index bytes when no
+        manifest changed; attestations, which the store does not keep, are left out).
         Locking: the store lock shared for the whole push (objects are read; gc waits)."""
         from .formats import push as pushing
         from .registry import RegistryOptions
         dest = pushing.resolve_destination(image, ref)
         options = registry if registry is not None else RegistryOptions()
         with self._lock.shared():
+            if all_platforms:
+                index = pushing.read_index(self._ctx, image)
+                with options.client(dest.domain) as client:
+                    return pushing.push_index(self._ctx, index, dest, client, compress,
+                                              format, chunk_size, progress=progress)
             found = pushing.read_image(self._ctx, image)
             with options.client(dest.domain) as client:
                 return pushing.push(self._ctx, found, dest, client, compress, format,

@@ -887,19 +887,22 @@ def _pushed_json(b) -> dict:
               help="Write the pushed manifest's digest to FILE.")
 @click.option("--chunk-size", type=click.IntRange(min=1), metavar="BYTES",
               help="Upload in PATCHes of BYTES (default: one request per blob).")
+@click.option("--all-platforms", is_flag=True,
+              help="Push every image of the multi-platform index IMAGE came in, and the index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, no output.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print what was done per blob (skipped, mounted, uploaded) as JSON.")
 @registry_options
 @click.pass_obj
-def push(open_store, image, ref, compress, fmt, digestfile, chunk_size, quiet, as_json,
-         registry):
+def push(open_store, image, ref, compress, fmt, digestfile, chunk_size, all_platforms, quiet,
+         as_json, registry):
     """Push IMAGE to a registry as REF (default: the tag IMAGE names).  Blobs the registry
     has are skipped, blobs of another of its repositories mounted, the rest uploaded;
     the original manifest is pushed unchanged when every layer is its original blob."""
     display = _PushDisplay(enabled=not (quiet or as_json))
     result = open_store().push(image, ref, compress=compress, format=fmt, registry=registry,
-                               progress=display, chunk_size=chunk_size)
+                               progress=display, chunk_size=chunk_size,
+                               all_platforms=all_platforms)
     if digestfile:
         try:
             with open(digestfile, "w") as f:
@@ -912,7 +915,10 @@ def push(open_store, image, ref, compress, fmt, digestfile, chunk_size, quiet, a
             "media_type": result.media_type, "original_manifest": result.original_manifest,
             "bytes_sent": result.bytes_sent, "requests": result.requests,
             "seconds": round(result.seconds, 3), "config": _pushed_json(result.config),
-            "layers": [_pushed_json(b) for b in result.layers]}, indent=2))
+            "layers": [_pushed_json(b) for b in result.layers],
+            "images": [{"reference": i.reference, "digest": i.digest,
+                        "media_type": i.media_type, "original_manifest": i.original_manifest}
+                       for i in result.images]}, indent=2))
     elif not quiet:
         click.echo(f"{result.reference}@{result.digest}")
 

@@ -17,7 +17,7 @@ import zstandard
 from registry_servers import (PASSWORD, USER, Fault, RegistryServer, skopeo_copy)
 
 import archives as A
-from helpers import context, differences, need_tool, snapshot
+from helpers import context, differences, invoke, need_tool, snapshot
 from layerstore import Store, cli, errors
 from layerstore.registry import RegistryOptions
 from layerstore.registry.credentials import Credentials
@@ -483,3 +483,76 @@ def test_an_image_removed_while_it_is_pushed_leaves_no_dangling_record(registry,
         store.push("test/app:1", f"{registry.host}/team/app:1", progress=remove_when_written)
         assert store.images() == []
         assert store.fsck() == []
+
+
+# ---- push --all-platforms ----------------------------------------------------------------------
+
+def _index_at(host: str, ref: str) -> dict:
+    out = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false",
+                          f"docker://{host}/{ref}"], check=True, capture_output=True)
+    return json.loads(out.stdout)
+
+
+def test_all_platforms_pushes_each_image_and_an_index(open_registry, seed, registry, tmp_path):
+    """An index pulled whole, pushed whole to another registry: each platform's image by
+    digest, then an index of them (without the attestation, which the store does not keep)
+    under the tag; pulled back, every platform is the same image; a second push uploads
+    nothing and names the same index."""
+    need_tool("skopeo")
+    with Store(tmp_path / "s") as store:
+        images = store.pull(f"{open_registry.host}/seed/multi", all_platforms=True,
+                            platform="linux/amd64")
+        ids = {i.platform: i.id for i in images}
+        (tagged,) = [i for i in images if i.tags]
+        result = store.push(tagged.id, f"{registry.host}/multi/app:1", all_platforms=True)
+        assert len(result.images) == 2 and not result.original_manifest
+        assert result.media_type == "application/vnd.oci.image.index.v1+json"
+        index = _index_at(registry.host, "multi/app:1")
+        assert sorted(d["platform"]["architecture"] for d in index["manifests"]) == \
+            ["amd64", "arm64"]
+        assert [d["digest"] for d in index["manifests"]] == [i.digest for i in result.images]
+        again = store.push(tagged.id, f"{registry.host}/multi/app:1", all_platforms=True)
+        assert again.digest == result.digest
+        assert {b.action for b in again.layers} == {"skipped"}
+        # Named by the platform it is not tagged for, the same index is pushed.
+        (other,) = [i for i in images if not i.tags]
+        assert store.push(other.id, f"{registry.host}/multi/app:2",
+                          all_platforms=True).digest == result.digest
+    with Store(tmp_path / "back") as back:
+        pulled = back.pull(f"{registry.host}/multi/app:1", all_platforms=True,
+                           platform="linux/amd64")
+        assert {i.platform: i.id for i in pulled} == ids
+        assert back.fsck() == []
+        # An index every entry of which the store holds unchanged goes as its own bytes.
+        (tag,) = [i for i in pulled if i.tags]
+        copy = back.push(tag.id, f"{registry.host}/multi/copy:1", all_platforms=True)
+        assert copy.original_manifest and copy.digest == result.digest
+        assert {b.action for b in copy.layers} == {"mounted"}
+
+
+def test_all_platforms_keeps_the_original_index_when_nothing_changes(open_registry, seed,
+                                                                      tmp_path):
+    """Pushed back to the registry it came from, every manifest is the original: with the
+    attestation the store does not keep, the index is new, and says so."""
+    with Store(tmp_path / "s") as store:
+        store.pull(f"{open_registry.host}/seed/multi", all_platforms=True,
+                   platform="linux/amd64")
+        result = store.push(f"{open_registry.host}/seed/multi",
+                            f"{open_registry.host}/seed/multi-copy:1", all_platforms=True)
+        assert [i.original_manifest for i in result.images] == [True, True]
+        assert {b.action for b in result.layers} <= {"mounted", "skipped"}
+        assert sorted(i.digest for i in result.images) == sorted(seed.platform_digests.values())
+        assert not result.original_manifest     # the attestation is left out
+
+
+def test_all_platforms_errors(open_registry, seed, registry, tmp_path):
+    with Store(tmp_path / "s") as store:
+        (one,) = store.pull(f"{open_registry.host}/seed/app:oci")
+        with pytest.raises(errors.UnsupportedManifest, match="multi-platform index"):
+            store.push(one.id, f"{registry.host}/x/app:1", all_platforms=True)
+        (arm,) = store.pull(f"{open_registry.host}/seed/multi", platform="linux/arm64")
+        with pytest.raises(errors.UnsupportedManifest, match="no image for linux/amd64"):
+            store.push(arm.id, f"{registry.host}/x/multi:1", all_platforms=True)
+    code, out, err = invoke("--root", str(tmp_path / "s"), "push", one.id,
+                            f"{registry.host}/x/app:1", "--all-platforms")
+    assert code == 1 and err.count("\n") == 1 and "--all-platforms" in err

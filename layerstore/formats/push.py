@@ -36,11 +36,12 @@ from typing import Callable
 
 from .. import errors
 from .._model import PushedBlob, PushProgress, PushResult
-from ..registry.client import DOCKER_MANIFEST, OCI_MANIFEST, Client
+from ..registry.client import DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Client
 from ..store.context import Context
 from ..store.index import LayerRecord
 from . import chunked, chunked_write
 from .compression import Compressor, recipe
+from .platforms import is_attestation, platform_of
 from .export import _Hasher, _Out, _Raw, _verify, write_layer
 from .reference import Reference
 
@@ -481,10 +482,8 @@ def _descriptor(media_type: str, blob: PushedBlob) -> dict:
     return desc
 
 
-def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress: str | None,
-         fmt: str | None, chunk_size: int | None = None, jobs: int = JOBS,
-         progress: Callable[[PushProgress], None] | None = None) -> PushResult:
-    """Pushes image (read_image) to dest (a tag) through client; see the module's doc."""
+def _check(dest: Reference, fmt: str | None, compress: str | None,
+           chunk_size: int | None) -> None:
     if dest.tag is None:
         raise errors.InvalidReference(f"push to {dest}: name a tag to push to, not a digest")
     if fmt is not None and fmt not in FORMATS:
@@ -493,6 +492,41 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
         recipe(compress)                # UnsupportedFormat for an unknown one
     if chunk_size is not None and chunk_size <= 0:
         raise errors.UnsupportedFormat(f"chunk size must be positive, not {chunk_size}")
+
+
+def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress: str | None,
+         fmt: str | None, chunk_size: int | None = None, jobs: int = JOBS,
+         progress: Callable[[PushProgress], None] | None = None) -> PushResult:
+    """Pushes image (read_image) to dest (a tag) through client; see the module's doc."""
+    _check(dest, fmt, compress, chunk_size)
+    requests = client.counters.snapshot()["requests"]
+    start = time.monotonic()
+    client.ping()
+    one = _push_image(_Job(ctx, client, dest, image, chunk_size, progress), compress, fmt,
+                      jobs, dest.tag)
+    return PushResult(str(dest), one.digest, one.media_type, one.original, one.config,
+                      one.layers, one.sent, client.counters.snapshot()["requests"] - requests,
+                      time.monotonic() - start)
+
+
+@dataclass
+class _Pushed:
+    """One image pushed: its manifest as the registry stored it, and its blobs."""
+
+    digest: str
+    media_type: str
+    size: int
+    original: bool          # the image's original manifest bytes
+    config: PushedBlob
+    layers: tuple
+    sent: int
+
+
+def _push_image(job: _Job, compress: str | None, fmt: str | None, jobs: int,
+                reference: str) -> _Pushed:
+    """job.image's blobs, then its manifest under reference (a tag, or its own digest when
+    an index will name it)."""
+    ctx, client, image = job.ctx, job.client, job.image
     original_family = _family(image.manifest_media_type)
     fmt = fmt or original_family or ("oci" if compress in ("zstd", "zstd:chunked")
                                      else "docker")
@@ -500,9 +534,6 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
         raise errors.UnsupportedFormat(f"a {fmt} manifest cannot carry {compress} layers: "
                                        "push with --format oci")
     allowed = {compress} if compress is not None else set(LAYER_TYPES[fmt])
-    job = _Job(ctx, client, dest, image, chunk_size, progress)
-    requests = client.counters.snapshot()["requests"]
-    start = time.monotonic()
 
     def compression(i: int) -> str:
         if compress is not None:
@@ -510,7 +541,6 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
         kept = compression_of(image.original[i]) if image.original[i] else None
         return kept if kept in LAYER_TYPES[fmt] and kept != "none" else "gzip"
 
-    client.ping()
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="layerstore-push") as pool:
         config = pool.submit(_push_config, job)
         futures = [pool.submit(_push_layer, job, i, allowed, compression(i))
@@ -529,15 +559,135 @@ def push(ctx: Context, image: _Image, dest: Reference, client: Client, compress:
         data, media_type = image.manifest, image.manifest_media_type
     else:
         data, media_type = _manifest(image, fmt, layers)
+    if _is_digest(reference):
+        reference = "sha256:" + hashlib.sha256(data).hexdigest()
     job.report("manifest", None, None, "writing")
-    digest = client.put_manifest(job.repo, dest.tag, data, media_type)
+    digest = client.put_manifest(job.repo, reference, data, media_type)
     job.report("manifest", None, digest, "written")
     _record(ctx, job, layers, config_blob, digest)
     # Blob bytes as counted here: the transport cannot count a streamed body's.
     sent = sum(b.bytes_sent for b in layers) + config_blob.bytes_sent + len(data)
-    return PushResult(str(dest), digest, media_type, reuse, config_blob, tuple(layers), sent,
+    return _Pushed(digest, media_type, len(data), reuse, config_blob, tuple(layers), sent)
+
+
+def _is_digest(reference: str) -> bool:
+    return reference.startswith("sha256:")
+
+
+# ---- push --all-platforms: an index and its images ---------------------------------------------
+
+
+@dataclass
+class _Index:
+    """An image index the store keeps (pulled or imported with it), the images of its
+    entries (None where the store has none: attestations, platforms not pulled)."""
+
+    digest: str
+    data: bytes
+    media_type: str
+    entries: list               # (descriptor, _Image | None)
+    primary: str                # the image the ref named
+
+
+def read_index(ctx: Context, ref: str) -> _Index:
+    """The index the image ref names came in, with the stored image of each entry."""
+    index = ctx.index
+    with index.read() as txn:
+        rec = ctx.resolve(txn, ref)
+        by_manifest = {r.manifest_digest: r for r in index.images(txn) if r.manifest_digest}
+        found = None
+        for other in [rec] + [r for r in by_manifest.values() if r.id != rec.id]:
+            for rd in index.repo_digests(txn, other.id):
+                digest = rd.rpartition("@")[2]
+                data = index.metadata(txn, digest)
+                doc = _json_object(data)
+                if doc is not None and isinstance(doc.get("manifests"), list) and any(
+                        isinstance(d, dict) and d.get("digest") == rec.manifest_digest
+                        for d in doc["manifests"]):
+                    found = digest, bytes(data), doc
+                    break
+            if found:
+                break
+    if found is None:
+        raise errors.UnsupportedManifest(
+            f"{ref} did not come in a multi-platform index (pull or import it with "
+            "--all-platforms), so there is no index to push: push it without --all-platforms")
+    digest, data, doc = found
+    media_type = doc.get("mediaType") or OCI_INDEX
+    entries = []
+    for desc in doc["manifests"]:
+        held = by_manifest.get(desc.get("digest")) if isinstance(desc, dict) else None
+        entries.append((desc, read_image(ctx, held.id) if held is not None else None))
+    return _Index(digest, data, media_type, entries, rec.id)
+
+
+def _json_object(data) -> dict | None:
+    if data is None:
+        return None
+    try:
+        doc = json.loads(bytes(data))
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def push_index(ctx: Context, found: _Index, dest: Reference, client: Client,
+               compress: str | None, fmt: str | None, chunk_size: int | None = None,
+               jobs: int = JOBS, progress: Callable[[PushProgress], None] | None = None
+               ) -> PushResult:
+    """Pushes every image of the index found (read_index) by digest, then an index of them
+    under dest's tag: the original index bytes when every entry's manifest is unchanged,
+    else a new index (attestations, which the store does not keep, are left out).  The
+    result's config and layers are every image's, in index order; images has each push."""
+    _check(dest, fmt, compress, chunk_size)
+    missing = [platform_of(d.get("platform")) or d.get("digest") for d, img in found.entries
+               if img is None and isinstance(d, dict) and not is_attestation(d)]
+    if missing:
+        raise errors.UnsupportedManifest(
+            f"index {found.digest}: the store holds no image for {', '.join(map(str, missing))}"
+            " (pull or import it with --all-platforms)")
+    requests = client.counters.snapshot()["requests"]
+    start = time.monotonic()
+    client.ping()
+    pushed, descriptors = [], []
+    for desc, image in found.entries:
+        if image is None:
+            continue
+        one = _push_image(_Job(ctx, client, dest, image, chunk_size, progress), compress, fmt,
+                          jobs, desc["digest"])
+        pushed.append(one)
+        new = {"mediaType": one.media_type, "size": one.size, "digest": one.digest}
+        new.update({k: desc[k] for k in ("platform", "annotations") if k in desc})
+        descriptors.append(new)
+    if len(pushed) == len(found.entries) and fmt in (None, _index_family(found)) and all(
+            p.digest == d["digest"] for p, (d, _) in zip(pushed, found.entries)):
+        data, media_type = found.data, found.media_type
+    else:
+        media_type = (DOCKER_LIST if (fmt or _index_family(found)) == "docker" else OCI_INDEX)
+        doc = {"schemaVersion": 2, "mediaType": media_type, "manifests": descriptors}
+        annotations = (_json_object(found.data) or {}).get("annotations")
+        if media_type == OCI_INDEX and annotations:
+            doc["annotations"] = annotations
+        data = json.dumps(doc, separators=(",", ":")).encode()
+    job = _Job(ctx, client, dest, None, chunk_size, progress)
+    job.report("manifest", None, None, "writing")
+    digest = client.put_manifest(job.repo, dest.tag, data, media_type)
+    job.report("manifest", None, digest, "written")
+    with ctx.index.write() as txn:
+        if ctx.index.image(txn, found.primary) is not None:
+            ctx.index.add_repo_digest(txn, f"{dest.name}@{digest}", found.primary)
+    layers = tuple(b for p in pushed for b in p.layers)
+    return PushResult(str(dest), digest, media_type, data is found.data, pushed[0].config,
+                      layers, sum(p.sent for p in pushed) + len(data),
                       client.counters.snapshot()["requests"] - requests,
-                      time.monotonic() - start)
+                      time.monotonic() - start,
+                      tuple(PushResult(f"{dest.name}@{p.digest}", p.digest, p.media_type,
+                                       p.original, p.config, p.layers, p.sent, 0, 0.0)
+                            for p in pushed))
+
+
+def _index_family(found: _Index) -> str:
+    return "docker" if found.media_type == DOCKER_LIST else "oci"
 
 
 def _record(ctx: Context, job: _Job, layers: list[PushedBlob], config: PushedBlob,
