@@ -28,6 +28,7 @@ import io
 import ipaddress
 import random
 import re
+import ssl
 import threading
 import time
 import warnings
@@ -135,16 +136,25 @@ class Response:
 
 
 class _Pools(urllib3.PoolManager):
-    """One PoolManager whose HTTPS pools for insecure hosts do not verify certificates."""
+    """One PoolManager whose HTTPS pools for insecure hosts do not verify certificates.
+    They share one TLS context that verifies nothing, made once: urllib3 would otherwise
+    load the system's CA certificates for each connection (30 ms), only to ignore them -
+    and an insecure host is first tried with TLS on every run."""
 
     def __init__(self, insecure, **kw):
         super().__init__(**kw)
         self._insecure = insecure
+        self._unverified: ssl.SSLContext | None = None
 
     def connection_from_host(self, host, port=None, scheme="http", pool_kwargs=None):
         if scheme == "https" and host and self._insecure(host, port):
+            if self._unverified is None:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                self._unverified = context
             pool_kwargs = {**(pool_kwargs or {}), "cert_reqs": "CERT_NONE",
-                           "assert_hostname": False}
+                           "assert_hostname": False, "ssl_context": self._unverified}
         return super().connection_from_host(host, port, scheme, pool_kwargs)
 
 
