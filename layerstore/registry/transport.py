@@ -137,24 +137,37 @@ class Response:
 
 class _Pools(urllib3.PoolManager):
     """One PoolManager whose HTTPS pools for insecure hosts do not verify certificates.
-    They share one TLS context that verifies nothing, made once: urllib3 would otherwise
-    load the system's CA certificates for each connection (30 ms), only to ignore them -
-    and an insecure host is first tried with TLS on every run."""
+    Two TLS contexts, each made once, on first use: one verifying with ca_file or the
+    system's CA certificates, one verifying nothing.  Left to itself urllib3 loads the CA
+    certificates again for each connection (30 ms each), even for an insecure host, which
+    every run first tries with TLS."""
 
-    def __init__(self, insecure, **kw):
+    def __init__(self, insecure, ca_file: str | None, **kw):
         super().__init__(**kw)
         self._insecure = insecure
-        self._unverified: ssl.SSLContext | None = None
+        self._ca_file = ca_file
+        self._contexts: dict[bool, ssl.SSLContext] = {}
+        self._lock = threading.Lock()
+
+    def _context(self, verify: bool) -> ssl.SSLContext:
+        with self._lock:
+            if verify not in self._contexts:
+                if verify:
+                    context = ssl.create_default_context(cafile=self._ca_file)
+                else:
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self._contexts[verify] = context
+            return self._contexts[verify]
 
     def connection_from_host(self, host, port=None, scheme="http", pool_kwargs=None):
-        if scheme == "https" and host and self._insecure(host, port):
-            if self._unverified is None:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                self._unverified = context
-            pool_kwargs = {**(pool_kwargs or {}), "cert_reqs": "CERT_NONE",
-                           "assert_hostname": False, "ssl_context": self._unverified}
+        if scheme == "https" and host:
+            if self._insecure(host, port):
+                pool_kwargs = {**(pool_kwargs or {}), "cert_reqs": "CERT_NONE",
+                               "assert_hostname": False, "ssl_context": self._context(False)}
+            else:
+                pool_kwargs = {**(pool_kwargs or {}), "ssl_context": self._context(True)}
         return super().connection_from_host(host, port, scheme, pool_kwargs)
 
 
@@ -202,7 +215,7 @@ class Transport:
                 self._insecure_hosts.add(entry.lower())
         self._schemes: dict[str, str] = {}      # insecure host -> the scheme that answered
         self._timeout = urllib3.Timeout(connect=connect_timeout, read=read_timeout)
-        self._pool = _Pools(self._pool_insecure, cert_reqs="CERT_REQUIRED", ca_certs=ca_file,
+        self._pool = _Pools(self._pool_insecure, ca_file, cert_reqs="CERT_REQUIRED",
                             headers={"User-Agent": user_agent}, maxsize=8)
 
     # -- host policy -------------------------------------------------------------------
