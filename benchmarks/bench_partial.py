@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -301,6 +302,13 @@ def timed_command(cmd: list[str], env: dict, fs: Path) -> tuple[float, bytes]:
     return time.perf_counter() - t, out
 
 
+def started(cleanup: contextlib.ExitStack, *args, link: bool = False):
+    """A Registry(storage) or, with link, a Link(target, rate, rtt), stopped by cleanup."""
+    server = Link(*args) if link else Registry(*args)
+    cleanup.callback(server.stop)
+    return server
+
+
 def warm_registry(storage: Path) -> None:
     for path in storage.rglob("data"):
         warm(path)
@@ -312,13 +320,13 @@ FORMS = {"skopeo 1.9.3": "corpus/rebuilt:chunked", "layerstore": "corpus/rebuilt
 MODES = ["never", "always", "auto"]
 
 
-def skopeo_registry(rebuilt) -> Registry:
+def skopeo_registry(cleanup, rebuilt) -> Registry:
     """The registry holding rebuilt as skopeo's zstd:chunked, seeded once and kept."""
     storage = CACHE / "partial" / "skopeo-chunked"
     seeded = storage / ".seeded"
     if not seeded.exists():
         fresh_dir(storage)
-    registry = Registry(storage)
+    registry = started(cleanup, storage)
     if not seeded.exists():
         print("seeding: skopeo compresses rebuilt as zstd:chunked (~15 s)", file=sys.stderr)
         cmd, env = skopeo_push(rebuilt.plain, f"{registry.host}/{FORMS['skopeo 1.9.3']}",
@@ -329,11 +337,11 @@ def skopeo_registry(rebuilt) -> Registry:
     return registry
 
 
-def ours_registry(rebuilt, work: Path) -> Registry:
+def ours_registry(cleanup, rebuilt, work: Path) -> Registry:
     """A fresh registry holding rebuilt as pushed by `layerstore push --compress zstd:chunked`
     (pushed anew every time: the format may change with the code)."""
     storage = fresh_dir(CACHE / "partial" / "ours-chunked")
-    registry = Registry(storage)
+    registry = started(cleanup, storage)
     root = fresh_dir(work) / "store"
     with Store(root) as store:
         (image,) = store.import_archive(rebuilt.plain)
@@ -353,17 +361,18 @@ def _layers_summary(layers: list[dict]) -> str:
 
 
 def bench_pull(args, python, rebuilt) -> tuple[list[dict], dict]:
-    work = bench_filesystem(label="partial-seed")
-    registries = {"skopeo 1.9.3": skopeo_registry(rebuilt)}
-    notes = {}
-    if ours_can_push_chunked():
-        registries["layerstore"] = ours_registry(rebuilt, work)
-    else:
-        notes["layerstore"] = "not available: `layerstore push --help` lists no zstd:chunked"
-    links = {form: Link(r.host, args.rate, args.rtt) for form, r in registries.items()}
     fs = {mode: bench_filesystem(label=f"partial-{mode}") for mode in MODES}
     best: dict[tuple[str, str], dict] = {}
-    try:
+    notes = {}
+    with contextlib.ExitStack() as cleanup:
+        registries = {"skopeo 1.9.3": skopeo_registry(cleanup, rebuilt)}
+        if ours_can_push_chunked():
+            registries["layerstore"] = ours_registry(
+                cleanup, rebuilt, bench_filesystem(label="partial-seed"))
+        else:
+            notes["layerstore"] = "not available: `layerstore push --help` lists no zstd:chunked"
+        links = {form: started(cleanup, r.host, args.rate, args.rtt, link=True)
+                 for form, r in registries.items()}
         warm(python.plain)
         for _ in range(args.runs):
             for form in registries:
@@ -392,11 +401,6 @@ def bench_pull(args, python, rebuilt) -> tuple[list[dict], dict]:
                     want = {"never": {"downloaded"}, "always": {"partial"}}.get(mode)
                     if want and actions != want:
                         sys.exit(f"FAILED: {form} --partial {mode}: layers {actions}")
-    finally:
-        for link in links.values():
-            link.stop()
-        for r in registries.values():
-            r.stop()
     rows = []
     for form in FORMS:
         if form in notes:
@@ -444,9 +448,10 @@ def bench_push(args, python) -> list[dict]:
                 for tool in ("layerstore", "skopeo"):
                     if tool == "layerstore" and compress == "zstd:chunked" and not chunked:
                         continue
-                    registry = Registry(fresh_dir(regfs[tool] / "reg"))
-                    link = Link(registry.host, args.rate, args.rtt) if path == "link" else None
-                    try:
+                    with contextlib.ExitStack() as cleanup:
+                        registry = started(cleanup, fresh_dir(regfs[tool] / "reg"))
+                        link = (started(cleanup, registry.host, args.rate, args.rtt, link=True)
+                                if path == "link" else None)
                         dest = f"{(link or registry).host}/bench/python:1"
                         if tool == "layerstore":
                             _store_copy(store, work / "run-store")
@@ -458,10 +463,6 @@ def bench_push(args, python) -> list[dict]:
                         before = load()
                         with Through(link) as moved:
                             seconds, out = timed_command(cmd, env, regfs[tool])
-                    finally:
-                        if link:
-                            link.stop()
-                        registry.stop()
                     if tool == "layerstore":
                         doc = json.loads(out)
                         if {b["action"] for b in doc["layers"]} != {"uploaded"}:
