@@ -470,26 +470,27 @@ def bench_push(args, python) -> list[dict]:
                     key = (path, compress, tool)
                     if key not in best or seconds < best[key]["seconds"]:
                         best[key] = {"seconds": seconds, "load": before, "moved": moved}
+    def link_mb(run):
+        return f"{(run['moved'].up + run['moved'].down) / 1e6:.1f}" if run else "-"
+
     rows = []
     for path in ("loopback", "link"):
         for compress in compressions:
-            ours, theirs = best.get((path, compress, "layerstore")), best[(path, compress,
-                                                                          "skopeo")]
+            ours = best.get((path, compress, "layerstore"))
+            theirs = best[(path, compress, "skopeo")]
             row = {"path": path, "compress": compress,
                    "layerstore_s": round(ours["seconds"], 2) if ours else "not available",
                    "skopeo_s": round(theirs["seconds"], 2),
                    "ratio": round(ours["seconds"] / theirs["seconds"], 2) if ours else "",
                    "load": f"{ours['load'] if ours else '-'} / {theirs['load']}"}
             if path == "link":
-                row["link_MB"] = (f"{(ours['moved'].up + ours['moved'].down) / 1e6:.1f} / "
-                                  if ours else "- / ") + \
-                    f"{(theirs['moved'].up + theirs['moved'].down) / 1e6:.1f}"
+                row["link_MB"] = f"{link_mb(ours)} / {link_mb(theirs)}"
             rows.append(row)
     return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="one run")
     ap.add_argument("--rate", type=float, default=100.0, help="link Mbit/s (each way)")
@@ -516,13 +517,13 @@ def main() -> None:
     print(f"# {machine()}; best of {args.runs}; link {args.rate:g} Mbit/s each way, "
           f"{args.rtt:g} ms round trip")
     if "pull" in result:
-        print(f"\n# pull rebuilt into a store holding python, through the link, durable")
+        print("\n# pull rebuilt into a store holding python, through the link, durable")
         print(table(result["pull"], list(result["pull"][0])))
         for note in result["pull_details"]["notes"].values():
             print(f"layerstore's zstd:chunked: {note}")
         print("targets: full/this of --partial always >= 3x (skopeo 1.9.3), >= 8x (layerstore)")
     if "push" in result:
-        print(f"\n# push python into a fresh registry (ratio = layerstore / skopeo), durable")
+        print("\n# push python into a fresh registry (ratio = layerstore / skopeo), durable")
         print(table(result["push"], list(result["push"][-1])))
         print("target: zstd:chunked on loopback, ratio <= 0.3")
 
