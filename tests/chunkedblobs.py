@@ -29,10 +29,12 @@ def _skippable(data: bytes) -> bytes:
 
 
 def build_zstd_chunked(files: dict[str, bytes], tarsplit: bool = True, dup: bool = False,
-                       lies: dict | None = None) -> tuple[bytes, dict, bytes]:
+                       lies: dict | None = None, chunk_size: int = 0
+                       ) -> tuple[bytes, dict, bytes]:
     """A zstd:chunked blob of files (current format with tar-split, or the old one), its
     layer annotations and the tar stream it decompresses to.  lies: name -> the digest the
-    TOC gives that file instead of its own (the annotations vouch for that TOC)."""
+    TOC gives that file instead of its own (the annotations vouch for that TOC).
+    chunk_size: content cut into frames of that size, each after the first a chunk entry."""
     out, entries, splits = bytearray(), [], []
     tar = bytearray()
     pending = b""                       # tar bytes not yet written: headers and padding
@@ -47,12 +49,22 @@ def build_zstd_chunked(files: dict[str, bytes], tarsplit: bool = True, dup: bool
         pending = b""
         entry = {"type": "reg", "name": name, "mode": 0o644, "size": len(data),
                  "modtime": "1970-01-01T00:00:01Z"}
+        chunks = []
         if data:
             entry.update(digest=(lies or {}).get(name, _sha(data)), offset=len(out))
-            out += _z(data)
+            step = chunk_size or len(data)
+            for start in range(0, len(data), step):
+                piece = data[start:start + step]
+                if start:
+                    chunks.append({"type": "chunk", "name": name, "offset": len(out),
+                                   "chunkOffset": start, "chunkSize": len(piece),
+                                   "chunkDigest": _sha(piece)})
+                out += _z(piece)
+                (chunks[-1] if start else entry)["endOffset"] = len(out)
             entry["endOffset"] = len(out)
             tar += data
         entries.append(entry)
+        entries.extend(chunks)
         splits.append({"type": 1, "name": name, "size": len(data)})
         pending = b"\0" * (-len(data) % 512)
     pending += b"\0" * 1024
@@ -84,19 +96,67 @@ def build_zstd_chunked(files: dict[str, bytes], tarsplit: bool = True, dup: bool
     return bytes(out), ann, bytes(tar)
 
 
-def build_estargz(files: dict[str, bytes]) -> tuple[bytes, dict]:
-    """An eStargz blob: a gzip member per payload, the TOC member, the 51-byte footer."""
+def _header(name: str, value) -> bytes:
+    """The tar header of one entry: bytes are a regular file, None (name ending in "/") a
+    directory, a str a symlink to it."""
+    info = tarfile.TarInfo(name.rstrip("/"))
+    info.mode, info.mtime = 0o644, 1
+    if value is None:
+        info.type, info.mode = tarfile.DIRTYPE, 0o755
+    elif isinstance(value, str):
+        info.type, info.linkname = tarfile.SYMTYPE, value
+    else:
+        info.size = len(value)
+    return info.tobuf(tarfile.GNU_FORMAT)
+
+
+def build_estargz(files: dict, chunk_size: int = 4 << 20, edit=None) -> tuple[bytes, dict]:
+    """An eStargz blob as stargz-snapshotter's Writer lays it out: a gzip member is closed
+    before each chunk of a regular file's content and a new one started there, so the
+    padding after the content and the headers up to the next content (dirs, symlinks, the
+    next file's header) share the last chunk's member; the TOC is the last tar entry
+    (stargz.index.json, then the end-of-archive blocks) in a member of its own; the 51-byte
+    footer is an empty gzip member whose Extra field holds the TOC's offset.  The blob
+    decompresses (gzip.decompress: every member) to the layer's tar.  files: name -> bytes
+    (regular file), None (directory), str (symlink target).  edit(entries): changes the TOC
+    entries before they are written (the annotation vouches for the changed TOC)."""
     out, entries = bytearray(), []
-    for name, data in files.items():
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        out += gzip.compress(info.tobuf(tarfile.GNU_FORMAT), mtime=0)
-        entry = {"name": name, "type": "reg", "size": len(data), "mode": 0o644}
-        if data:
-            entry.update(digest=_sha(data), offset=len(out))
-            out += gzip.compress(data + b"\0" * (-len(data) % 512), mtime=0)
-        entries.append(entry)
-    raw = json.dumps({"version": 1, "entries": entries}).encode()
+    member = b""                        # uncompressed bytes of the open member
+
+    def close() -> None:
+        nonlocal member
+        if member:
+            out.extend(gzip.compress(member, mtime=0))
+        member = b""
+
+    for name, value in files.items():
+        member += _header(name, value)
+        entry = {"name": name.rstrip("/"), "mode": 0o644}
+        if value is None:
+            entry.update(type="dir", mode=0o755)
+        elif isinstance(value, str):
+            entry.update(type="symlink", linkName=value)
+        else:
+            entry.update(type="reg", size=len(value))
+        if isinstance(value, bytes) and value:
+            entry["digest"] = _sha(value)
+            for start in range(0, len(value), chunk_size):
+                chunk = value[start:start + chunk_size]
+                close()
+                if start:
+                    entry = {"name": name, "type": "chunk"}
+                entry.update(offset=len(out), chunkOffset=start, chunkDigest=_sha(chunk))
+                if len(value) - start >= chunk_size:
+                    entry["chunkSize"] = chunk_size
+                member = chunk
+                entries.append(entry)
+            member += b"\0" * (-len(value) % 512)
+        else:
+            entries.append(entry)
+    close()
+    if edit is not None:
+        edit(entries)
+    raw = json.dumps({"version": 1, "entries": entries}, indent="\t").encode()
     toc_at = len(out)
     info = tarfile.TarInfo("stargz.index.json")
     info.size = len(raw)
@@ -108,5 +168,3 @@ def build_estargz(files: dict[str, bytes]) -> tuple[bytes, dict]:
     assert len(footer) == c.ESTARGZ_FOOTER_SIZE
     out += footer
     return bytes(out), {c.ESTARGZ_TOC_DIGEST: _sha(raw)}
-
-
