@@ -302,8 +302,8 @@ class _PullDisplay:
                    "bytes and requests, as JSON.")
 @click.option("--partial", type=click.Choice(["auto", "never", "always"]), default="auto",
               show_default=True,
-              help="zstd:chunked layers: fetch only the files the store lacks (always), when "
-                   "that costs less than the whole blob (auto), or never.")
+              help="zstd:chunked and eStargz layers: fetch only the files the store lacks "
+                   "(always), when that costs less than the whole blob (auto), or never.")
 @click.pass_obj
 def pull(open_store, reference, platform, all_platforms, jobs, registry, quiet, as_json,
          partial):

@@ -6,6 +6,7 @@ the blob twice; a TOC that lies commits nothing."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -14,12 +15,13 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from chunkedblobs import build_zstd_chunked
-from registry_servers import OCI_CONFIG, OCI_MANIFEST, Fault, RawPusher
+from chunkedblobs import build_estargz, build_zstd_chunked
+from registry_servers import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Fault, RawPusher
 
 import archives as A
 from helpers import differences, invoke, invoke_error, snapshot
 from layerstore import Store, errors
+from layerstore.formats import chunked
 from layerstore.registry import partial
 
 ZSTD_LAYER = "application/vnd.oci.image.layer.v1.tar+zstd"
@@ -30,24 +32,30 @@ SHARED["usr/lib/twin.so"] = _rng.randbytes(150_000)     # the size of big0.so
 NEW = {"etc/new.conf": b"fresh\n" * 10}
 # New files at both ends of the layer: their ranges cannot merge into one.
 SPREAD = {**NEW, **SHARED, "etc/other": b"other\n" * 400}
+# eStargz: directories, symlinks and an empty file between files (their headers share the
+# member of the content before them), held files of several chunks (only their last chunk's
+# member is fetched, for the headers after it) and a new one.
+ESTARGZ_CHUNK = 16 << 10
+ESTARGZ = {"etc/": None, **NEW, "etc/link": "new.conf", "usr/": None, "usr/lib/": None,
+           **SHARED, "usr/lib/empty": b"", "usr/lib/fresh.so": _rng.randbytes(40_000),
+           "usr/share/": None, "usr/share/zero": bytes(20_000), "var/": None}
 
 
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def _push_chunked(host: str, repo: str, files: dict, *, tarsplit=True, annotations=True,
-                  lies=None) -> tuple[str, int, str, str]:
-    """An image of one zstd:chunked layer of files; (reference, blob size, diffID, blob
-    digest)."""
-    blob, ann, tar = build_zstd_chunked(files, tarsplit=tarsplit, lies=lies)
+def _push(host: str, repo: str, blob: bytes, ann: dict | None, tar: bytes,
+          media_type: str = ZSTD_LAYER) -> tuple[str, int, str, str]:
+    """An image of one layer, blob (annotated with ann) whose tar is tar; (reference, blob
+    size, diffID, blob digest)."""
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "rootfs": {"type": "layers", "diff_ids": [_sha(tar)]}}).encode()
     pusher = RawPusher(host)
     pusher.blob(repo, blob)
     pusher.blob(repo, config)
-    layer = {"mediaType": ZSTD_LAYER, "digest": _sha(blob), "size": len(blob)}
-    if annotations:
+    layer = {"mediaType": media_type, "digest": _sha(blob), "size": len(blob)}
+    if ann:
         layer["annotations"] = ann
     manifest = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
                            "config": {"mediaType": OCI_CONFIG, "digest": _sha(config),
@@ -56,6 +64,23 @@ def _push_chunked(host: str, repo: str, files: dict, *, tarsplit=True, annotatio
     tag = hashlib.sha256(manifest).hexdigest()[:12]
     pusher.manifest(repo, tag, manifest, OCI_MANIFEST)
     return f"{host}/{repo}:{tag}", len(blob), _sha(tar), _sha(blob)
+
+
+def _push_chunked(host: str, repo: str, files: dict, *, tarsplit=True, annotations=True,
+                  lies=None, chunk_size=0) -> tuple[str, int, str, str]:
+    """An image of one zstd:chunked layer of files; (reference, blob size, diffID, blob
+    digest)."""
+    blob, ann, tar = build_zstd_chunked(files, tarsplit=tarsplit, lies=lies,
+                                        chunk_size=chunk_size)
+    return _push(host, repo, blob, ann if annotations else None, tar)
+
+
+def _push_estargz(host: str, repo: str, files: dict, *, annotations=True, edit=None
+                  ) -> tuple[str, int, str, str]:
+    """An image of one eStargz layer of ESTARGZ-like files, cut in 16 KiB chunks."""
+    blob, ann = build_estargz(files, chunk_size=ESTARGZ_CHUNK, edit=edit)
+    return _push(host, repo, blob, ann if annotations else None, gzip.decompress(blob),
+                 OCI_LAYER_GZIP)
 
 
 def _holding(tmp_path, name: str, files: dict) -> Store:
@@ -86,14 +111,16 @@ def _blob_gets(proxy, digest: str) -> list[dict]:
             and e["status"] in (200, 206)]
 
 
-@pytest.mark.parametrize("tarsplit, annotations",
-                         [(True, True), (False, True), (False, False)],
-                         ids=["current", "old", "old-no-annotations"])
+@pytest.mark.parametrize("tarsplit, annotations, chunk_size",
+                         [(True, True, 0), (False, True, 0), (False, False, 0),
+                          (True, True, 40_000), (False, True, 40_000)],
+                         ids=["current", "old", "old-no-annotations", "current-chunks",
+                              "old-chunks"])
 def test_partial_pull_equals_full_pull_and_moves_little(proxy, tmp_path, tarsplit,
-                                                        annotations):
-    ref, size, diff_id, blob = _push_chunked(proxy.host, f"partial/t{int(tarsplit)}{int(annotations)}",
-                                       {**SHARED, **NEW}, tarsplit=tarsplit,
-                                       annotations=annotations)
+                                                        annotations, chunk_size):
+    ref, size, diff_id, blob = _push_chunked(
+        proxy.host, f"partial/t{int(tarsplit)}{int(annotations)}{chunk_size}",
+        {**SHARED, **NEW}, tarsplit=tarsplit, annotations=annotations, chunk_size=chunk_size)
     with Store(tmp_path / "full") as full:
         whole, wlayer = _pulled(full, ref, "never")
         assert wlayer.action == "downloaded" and wlayer.partial is None
@@ -263,3 +290,156 @@ def test_single_ranges_that_would_move_most_of_the_blob_pull_it_whole(proxy, tmp
     gets = _blob_gets(proxy, blob)
     assert [e["range"] is None for e in gets].count(True) == 1
     assert layer.bytes <= size + 64 * 1024      # the blob once, plus the TOC read
+
+
+# -- eStargz --------------------------------------------------------------------------------------
+
+def _objects(tmp_path, files: dict):
+    """have() and object_path() over files kept as objects named by their content's SHA-256
+    (what the content map and the object store give a partial pull)."""
+    tmp_path.mkdir(exist_ok=True)
+    for data in files.values():
+        if isinstance(data, bytes) and data:
+            (tmp_path / hashlib.sha256(data).hexdigest()).write_bytes(data)
+    held = {_sha(v) for v in files.values() if isinstance(v, bytes) and v}
+    return (lambda d: bytes.fromhex(d[7:]) if d in held else None), (lambda h: tmp_path / h)
+
+
+def _read(reader) -> bytes:
+    out = b""
+    while data := reader.read(1 << 16):
+        out += data
+    return out
+
+
+@pytest.mark.parametrize("held", ["none", "shared", "all"])
+def test_estargz_pieces_decompress_to_exactly_the_tar(tmp_path, held):
+    """The ranges between and around files (the first member's headers, each file's content
+    and the tar bytes after it, the TOC entry with the end-of-archive blocks, the footer)
+    rebuild the blob's tar byte for byte, whichever files are held."""
+    blob, ann = build_estargz(ESTARGZ, chunk_size=ESTARGZ_CHUNK)
+    loc, toc, _ = chunked.read_toc(lambda o, n: blob[o:o + n], len(blob), ann)
+    have, path = _objects(tmp_path, {"none": {}, "shared": SHARED, "all": ESTARGZ}[held])
+    p = partial.plan(loc, toc, None, have)
+    assert p.format == chunked.ESTARGZ
+    assert p.local == {"none": 0, "shared": len(SHARED), "all": p.files}[held]
+    fetched = {r: blob[r[0]:r[1]] for r in p.ranges}
+    assert _read(partial.Rebuilt(p, fetched, path, "t")) == gzip.decompress(blob)
+    if held == "shared":        # a held file of several chunks costs its last one only
+        assert p.wire_bytes < 0.2 * len(blob)
+
+
+@pytest.mark.parametrize("annotations", [True, False], ids=["annotation", "footer"])
+def test_estargz_partial_pull_equals_full_pull_and_moves_little(proxy, tmp_path, annotations):
+    ref, size, diff_id, blob = _push_estargz(proxy.host, f"partial/esgz{int(annotations)}",
+                                             ESTARGZ, annotations=annotations)
+    with Store(tmp_path / "full") as full:
+        whole, wlayer = _pulled(full, ref, "never")
+        want = _tree(full, whole.id, tmp_path / "want")
+    assert "stargz.index.json" in want          # the TOC is a tar entry like any other
+    proxy.reset()
+    with _holding(tmp_path, "s", SHARED) as store:
+        image, layer = _pulled(store, ref, "always")
+        assert layer.action == "partial" and layer.partial["format"] == "estargz"
+        assert layer.partial["local"] == len(SHARED)
+        assert list(image.diff_ids) == [diff_id] == list(whole.diff_ids)
+        assert image.id == whole.id and store.fsck() == []
+        assert differences(_tree(store, image.id, tmp_path / "got"), want) == []
+        assert layer.bytes <= 0.2 * size, (layer.bytes, size)
+        assert all(e["range"] for e in _blob_gets(proxy, blob))
+
+
+def test_estargz_without_annotation_is_probed_only_when_asked(proxy, tmp_path, monkeypatch):
+    """A gzip layer without the TOC digest annotation costs no tail read in auto mode."""
+    monkeypatch.setattr(partial, "LINK", (12.5e6, 0.02))
+    ref, size, diff_id, blob = _push_estargz(proxy.host, "partial/esgz-auto", ESTARGZ,
+                                             annotations=False)
+    proxy.reset()
+    with _holding(tmp_path, "s", SHARED) as store:
+        _, layer = _pulled(store, ref, "auto")
+        assert layer.action == "downloaded" and layer.partial is None
+    assert [e["range"] for e in _blob_gets(proxy, blob)] == [None]
+
+
+def _lie(name: str, **change):
+    def edit(entries):
+        for e in entries:
+            if e["name"] == name and e["type"] == "reg":
+                for k, v in change.items():
+                    e[k] = v(e) if callable(v) else v
+    return edit
+
+
+def _offset_of(name: str, delta: int):
+    def edit(entries):
+        (e,) = [e for e in entries if e["name"] == name and e["type"] == "reg"]
+        e["offset"] += delta
+    return edit
+
+
+def _last_chunk_digest(name: str):
+    def edit(entries):
+        [e for e in entries if e["name"] == name and "chunkDigest" in e][-1]["chunkDigest"] = \
+            _sha(b"not it")
+    return edit
+
+
+@pytest.mark.parametrize("edit", [
+    _lie("usr/lib/fresh.so", digest=_sha(b"not it")),
+    _lie("etc/new.conf", size=lambda e: e["size"] + 1),
+    _lie("usr/lib/big1.so", size=lambda e: e["size"] - 1),
+    _offset_of("usr/lib/fresh.so", 1),
+    _offset_of("etc/new.conf", -5),
+    _last_chunk_digest("usr/lib/big2.so"),
+], ids=["digest", "size-fetched", "size-held", "offset", "offset-back", "chunk-held"])
+def test_estargz_lying_toc_commits_nothing(proxy, tmp_path, edit):
+    """The annotation vouches for a TOC that lies about a file it fetches (digest, size,
+    where its member starts) or one it holds (its size, its last chunk): InvalidTOC, before
+    the diffID, and nothing committed."""
+    ref, _, _, _ = _push_estargz(proxy.host, f"partial/esgz-lie-{id(edit)}", ESTARGZ,
+                                 edit=edit)
+    with _holding(tmp_path, "s", SHARED) as store:
+        before = [i.id for i in store.images()]
+        with pytest.raises(errors.InvalidTOC):
+            store.pull(ref, partial="always")
+        assert [i.id for i in store.images()] == before
+        assert store.fsck() == []
+
+
+def test_estargz_files_sharing_a_member_are_pulled_whole(proxy, tmp_path):
+    """stargz's MinChunkSize puts small files in one member (innerOffset): valid, but not
+    rebuildable from ranges: a full pull, which says why."""
+    def share(entries):
+        regs = [e for e in entries if e.get("offset")]
+        regs[1]["offset"] = regs[0]["offset"]
+    ref, _, diff_id, _ = _push_estargz(proxy.host, "partial/esgz-shared", ESTARGZ, edit=share)
+    with _holding(tmp_path, "s", SHARED) as store:
+        image, layer = _pulled(store, ref, "always")
+        assert list(image.diff_ids) == [diff_id] and layer.action == "downloaded"
+        assert "share a gzip member" in layer.partial["reason"]
+
+
+# -- caps on what a range decompresses to ---------------------------------------------------------
+
+@pytest.mark.parametrize("fmt", [chunked.ZSTD_CHUNKED, chunked.ESTARGZ])
+def test_a_bomb_between_files_is_cut_short(fmt, monkeypatch):
+    """A range of tar headers that expands without bound (64 MiB of zeros from 2 KB of
+    zstd): InvalidTOC once it is over the cap, having handed on no more than that.
+    Deflate stops at 1032x by itself: the gzip case checks the cut at a lower ratio."""
+    zeros = bytes(64 << 20)
+    if fmt == chunked.ESTARGZ:
+        monkeypatch.setattr(partial, "TAR_RATIO", 64)
+        bomb = gzip.compress(zeros, 9, mtime=0)
+    else:
+        import zstandard
+        bomb = zstandard.ZstdCompressor(level=19).compress(zeros)
+    cap = max(partial.TAR_FLOOR, partial.TAR_RATIO * len(bomb))
+    assert cap < len(zeros)
+    p = partial.Plan([partial.Piece(offset=0, end=len(bomb))], [[(0, len(bomb))]],
+                     format=fmt)
+    rebuilt = partial.Rebuilt(p, {(0, len(bomb)): bomb}, None, "t")
+    got = 0
+    with pytest.raises(errors.InvalidTOC, match="tar headers"):
+        while data := rebuilt.read(1 << 20):
+            got += len(data)
+    assert got <= cap

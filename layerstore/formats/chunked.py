@@ -125,13 +125,18 @@ class Entry:
 @dataclass(frozen=True)
 class File:
     """A regular file's content: its SHA-256, size and the compressed range holding all of
-    its frames (the reg entry and its chunk entries)."""
+    its frames (the reg entry and its chunk entries).  last_offset, last_start, last_digest:
+    where its last chunk's frames start, that chunk's offset in the content and its digest
+    (eStargz: the tar bytes after a file share its last chunk's gzip member)."""
 
     name: str
     digest: str
     size: int
     offset: int
     end_offset: int
+    last_offset: int = 0
+    last_start: int = 0
+    last_digest: str = ""
 
 
 @dataclass
@@ -146,10 +151,12 @@ class Toc:
         out: list[File] = []
         for e in self.entries:
             if e.type == "reg" and e.size > 0:
-                out.append(File(e.name, e.digest, e.size, e.offset, e.end_offset))
+                out.append(File(e.name, e.digest, e.size, e.offset, e.end_offset, e.offset, 0,
+                                e.chunk_digest))
             elif e.type == "chunk" and out and e.end_offset > out[-1].end_offset:
                 last = out[-1]
-                out[-1] = File(last.name, last.digest, last.size, last.offset, e.end_offset)
+                out[-1] = File(last.name, last.digest, last.size, last.offset, e.end_offset,
+                               e.offset, e.chunk_offset, e.chunk_digest)
         return out
 
 

@@ -1,12 +1,16 @@
-"""Partial pulls of zstd:chunked layers: fetch only the files the store lacks, rebuild the
-exact tar stream, and let the C ingest's diffID decide (research/registry.md C.3).
+"""Partial pulls of zstd:chunked and eStargz layers: fetch only the files the store lacks,
+rebuild the exact tar stream, and let the C ingest's diffID decide (research/registry.md C.3).
 
 plan() turns a layer's TOC (formats/chunked.py) into the pieces of its tar stream, in order:
 raw tar bytes from the tar-split, files the store holds (found by content SHA-256 in
-store/contentmap.py), and byte ranges of the blob to fetch - missing files' frames, and,
-without a tar-split (the old format), the frames between files, which hold the tar headers
-and padding.  The ranges are coalesced (gaps under MERGE_GAP) and capped: at most
-RANGES_PER_REQUEST per GET and REQUESTS_PER_LAYER GETs, merging the cheapest gaps first.
+store/contentmap.py), and byte ranges of the blob to fetch.  Without a tar-split the tar
+headers come from the blob too: in zstd:chunked's old format from the frames between files;
+in eStargz a gzip member starts at each chunk of a file's content and holds the padding and
+the headers that follow it (up to the next content), so a file's range decompresses to its
+content and then tar bytes, and a held file still costs its last chunk's member; the TOC is
+the last tar entry, read already.  The ranges are coalesced (gaps under MERGE_GAP) and
+capped: at most RANGES_PER_REQUEST per GET and REQUESTS_PER_LAYER GETs, merging the
+cheapest gaps first.
 
 fetch() sends multi-range GETs and goes by the answer: 206 multipart/byteranges (or one part
 covering what was asked) is used; 200 means the server sends the whole blob, and that
@@ -14,17 +18,21 @@ response is handed back to stream into a full pull (never downloaded twice); 400
 501 refuse multi-range: the plan is re-coalesced to single-range GETs, and a refusal of
 those too ends in a full pull.
 
-Rebuilt is the tar stream as a reader for the import pipeline: every fetched file's frames
-decompress to its TOC size and SHA-256 or the read raises errors.InvalidTOC (a lying TOC
-fails before anything is committed); the pipeline then checks the stream's diffID against
-the config, which is what vouches for the tar headers.
+Rebuilt is the tar stream as a reader for the import pipeline: every fetched range is
+decompressed by the layer's format (zstd frames, or gzip members, several per range), every
+file's content to its TOC size and SHA-256, the tar bytes around them capped (TAR_FLOOR,
+TAR_RATIO), or the read raises errors.InvalidTOC (a lying TOC fails before anything is
+committed); the pipeline then checks the stream's diffID against the config, which is what
+vouches for the tar headers.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import re
+import zlib
 from dataclasses import dataclass
 
 import zstandard
@@ -39,6 +47,18 @@ SINGLE_RANGE_REQUESTS = 64      # when the server refuses multi-range
 PART_OVERHEAD = 160             # multipart framing per part (registry 2.8 sends ~157)
 FETCH_LIMIT = 256 << 20         # fetched bytes are held in memory until the rebuild reads them
 READ_CHUNK = 1 << 20
+GZIP_STEP = 1 << 14             # compressed bytes per zlib call: <= ~16 MiB out (deflate's
+                                # ratio is at most 1032)
+# The tar bytes a fetched range may decompress to besides file content: headers and padding
+# of the entries between two files.  The 7,000 gaps of the corpus images compress at most 72x
+# (zstd -3; gzip -9 68x); the worst legitimate case found is a long run of empty files'
+# headers with sequential names (10,000 of them: 200x at zstd -3, 300x at -19); runs of
+# zeros go further but are short (end-of-archive blocks, a record's padding), which the
+# 1 MiB floor covers.  1024x keeps a 3x margin over that and bounds a bomb hidden between
+# files by the bytes the plan fetched, before the diffID, which comes last, could catch it:
+# zstd reaches 10^4-10^5x; deflate stops at 1032x by itself.
+TAR_FLOOR = 1 << 20
+TAR_RATIO = 1024
 
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 
@@ -46,7 +66,10 @@ CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)\Z")
 @dataclass(frozen=True)
 class Piece:
     """One piece of the tar stream: raw bytes (data), a stored object (oid), or the blob
-    range [offset, end) - a file's frames (digest, size) or frames of headers (digest "")."""
+    range [offset, end) - a file's frames (digest, size) or frames of headers (digest "").
+    A file's range may end in tar bytes after the content (tail: eStargz); skip: bytes of
+    content the range starts with that a stored object stands for (a held file's last chunk,
+    checked against skip_digest), followed by tar bytes."""
 
     data: bytes | None = None
     oid: bytes | None = None
@@ -54,6 +77,9 @@ class Piece:
     end: int = 0
     digest: str = ""
     size: int = 0
+    tail: bool = False
+    skip: int = 0
+    skip_digest: str = ""
 
 
 @dataclass
@@ -62,6 +88,7 @@ class Plan:
     requests: list[list[tuple[int, int]]]   # per GET, its (start, end) ranges
     files: int = 0                          # regular files with content
     local: int = 0                          # of them, read from the store
+    format: str = chunked.ZSTD_CHUNKED
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
@@ -100,23 +127,36 @@ def _norm(name: str) -> str:
     return name.lstrip("/")
 
 
+class Unplannable(Exception):
+    """A valid layer whose layout a partial pull cannot rebuild: pulled whole."""
+
+
 def plan(loc: chunked.TocLocation, toc: chunked.Toc,
          tarsplit: list[chunked.TarSplitEntry] | None, have,
          per_request: int = RANGES_PER_REQUEST,
-         max_requests: int = REQUESTS_PER_LAYER) -> Plan:
+         max_requests: int = REQUESTS_PER_LAYER,
+         known: tuple[tuple[int, int], ...] = ()) -> Plan:
     """The pieces of the layer's tar stream and the GETs that fetch what is missing.
-    have(digest) -> a stored object id with that content, or None."""
+    have(digest) -> a stored object id with that content, or None.  known: (start, end)
+    ranges of the blob in hand already (the TOC's reads), never requested."""
     files = toc.files()
     pieces: list[Piece] = []
     local = 0
+    estargz = loc.format == chunked.ESTARGZ
 
-    def file_piece(f: chunked.File) -> Piece:
+    def file_pieces(f: chunked.File) -> list[Piece]:
         nonlocal local
         oid = have(f.digest)
         if oid is not None:
             local += 1
-            return Piece(oid=oid, digest=f.digest, size=f.size)
-        return Piece(offset=f.offset, end=f.end_offset, digest=f.digest, size=f.size)
+            if not estargz:
+                return [Piece(oid=oid, digest=f.digest, size=f.size)]
+            # The tar bytes after the file are in its last chunk's member.
+            return [Piece(oid=oid, digest=f.digest, size=f.size),
+                    Piece(offset=f.last_offset, end=f.end_offset, skip=f.size - f.last_start,
+                          skip_digest=f.last_digest)]
+        return [Piece(offset=f.offset, end=f.end_offset, digest=f.digest, size=f.size,
+                      tail=estargz)]
 
     if tarsplit is not None:
         by_name = {_norm(f.name): f for f in files}
@@ -131,26 +171,43 @@ def plan(loc: chunked.TocLocation, toc: chunked.Toc,
                     raise errors.InvalidTOC(f"the tar-split's file {rec.name!r} "
                                             f"({rec.size} bytes) is not in the TOC")
                 used += 1
-                pieces.append(file_piece(f))
+                pieces.extend(file_pieces(f))
         if used != len(files):
             raise errors.InvalidTOC(f"the TOC lists {len(files)} files with content, the "
                                     f"tar-split {used}")
     else:
-        # The old format: the frames between files hold the tar headers and padding.
-        content_end = loc.toc.offset - 8
+        # zstd:chunked's old format: the frames between files hold the tar headers and
+        # padding; eStargz: so do the gzip members files' content ends in (file_pieces).
+        if estargz:
+            starts = [e.offset for e in toc.entries if e.type == "chunk"
+                      or (e.type == "reg" and e.size > 0)]
+            if len(set(starts)) != len(starts):
+                # Several files' content in one member (stargz's MinChunkSize, innerOffset).
+                raise Unplannable("files share a gzip member")
+        content_end = loc.toc.offset if estargz else loc.toc.offset - 8
         at = 0
         for f in sorted(files, key=lambda f: f.offset):
             if f.offset < at or f.end_offset <= f.offset:
                 raise errors.InvalidTOC(f"the TOC's range of {f.name!r} overlaps another "
                                         "or is empty")
+            if estargz and not (f.offset <= f.last_offset < f.end_offset
+                                and 0 <= f.last_start < f.size):
+                raise errors.InvalidTOC(f"the TOC's chunks of {f.name!r} are out of order")
             if f.offset > at:
                 pieces.append(Piece(offset=at, end=f.offset))
-            pieces.append(file_piece(f))
+            pieces.extend(file_pieces(f))
             at = f.end_offset
         if at < content_end:
             pieces.append(Piece(offset=at, end=content_end))
-    wanted = sorted({(p.offset, p.end) for p in pieces if p.data is None and p.oid is None})
-    return Plan(pieces, coalesce(wanted, per_request, max_requests), len(files), local)
+        if estargz:
+            # The TOC's member (the last tar entry and the end-of-archive blocks) and the
+            # footer (an empty member), each decompressed on its own.
+            pieces.append(Piece(offset=loc.toc.offset, end=loc.toc.end))
+            pieces.append(Piece(offset=loc.toc.end, end=loc.toc.end + chunked.ESTARGZ_FOOTER_SIZE))
+    wanted = sorted({(p.offset, p.end) for p in pieces if p.data is None and p.oid is None
+                     and not any(s <= p.offset and p.end <= e for s, e in known)})
+    return Plan(pieces, coalesce(wanted, per_request, max_requests), len(files), local,
+                loc.format)
 
 
 def coalesce(ranges: list[tuple[int, int]], per_request: int = RANGES_PER_REQUEST,
@@ -304,13 +361,17 @@ class Rebuilt:
         self.plan, self.label = plan, label
         self._object_path = object_path
         self._ranges = sorted(fetched.items())
+        self._starts = [s for (s, _), _ in self._ranges]
         self._pieces = iter(plan.pieces)
         self._current = None
         self._buf = b""
         self.closed = False
 
     def _slice(self, s: int, e: int) -> bytes:
-        for (rs, re_), data in self._ranges:
+        i = bisect.bisect_right(self._starts, s) - 1
+        if i >= 0 and e <= self._ranges[i][0][1]:
+            return self._ranges[i][1][s - self._starts[i]:e - self._starts[i]]
+        for (rs, re_), data in self._ranges:    # ranges that overlap (the TOC's reads)
             if rs <= s and e <= re_:
                 return data[s - rs:e - rs]
         raise errors.InvalidTOC(f"{self.label}: bytes {s}-{e - 1} were not fetched")
@@ -328,22 +389,70 @@ class Rebuilt:
                 while data := f.read(READ_CHUNK):
                     yield data
             return
-        reader = zstandard.ZstdDecompressor().stream_reader(self._slice(p.offset, p.end),
-                                                            read_across_frames=True)
-        sha, n = hashlib.sha256(), 0
+        yield from self._range(p)
+
+    def _inflate(self, p: Piece):
+        """The bytes of p's range decompressed: zstd frames, or gzip members (each member's
+        end starts a new decompressor)."""
+        data = self._slice(p.offset, p.end)
         try:
-            while data := reader.read(READ_CHUNK):
-                n += len(data)
-                if p.digest and n > p.size:
-                    break
-                sha.update(data)
-                yield data
-        except zstandard.ZstdError as exc:
+            if self.plan.format != chunked.ESTARGZ:
+                reader = zstandard.ZstdDecompressor().stream_reader(data,
+                                                                    read_across_frames=True)
+                while out := reader.read(READ_CHUNK):
+                    yield out
+                return
+            view, at, d = memoryview(data), 0, None
+            while at < len(view):
+                d = d or zlib.decompressobj(31)
+                step = view[at:at + GZIP_STEP]
+                out = d.decompress(step)
+                at += len(step) - len(d.unused_data)
+                if d.eof:
+                    d = None
+                if out:
+                    yield out
+            if d is not None:
+                raise zlib.error("the last member is cut short")
+        except (zstandard.ZstdError, zlib.error) as exc:
+            kind = "gzip members" if self.plan.format == chunked.ESTARGZ else "zstd frames"
             raise errors.InvalidTOC(f"{self.label}: bytes {p.offset}-{p.end - 1} are not "
-                                    f"zstd frames: {exc}") from None
-        if p.digest and (n != p.size or "sha256:" + sha.hexdigest() != p.digest):
-            raise errors.InvalidTOC(f"{self.label}: the file at bytes {p.offset}-{p.end - 1} "
-                                    f"is not the {p.size} bytes of {p.digest} the TOC says")
+                                    f"{kind}: {exc}") from None
+
+    def _range(self, p: Piece):
+        """p's range as tar bytes: the held content it starts with skipped (and checked),
+        a file's content checked against its TOC size and digest, and the tar bytes around
+        it capped (TAR_FLOOR, TAR_RATIO)."""
+        where = f"{self.label}: bytes {p.offset}-{p.end - 1}"
+        skip, content = p.skip, p.size if p.digest else 0
+        skip_sha, sha = hashlib.sha256(), hashlib.sha256()
+        tar_bytes = 0
+        tar_limit = 0 if p.digest and not p.tail else \
+            max(TAR_FLOOR, TAR_RATIO * (p.end - p.offset))
+        for data in self._inflate(p):
+            if skip:
+                skip_sha.update(data[:skip])
+                data, skip = data[skip:], skip - min(skip, len(data))
+            if content and data:
+                sha.update(data[:content])
+                yield data[:content]
+                data, content = data[content:], content - min(content, len(data))
+            if data:
+                tar_bytes += len(data)
+                if tar_bytes > tar_limit:
+                    if not tar_limit:
+                        raise errors.InvalidTOC(f"{where}: the file there is over the "
+                                                f"{p.size} bytes of {p.digest} the TOC says")
+                    raise errors.InvalidTOC(f"{where} decompress to over {tar_limit} bytes "
+                                            "of tar headers")
+                yield data
+        if skip or (p.skip_digest and "sha256:" + skip_sha.hexdigest() != p.skip_digest):
+            raise errors.InvalidTOC(f"{where}: the last {p.skip} bytes of a file held are "
+                                    f"not its last chunk, {p.skip_digest or 'as long'}, as "
+                                    "the TOC says")
+        if content or (p.digest and "sha256:" + sha.hexdigest() != p.digest):
+            raise errors.InvalidTOC(f"{where}: the file there is not the {p.size} bytes of "
+                                    f"{p.digest} the TOC says")
 
     def _next(self) -> bytes:
         while True:

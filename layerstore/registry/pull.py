@@ -15,15 +15,16 @@ diffID, or whose blob digest, the store has are never asked for, so never reques
 by `jobs` threads side by side; a broken connection resumes with Range, and a server that
 ignores Range is read again from the start, skipping what was handed out.
 
-A zstd:chunked layer (partial="auto"|"always") is read by partial pull instead
+A zstd:chunked or eStargz layer (partial="auto"|"always") is read by partial pull instead
 (registry/partial.py): its TOC, found from the manifest's annotations or the blob's footer
-(a zstd layer without them costs one tail read), says which files the store lacks; only
-their frames (and the tar-split, or the frames between files) are fetched, the tar stream
-is rebuilt from the store's objects and those bytes, and the import checks its diffID as for
-any layer.  "auto" goes partial when the store holds some of the files and the bytes and
-requests cost less than the blob at the bandwidth and round-trip time the TOC's reads
-took (partial.worth_it); a server that answers a range GET with the whole blob has that answer streamed as a
-full pull.  The choice is in LayerPull.partial.
+(a zstd layer without them costs one tail read; a gzip one only with "always"), says which
+files the store lacks; only their frames (and the tar-split, or the frames that hold the
+tar headers) are fetched, the tar stream is rebuilt from the store's objects and those
+bytes, and the import checks its diffID as for any layer.  "auto" goes partial when the
+store holds some of the files and the bytes and requests cost less than the blob at the
+bandwidth and round-trip time the TOC's reads took (partial.worth_it); a server that
+answers a range GET with the whole blob has that answer streamed as a full pull.  The
+choice is in LayerPull.partial.
 
 record() writes, in the import's commit: the digest the images were pulled as
 ("domain/path@sha256:...", as Docker's RepoDigests: an index's names the image for the
@@ -216,14 +217,18 @@ class RegistrySource:
         named = chunked.locate(ann, layer.size) is not None \
             or chunked.estargz_digest(ann) is not None
         zstd = (layer.media_type or "").endswith("zstd")
-        if not named and not zstd:
-            return None         # gzip without annotations: never a tail read for nothing
+        if not named and not zstd and self.partial != "always":
+            # gzip without annotations: no tail read for nothing, unless asked (an eStargz
+            # layer whose annotation a copier dropped is found by its footer then).
+            return None
         timing: list[tuple[int, float]] = []
+        known: dict[tuple[int, int], bytes] = {}
 
         def fetch(offset: int, length: int) -> bytes:
             t = time.monotonic()
             got = self._fetch_range(layer, offset, length)
             timing.append((length, time.monotonic() - t))
+            known[(offset, offset + length)] = got
             return got
 
         def full(reason: str, **more) -> None:
@@ -242,16 +247,18 @@ class RegistrySource:
         if found is None:
             return full("not a chunked layer")
         loc, toc, tarsplit = found
-        if loc.format != chunked.ZSTD_CHUNKED:
-            return full("eStargz layers are pulled whole")
         if not self._mapped:
             contentmap.fill(self.ctx)
             self._mapped = True
-        with self.ctx.index.read() as txn:
-            plan = partial_.plan(loc, toc, tarsplit,
-                                 lambda d: contentmap.lookup(self.ctx, txn, d))
-        info = {"files": plan.files, "local": plan.local, "planned_bytes": plan.wire_bytes,
-                "planned_requests": len(plan.requests)}
+        try:
+            with self.ctx.index.read() as txn:
+                plan = partial_.plan(loc, toc, tarsplit,
+                                     lambda d: contentmap.lookup(self.ctx, txn, d),
+                                     known=tuple(known))
+        except partial_.Unplannable as exc:
+            return full(f"a partial pull cannot rebuild this layer: {exc}")
+        info = {"format": loc.format, "files": plan.files, "local": plan.local,
+                "planned_bytes": plan.wire_bytes, "planned_requests": len(plan.requests)}
         if plan.wire_bytes > partial_.FETCH_LIMIT:
             return full(f"over {partial_.FETCH_LIMIT} bytes to fetch", **info)
         bandwidth, rtt = partial_.measured_link(timing)
@@ -272,9 +279,10 @@ class RegistrySource:
                          else "asked for", **info}
         layer.action = "partial"
         layer.seconds = time.monotonic() - layer.started
-        rebuilt = partial_.Rebuilt(plan, fetched, self.ctx.object_path,
+        rebuilt = partial_.Rebuilt(plan, {**known, **fetched}, self.ctx.object_path,
                                    f"layer {self.ref.name}@{layer.digest}")
-        return Blob(layer.digest, rebuilt, stands_for=("zstd", layer.digest, layer.size))
+        compression = "gzip" if loc.format == chunked.ESTARGZ else "zstd"
+        return Blob(layer.digest, rebuilt, stands_for=(compression, layer.digest, layer.size))
 
     def _fetch_range(self, layer: _Layer, offset: int, length: int) -> bytes:
         resp = self.client.get_blob_ranges(self.ref.path, layer.digest,
