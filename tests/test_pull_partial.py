@@ -419,7 +419,7 @@ def test_estargz_files_sharing_a_member_are_pulled_whole(proxy, tmp_path):
         assert "share a gzip member" in layer.partial["reason"]
 
 
-# -- caps on what a range decompresses to ---------------------------------------------------------
+# -- caps on what a range decompresses to, and the cost model -------------------------------------
 
 @pytest.mark.parametrize("fmt", [chunked.ZSTD_CHUNKED, chunked.ESTARGZ])
 def test_a_bomb_between_files_is_cut_short(fmt, monkeypatch):
@@ -443,3 +443,17 @@ def test_a_bomb_between_files_is_cut_short(fmt, monkeypatch):
         while data := rebuilt.read(1 << 20):
             got += len(data)
     assert got <= cap
+
+
+def test_tiny_reads_do_not_measure_the_link():
+    """A footer and a small TOC, each in about one round trip: the time left for transfer
+    is noise (here none), which made the bandwidth 4 GB/s and a 50 MB blob look cheaper
+    whole than 12 small requests.  Such reads assume the 100 Mbit/s, 20 ms link."""
+    bandwidth, rtt, how = partial.measured_link([(72, 0.02), (4000, 0.02)])
+    assert how == "assumed" and (bandwidth, rtt) == partial.ASSUMED_LINK
+    p = partial.Plan([], [[(i << 22, (i << 22) + 100_000)] for i in range(12)], files=20,
+                     local=18)
+    assert partial.worth_it(p, 50_000_000, bandwidth, rtt)
+    assert not partial.worth_it(p, 1_500_000, bandwidth, rtt)    # 12 requests cost more
+    bandwidth, rtt, how = partial.measured_link([(72, 0.02), (2_000_000, 0.18)])
+    assert how == "measured" and rtt == 0.02 and round(bandwidth) == 12_500_450

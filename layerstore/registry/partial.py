@@ -102,16 +102,27 @@ class Plan:
 # (bytes per second, seconds per request) to use instead of what the TOC's reads measured:
 # set by tests (and benchmarks) that must not depend on timing.
 LINK: tuple[float, float] | None = None
+# When the TOC's reads moved too little to time a transfer, the link is assumed to be the
+# issue's 100 Mbit/s at 20 ms: a request then costs what 250 KB do.
+ASSUMED_LINK = (12.5e6, 0.02)
+MEASURE_BYTES = 256 << 10
 
 
-def measured_link(timing: list[tuple[int, float]]) -> tuple[float, float]:
-    """(bandwidth, round trip) from the (bytes, seconds) of the reads so far: the quickest
-    is taken as the round trip, the rest of the time as transfer."""
+def measured_link(timing: list[tuple[int, float]]) -> tuple[float, float, str]:
+    """(bandwidth, round trip, how) from the (bytes, seconds) of the reads so far: the
+    quickest is taken as the round trip, the rest of the time as transfer.  The bandwidth is
+    only as good as that rest: a few KB (a footer, a small TOC) move within the jitter of
+    the round trips, and the estimate comes out anywhere from bytes to terabytes a second,
+    which would tip the model either way.  Below MEASURE_BYTES, or when the transfer took
+    less than one round trip, the link is ASSUMED_LINK instead ("assumed"; "set": LINK)."""
     if LINK is not None:
-        return LINK
+        return LINK[0], LINK[1], "set"
     rtt = min(t for _, t in timing)
     moved, took = sum(n for n, _ in timing), sum(t for _, t in timing)
-    return moved / max(took - rtt * len(timing), 1e-6), rtt
+    transfer = took - rtt * len(timing)
+    if moved < MEASURE_BYTES or transfer < rtt:
+        return ASSUMED_LINK[0], ASSUMED_LINK[1], "assumed"
+    return moved / transfer, rtt, "measured"
 
 
 def worth_it(plan: "Plan", blob_size: int, bandwidth: float, rtt: float) -> bool:

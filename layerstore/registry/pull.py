@@ -22,9 +22,10 @@ files the store lacks; only their frames (and the tar-split, or the frames that 
 tar headers) are fetched, the tar stream is rebuilt from the store's objects and those
 bytes, and the import checks its diffID as for any layer.  "auto" goes partial when the
 store holds some of the files and the bytes and requests cost less than the blob at the
-bandwidth and round-trip time the TOC's reads took (partial.worth_it); a server that
-answers a range GET with the whole blob has that answer streamed as a full pull.  The
-choice is in LayerPull.partial.
+bandwidth and round-trip time the TOC's reads took, or an assumed link when they moved too
+little to tell (partial.worth_it, partial.measured_link); a server that answers a range
+GET with the whole blob has that answer streamed as a full pull.  The choice is in
+LayerPull.partial.
 
 record() writes, in the import's commit: the digest the images were pulled as
 ("domain/path@sha256:...", as Docker's RepoDigests: an index's names the image for the
@@ -261,8 +262,8 @@ class RegistrySource:
                 "planned_bytes": plan.wire_bytes, "planned_requests": len(plan.requests)}
         if plan.wire_bytes > partial_.FETCH_LIMIT:
             return full(f"over {partial_.FETCH_LIMIT} bytes to fetch", **info)
-        bandwidth, rtt = partial_.measured_link(timing)
-        info["bandwidth"], info["rtt"] = round(bandwidth), round(rtt, 6)
+        bandwidth, rtt, how = partial_.measured_link(timing)
+        info["bandwidth"], info["rtt"], info["link"] = round(bandwidth), round(rtt, 6), how
         if self.partial == "auto" and not partial_.worth_it(plan, layer.size, bandwidth, rtt):
             return full("cheaper whole by the cost model", **info)
         counts = {"requests": 0, "bytes": 0}
