@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import os
 import random
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from chunkedblobs import build_estargz, build_zstd_chunked
 from registry_servers import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Fault, RawPusher
+from test_tar_compat import oracle_env
 
 import archives as A
 from helpers import differences, invoke, invoke_error, snapshot
@@ -417,6 +423,89 @@ def test_estargz_files_sharing_a_member_are_pulled_whole(proxy, tmp_path):
         image, layer = _pulled(store, ref, "always")
         assert list(image.diff_ids) == [diff_id] and layer.action == "downloaded"
         assert "share a gzip member" in layer.partial["reason"]
+
+
+# -- eStargz blobs made by Go (tests/tools/goesgz), not by the tests' builder ---------------------
+
+@pytest.fixture(scope="session")
+def goesgz(tmp_path_factory):
+    """tests/tools/goesgz built once: (tar, chunk size) -> (eStargz blob, its annotations)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("needs go on PATH (Go's archive/tar and gzip make the blobs here)")
+    out = tmp_path_factory.mktemp("goesgz") / "goesgz"
+    env = oracle_env()
+    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
+        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
+    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
+                   cwd=Path(__file__).parent / "tools" / "goesgz")
+
+    def make(tar: bytes, chunk_size: int) -> tuple[bytes, dict]:
+        proc = subprocess.run([str(out), str(chunk_size)], input=tar, capture_output=True,
+                              check=True, env=oracle_env())
+        return proc.stdout, {chunked.ESTARGZ_TOC_DIGEST: proc.stderr.decode().strip()}
+    return make
+
+
+GO_FILES = {f"usr/lib/python3/{'long-' * 30}{i}.py": _rng.randbytes(3000 + i)
+            for i in range(4)}
+GO_FILES.update({"usr/bin/big": _rng.randbytes(300_000), "etc/motd": b"hi\n",
+                 "usr/share/doc/copyright": b"(c)\n" * 2000})
+
+
+def _go_tar() -> bytes:
+    """A layer with what sits between files in real ones: directories, symlinks, a hardlink,
+    empty files, PAX headers (long names, an xattr), and files of one and several chunks."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        def add(name, kind=tarfile.REGTYPE, data=b"", **more):
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mtime, info.mode = kind, len(data), 1_700_000_000, 0o644
+            for k, v in more.items():
+                setattr(info, k, v)
+            tf.addfile(info, io.BytesIO(data) if data else None)
+        for d in ("etc", "usr", "usr/bin", "usr/lib", "usr/lib/python3", "usr/share",
+                  "usr/share/doc"):
+            add(d, tarfile.DIRTYPE, mode=0o755)
+        for name, data in GO_FILES.items():
+            add(name, data=data)
+            add(name + ".empty")
+        add("usr/bin/tool", tarfile.LNKTYPE, linkname="usr/bin/big")
+        add("usr/bin/alias", tarfile.SYMTYPE, linkname="big")
+        add("etc/capable", pax_headers={"SCHILY.xattr.user.note": "x" * 300})
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("held", ["none", "half", "all"])
+def test_go_made_estargz_rebuilds_byte_for_byte(goesgz, tmp_path, held):
+    """Go's archive/tar re-encodes the headers and Go's gzip cuts the members: the pieces
+    still rebuild the blob's tar exactly, and a held file of several chunks costs its last."""
+    blob, ann = goesgz(_go_tar(), 64 << 10)
+    loc, toc, _ = chunked.read_toc(lambda o, n: blob[o:o + n], len(blob), ann)
+    kept = {"none": {}, "half": dict(list(GO_FILES.items())[::2]), "all": GO_FILES}[held]
+    have, path = _objects(tmp_path, kept)
+    p = partial.plan(loc, toc, None, have)
+    assert p.files == len(GO_FILES) and p.local == len(kept)
+    fetched = {r: blob[r[0]:r[1]] for r in p.ranges}
+    assert _read(partial.Rebuilt(p, fetched, path, "t")) == gzip.decompress(blob)
+    if held == "all":       # usr/bin/big's first four chunks are not fetched
+        assert p.wire_bytes < len(blob) - 250_000
+
+
+def test_go_made_estargz_partial_pull_equals_full_pull(goesgz, proxy, tmp_path):
+    blob, ann = goesgz(_go_tar(), 64 << 10)
+    ref, size, diff_id, digest = _push(proxy.host, "partial/goesgz", blob, ann,
+                                       gzip.decompress(blob), OCI_LAYER_GZIP)
+    with Store(tmp_path / "full") as full:
+        whole, _ = _pulled(full, ref, "never")
+        want = _tree(full, whole.id, tmp_path / "want")
+    with _holding(tmp_path, "s", GO_FILES) as store:
+        image, layer = _pulled(store, ref, "always")
+        assert layer.action == "partial" and layer.partial["local"] == len(GO_FILES)
+        assert list(image.diff_ids) == [diff_id] and image.id == whole.id
+        assert store.fsck() == []
+        assert differences(_tree(store, image.id, tmp_path / "got"), want) == []
+        assert layer.bytes < size - 250_000
 
 
 # -- caps on what a range decompresses to, and the cost model -------------------------------------
