@@ -3,12 +3,11 @@ import json
 import os
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from helpers import CORPUS, oracle_env
+from helpers import CORPUS, go_tool, oracle_env
 
 # The registry tests' servers (docker-registry, token server, CDN, fault proxy) and their
 # fixtures; session-scoped and started only by a test that asks for one.
@@ -94,15 +93,7 @@ def corpus_images(corpus_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def gotar(tmp_path_factory):
     """Go's archive/tar as a command: tests/tools/gotar built once per session."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("needs go on PATH (Go's archive/tar is an oracle here)")
-    out = tmp_path_factory.mktemp("gotar") / "gotar"
-    env = oracle_env()
-    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
-        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
-    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
-                   cwd=Path(__file__).parent / "tools" / "gotar")
+    out = go_tool("gotar", tmp_path_factory)
 
     def read(data: bytes) -> dict:
         proc = subprocess.run([str(out)], input=data, capture_output=True, check=True,

@@ -39,6 +39,20 @@ def oracle_env() -> dict:
             if k not in ("LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS")}
 
 
+def go_tool(name: str, tmp_path_factory) -> Path:
+    """tests/tools/NAME built into a temporary directory (skips without go on PATH)."""
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip(f"needs go on PATH (tests/tools/{name} is a Go program)")
+    out = tmp_path_factory.mktemp(name) / name
+    env = oracle_env()
+    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
+        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
+    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
+                   cwd=REPO / "tests" / "tools" / name)
+    return out
+
+
 def python_env() -> dict:
     """An environment in which a child Python imports the same layerstore as this process."""
     import layerstore

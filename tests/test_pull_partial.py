@@ -8,24 +8,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import random
-import shutil
 import subprocess
-import tarfile
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from chunkedblobs import build_estargz, build_zstd_chunked
 from registry_servers import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Fault, RawPusher
-from test_tar_compat import oracle_env
 
 import archives as A
-from helpers import differences, invoke, invoke_error, snapshot
+from helpers import differences, go_tool, invoke, invoke_error, oracle_env, snapshot
 from layerstore import Store, errors
 from layerstore.formats import chunked
 from layerstore.registry import partial
@@ -430,15 +425,7 @@ def test_estargz_files_sharing_a_member_are_pulled_whole(proxy, tmp_path):
 @pytest.fixture(scope="session")
 def goesgz(tmp_path_factory):
     """tests/tools/goesgz built once: (tar, chunk size) -> (eStargz blob, its annotations)."""
-    go = shutil.which("go")
-    if go is None:
-        pytest.skip("needs go on PATH (Go's archive/tar and gzip make the blobs here)")
-    out = tmp_path_factory.mktemp("goesgz") / "goesgz"
-    env = oracle_env()
-    if not any(env.get(k) for k in ("GOCACHE", "HOME", "XDG_CACHE_HOME")):
-        env["GOCACHE"] = str(tmp_path_factory.mktemp("gocache"))
-    subprocess.run([go, "build", "-o", str(out), "main.go"], check=True, env=env,
-                   cwd=Path(__file__).parent / "tools" / "goesgz")
+    out = go_tool("goesgz", tmp_path_factory)
 
     def make(tar: bytes, chunk_size: int) -> tuple[bytes, dict]:
         proc = subprocess.run([str(out), str(chunk_size)], input=tar, capture_output=True,
@@ -455,25 +442,12 @@ GO_FILES.update({"usr/bin/big": _rng.randbytes(300_000), "etc/motd": b"hi\n",
 
 def _go_tar() -> bytes:
     """A layer with what sits between files in real ones: directories, symlinks, a hardlink,
-    empty files, PAX headers (long names, an xattr), and files of one and several chunks."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        def add(name, kind=tarfile.REGTYPE, data=b"", **more):
-            info = tarfile.TarInfo(name)
-            info.type, info.size, info.mtime, info.mode = kind, len(data), 1_700_000_000, 0o644
-            for k, v in more.items():
-                setattr(info, k, v)
-            tf.addfile(info, io.BytesIO(data) if data else None)
-        for d in ("etc", "usr", "usr/bin", "usr/lib", "usr/lib/python3", "usr/share",
-                  "usr/share/doc"):
-            add(d, tarfile.DIRTYPE, mode=0o755)
-        for name, data in GO_FILES.items():
-            add(name, data=data)
-            add(name + ".empty")
-        add("usr/bin/tool", tarfile.LNKTYPE, linkname="usr/bin/big")
-        add("usr/bin/alias", tarfile.SYMTYPE, linkname="big")
-        add("etc/capable", pax_headers={"SCHILY.xattr.user.note": "x" * 300})
-    return buf.getvalue()
+    empty files, PAX headers (long names), and files of one and several chunks."""
+    dirs = ("etc", "usr", "usr/bin", "usr/lib", "usr/lib/python3", "usr/share", "usr/share/doc")
+    files = [item for name, data in GO_FILES.items()
+             for item in (("f", name, data), ("f", name + ".empty", b""))]
+    return A.layer(*[("d", d) for d in dirs], *files, ("h", "usr/bin/tool", "usr/bin/big"),
+                     ("l", "usr/bin/alias", "big"))
 
 
 @pytest.mark.parametrize("held", ["none", "half", "all"])
