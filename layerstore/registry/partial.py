@@ -32,7 +32,9 @@ import bisect
 import hashlib
 import os
 import re
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import zstandard
@@ -44,6 +46,7 @@ MERGE_GAP = 1024                # bytes between ranges always fetched rather tha
 RANGES_PER_REQUEST = 1024
 REQUESTS_PER_LAYER = 64
 SINGLE_RANGE_REQUESTS = 64      # when the server refuses multi-range
+PARALLEL = 3                    # range GETs of a layer at once, after the first
 PART_OVERHEAD = 160             # multipart framing per part (registry 2.8 sends ~157)
 FETCH_LIMIT = 256 << 20         # fetched bytes are held in memory until the rebuild reads them
 READ_CHUNK = 1 << 20
@@ -297,12 +300,19 @@ def parse_multipart(body: bytes, content_type: str, asked: list[tuple[int, int]]
 
 def _cover(parts: dict[tuple[int, int], bytes], asked: list[tuple[int, int]]
            ) -> dict[tuple[int, int], bytes]:
+    spans = sorted(parts.items())
+    starts = [ps for (ps, _), _ in spans]
     out = {}
     for s, e in asked:
-        for (ps, pe), data in parts.items():
-            if ps <= s and e <= pe:
+        # The part starting last at or before s covers it, if any does (parts may overlap
+        # when a server merges ranges: then one of the earlier ones).
+        i = bisect.bisect_right(starts, s) - 1
+        while i >= 0:
+            (ps, pe), data = spans[i]
+            if e <= pe:
                 out[(s, e)] = data[s - ps:e - ps]
                 break
+            i -= 1
         else:
             raise errors.RegistryError(f"the server did not send bytes {s}-{e - 1}")
     return out
@@ -311,7 +321,10 @@ def _cover(parts: dict[tuple[int, int], bytes], asked: list[tuple[int, int]]
 def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tuple[int, int]]],
           counts: dict) -> dict[tuple[int, int], bytes]:
     """Every range of requests, by (start, end).  Raises WholeBlob (a 200: stream it) or
-    Refused (ranges refused even one at a time).  counts: "requests", "bytes" are added to."""
+    Refused (ranges refused even one at a time).  counts: "requests", "bytes" are added to.
+    The first GET goes alone and says how the server answers ranges; once it has answered
+    206, the rest go PARALLEL at a time (a registry answering 1,024 ranges takes a while to
+    make each answer, and a link's round trips add up)."""
     out: dict[tuple[int, int], bytes] = {}
     todo = list(requests)
     single = False
@@ -332,21 +345,55 @@ def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tu
             if sum(e - s for req in todo for s, e in req) > blob_size // 2:
                 raise Refused("single ranges would move most of the blob")
             continue
-        try:
-            limit = sum(e - s for s, e in asked) + PART_OVERHEAD * len(asked) + 4096
-            body = read_all(resp, limit)
-        finally:
-            resp.close()
-        counts["bytes"] += len(body)
-        ctype = resp.header("Content-Type") or ""
-        if ctype.lower().startswith("multipart/byteranges"):
-            out.update(parse_multipart(body, ctype, asked))
-        else:
-            rm = CONTENT_RANGE.match(resp.header("Content-Range") or "")
-            if not rm or int(rm.group(2)) + 1 - int(rm.group(1)) != len(body):
-                raise errors.RegistryError("a 206 answer without a matching Content-Range")
-            out.update(_cover({(int(rm.group(1)), int(rm.group(2)) + 1): body}, asked))
+        out.update(_parts(resp, asked, counts))
+        break
+    if todo:
+        with ThreadPoolExecutor(min(PARALLEL, len(todo)),
+                                thread_name_prefix="layerstore-ranges") as pool:
+            futures = [pool.submit(_one, client, repo, digest, asked, counts)
+                       for asked in todo]
+            try:
+                for f in futures:
+                    out.update(f.result())
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
     return out
+
+
+def _one(client, repo: str, digest: str, asked: list[tuple[int, int]], counts: dict
+         ) -> dict[tuple[int, int], bytes]:
+    """One more GET of a server that has answered ranges before: anything but 206 now
+    (a 200, a refusal) ends the partial pull (Refused: the layer is pulled whole)."""
+    resp = client.get_blob_ranges(repo, digest, asked)
+    with _counting:
+        counts["requests"] += 1
+    if resp.status != 206:
+        resp.close()
+        raise Refused(f"answered {resp.status} to a range GET after a 206")
+    return _parts(resp, asked, counts)
+
+
+_counting = threading.Lock()
+
+
+def _parts(resp, asked: list[tuple[int, int]], counts: dict) -> dict[tuple[int, int], bytes]:
+    """The ranges asked for, from a 206 answer (multipart, or one part covering them)."""
+    try:
+        limit = sum(e - s for s, e in asked) + PART_OVERHEAD * len(asked) + 4096
+        body = read_all(resp, limit)
+    finally:
+        resp.close()
+    with _counting:
+        counts["bytes"] += len(body)
+    ctype = resp.header("Content-Type") or ""
+    if ctype.lower().startswith("multipart/byteranges"):
+        return parse_multipart(body, ctype, asked)
+    rm = CONTENT_RANGE.match(resp.header("Content-Range") or "")
+    if not rm or int(rm.group(2)) + 1 - int(rm.group(1)) != len(body):
+        raise errors.RegistryError("a 206 answer without a matching Content-Range")
+    return _cover({(int(rm.group(1)), int(rm.group(2)) + 1): body}, asked)
 
 
 def read_all(resp, limit: int) -> bytes:
@@ -479,13 +526,23 @@ class Rebuilt:
                 return data
 
     def read(self, n: int = -1) -> bytes:
-        if not self._buf:
-            self._buf = self._next()
-        if n < 0 or n >= len(self._buf):
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:n], self._buf[n:]
-        return data
+        """Up to n bytes (all with n < 0), joined across pieces: the pipeline passes each
+        read on as one chunk to the C ingest, and a piece is often a tar header or a small
+        file (thousands of tiny chunks cost more in handing over than in ingesting)."""
+        if n < 0:
+            n = 1 << 62
+        out = []
+        have = 0
+        while have < n:
+            if not self._buf:
+                self._buf = self._next()
+                if not self._buf:
+                    break
+            take = self._buf[:n - have] if len(self._buf) > n - have else self._buf
+            self._buf = self._buf[len(take):]
+            out.append(take)
+            have += len(take)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     def close(self) -> None:
         self.closed = True

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -111,7 +112,7 @@ class RegistrySource:
         if partial not in ("auto", "never", "always"):
             raise ValueError("partial must be auto, never or always")
         self.partial = partial
-        self._mapped = False
+        self._mapping = None        # the content map's fill, started by blobs()
         self.client, self.ref, self.ctx = client, ref, ctx
         self.readers = jobs
         self.size = None
@@ -180,25 +181,45 @@ class RegistrySource:
         for layer in todo:
             layer.action = "waiting"
         self.size = sum(layer.size or 0 for layer in todo)
-        for layer in todo:
-            layer.started = time.monotonic()
-            whole = None
-            try:
-                blob = self._partial(layer)
-            except partial_.WholeBlob as exc:
-                blob, whole = None, exc.response
-                layer.partial = {**(layer.partial or {}), "mode": "full",
-                                 "reason": "the server answered a range GET with the whole "
-                                           "blob"}
-            if blob is not None:
-                yield blob
-                continue
-            layer.reader = self.client.get_blob(self.ref.path, layer.digest, layer.size,
-                                                restart=True, response=whole)
-            with self._lock:
-                self._open.append(layer.reader)
-            layer.action = "downloading"
-            yield Blob(layer.digest, _Tracked(layer), digest=layer.digest)
+        # The layers that may be chunked are prepared side by side (TOC, plan, ranges), and
+        # the store's content map is brought up to date meanwhile: the readers take blobs
+        # one at a time, so preparing each as it is taken would queue their round trips.
+        chunked_ = [layer for layer in todo if self._may_be_partial(layer)]
+        pool = ThreadPoolExecutor(max(1, min(self.readers, len(chunked_))),
+                                  thread_name_prefix="layerstore-partial")
+        try:
+            if chunked_:
+                self._mapping = pool.submit(contentmap.fill, self.ctx)
+            for layer in chunked_:
+                layer.started = time.monotonic()
+            prepared = {layer.digest: pool.submit(self._partial, layer) for layer in chunked_}
+            for layer in todo:
+                if layer.digest not in prepared:
+                    layer.started = time.monotonic()
+                whole = blob = None
+                try:
+                    if layer.digest in prepared:
+                        blob = prepared[layer.digest].result()
+                except partial_.WholeBlob as exc:
+                    whole = exc.response
+                    layer.partial = {**(layer.partial or {}), "mode": "full",
+                                     "reason": "the server answered a range GET with the "
+                                               "whole blob"}
+                if blob is not None:
+                    yield blob
+                    continue
+                yield self._whole(layer, whole)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _whole(self, layer: _Layer, whole) -> Blob:
+        """The layer's blob read whole (from whole, a range GET answered 200, if given)."""
+        layer.reader = self.client.get_blob(self.ref.path, layer.digest, layer.size,
+                                            restart=True, response=whole)
+        with self._lock:
+            self._open.append(layer.reader)
+        layer.action = "downloading"
+        return Blob(layer.digest, _Tracked(layer), digest=layer.digest)
 
     def close(self) -> None:
         with self._lock:
@@ -208,20 +229,24 @@ class RegistrySource:
 
     # -- partial pulls ---------------------------------------------------------------------
 
-    def _partial(self, layer: _Layer) -> Blob | None:
-        """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
-        for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
-        was answered with the whole blob, to be read as the full pull."""
+    def _may_be_partial(self, layer: _Layer) -> bool:
         if self.partial == "never" or not layer.size:
-            return None
+            return False
         ann = layer.annotations
         named = chunked.locate(ann, layer.size) is not None \
             or chunked.estargz_digest(ann) is not None
         zstd = (layer.media_type or "").endswith("zstd")
-        if not named and not zstd and self.partial != "always":
-            # gzip without annotations: no tail read for nothing, unless asked (an eStargz
-            # layer whose annotation a copier dropped is found by its footer then).
-            return None
+        # gzip without annotations: no tail read for nothing, unless asked (an eStargz
+        # layer whose annotation a copier dropped is found by its footer then).
+        return named or zstd or self.partial == "always"
+
+    def _partial(self, layer: _Layer) -> Blob | None:
+        """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
+        for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
+        was answered with the whole blob, to be read as the full pull."""
+        ann = layer.annotations
+        named = chunked.locate(ann, layer.size) is not None \
+            or chunked.estargz_digest(ann) is not None
         timing: list[tuple[int, float]] = []
         known: dict[tuple[int, int], bytes] = {}
 
@@ -248,9 +273,7 @@ class RegistrySource:
         if found is None:
             return full("not a chunked layer")
         loc, toc, tarsplit = found
-        if not self._mapped:
-            contentmap.fill(self.ctx)
-            self._mapped = True
+        self._mapping.result()
         try:
             with self.ctx.index.read() as txn:
                 plan = partial_.plan(loc, toc, tarsplit,
