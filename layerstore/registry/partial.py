@@ -32,7 +32,6 @@ import bisect
 import hashlib
 import os
 import re
-import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -319,19 +318,21 @@ def _cover(parts: dict[tuple[int, int], bytes], asked: list[tuple[int, int]]
 
 
 def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tuple[int, int]]],
-          counts: dict) -> dict[tuple[int, int], bytes]:
-    """Every range of requests, by (start, end).  Raises WholeBlob (a 200: stream it) or
-    Refused (ranges refused even one at a time).  counts: "requests", "bytes" are added to.
+          counted) -> tuple[dict[tuple[int, int], bytes], list]:
+    """The ranges of requests: (those of the first GET, by (start, end); the later GETs as
+    (ranges asked, future of their ranges)).  Raises WholeBlob (a 200: stream it) or Refused
+    (ranges refused even one at a time).  counted(requests, bytes) is called as they go.
     The first GET goes alone and says how the server answers ranges; once it has answered
-    206, the rest go PARALLEL at a time (a registry answering 1,024 ranges takes a while to
-    make each answer, and a link's round trips add up)."""
+    206, the rest go PARALLEL at a time, and the rebuild waits for each only when it gets
+    there (a registry answering 1,024 ranges takes a while to make each answer, and a
+    link's round trips add up: the ingest of what came overlaps them)."""
     out: dict[tuple[int, int], bytes] = {}
     todo = list(requests)
     single = False
     while todo:
         asked = todo.pop(0)
         resp = client.get_blob_ranges(repo, digest, asked)
-        counts["requests"] += 1
+        counted(1, 0)
         if resp.status == 200:
             raise WholeBlob(resp)
         if resp.status != 206:
@@ -345,48 +346,39 @@ def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tu
             if sum(e - s for req in todo for s, e in req) > blob_size // 2:
                 raise Refused("single ranges would move most of the blob")
             continue
-        out.update(_parts(resp, asked, counts))
+        out.update(_parts(resp, asked, counted))
         break
+    pending = []
     if todo:
-        with ThreadPoolExecutor(min(PARALLEL, len(todo)),
-                                thread_name_prefix="layerstore-ranges") as pool:
-            futures = [pool.submit(_one, client, repo, digest, asked, counts)
-                       for asked in todo]
-            try:
-                for f in futures:
-                    out.update(f.result())
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    return out
+        pool = ThreadPoolExecutor(min(PARALLEL, len(todo)),
+                                  thread_name_prefix="layerstore-ranges")
+        pending = [(asked, pool.submit(_one, client, repo, digest, asked, counted))
+                   for asked in todo]
+        pool.shutdown(wait=False)       # its threads end when the GETs are done
+    return out, pending
 
 
-def _one(client, repo: str, digest: str, asked: list[tuple[int, int]], counts: dict
+def _one(client, repo: str, digest: str, asked: list[tuple[int, int]], counted
          ) -> dict[tuple[int, int], bytes]:
-    """One more GET of a server that has answered ranges before: anything but 206 now
-    (a 200, a refusal) ends the partial pull (Refused: the layer is pulled whole)."""
+    """One more GET of a server that has answered ranges before."""
     resp = client.get_blob_ranges(repo, digest, asked)
-    with _counting:
-        counts["requests"] += 1
+    counted(1, 0)
     if resp.status != 206:
         resp.close()
-        raise Refused(f"answered {resp.status} to a range GET after a 206")
-    return _parts(resp, asked, counts)
+        raise errors.RegistryError(f"answered {resp.status} to a range GET after answering "
+                                   "others with 206: pull again with --partial never",
+                                   status=resp.status)
+    return _parts(resp, asked, counted)
 
 
-_counting = threading.Lock()
-
-
-def _parts(resp, asked: list[tuple[int, int]], counts: dict) -> dict[tuple[int, int], bytes]:
+def _parts(resp, asked: list[tuple[int, int]], counted) -> dict[tuple[int, int], bytes]:
     """The ranges asked for, from a 206 answer (multipart, or one part covering them)."""
     try:
         limit = sum(e - s for s, e in asked) + PART_OVERHEAD * len(asked) + 4096
         body = read_all(resp, limit)
     finally:
         resp.close()
-    with _counting:
-        counts["bytes"] += len(body)
+    counted(0, len(body))
     ctype = resp.header("Content-Type") or ""
     if ctype.lower().startswith("multipart/byteranges"):
         return parse_multipart(body, ctype, asked)
@@ -415,17 +407,24 @@ class Rebuilt:
     frames decompressed (a file's checked against its TOC size and digest)."""
 
     def __init__(self, plan: Plan, fetched: dict[tuple[int, int], bytes], object_path,
-                 label: str):
+                 label: str, pending=()):
         self.plan, self.label = plan, label
         self._object_path = object_path
         self._ranges = sorted(fetched.items())
         self._starts = [s for (s, _), _ in self._ranges]
+        self._pending = list(pending)       # (ranges asked, future): fetch's later GETs
         self._pieces = iter(plan.pieces)
         self._current = None
         self._buf = b""
         self.closed = False
 
     def _slice(self, s: int, e: int) -> bytes:
+        for k, (asked, future) in enumerate(self._pending):
+            if asked[0][0] <= s < asked[-1][1]:
+                del self._pending[k]
+                self._ranges = sorted([*self._ranges, *future.result().items()])
+                self._starts = [rs for (rs, _), _ in self._ranges]
+                break
         i = bisect.bisect_right(self._starts, s) - 1
         if i >= 0 and e <= self._ranges[i][0][1]:
             return self._ranges[i][1][s - self._starts[i]:e - self._starts[i]]
@@ -546,3 +545,6 @@ class Rebuilt:
 
     def close(self) -> None:
         self.closed = True
+        for _, future in self._pending:
+            future.cancel()
+        self._pending = []

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -192,23 +192,24 @@ class RegistrySource:
                 self._mapping = pool.submit(contentmap.fill, self.ctx)
             for layer in chunked_:
                 layer.started = time.monotonic()
-            prepared = {layer.digest: pool.submit(self._partial, layer) for layer in chunked_}
+            prepared = {pool.submit(self._partial, layer): layer for layer in chunked_}
+            # The others download from the start; each chunked layer is read as soon as it
+            # is ready (the pipeline keeps layers apart by key, in any order).
             for layer in todo:
-                if layer.digest not in prepared:
+                if layer not in chunked_:
                     layer.started = time.monotonic()
-                whole = blob = None
+                    yield self._whole(layer, None)
+            for future in as_completed(prepared):
+                layer = prepared[future]
+                whole = None
                 try:
-                    if layer.digest in prepared:
-                        blob = prepared[layer.digest].result()
+                    blob = future.result()
                 except partial_.WholeBlob as exc:
-                    whole = exc.response
+                    blob, whole = None, exc.response
                     layer.partial = {**(layer.partial or {}), "mode": "full",
                                      "reason": "the server answered a range GET with the "
                                                "whole blob"}
-                if blob is not None:
-                    yield blob
-                    continue
-                yield self._whole(layer, whole)
+                yield blob if blob is not None else self._whole(layer, whole)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
@@ -289,22 +290,23 @@ class RegistrySource:
         info["bandwidth"], info["rtt"], info["link"] = round(bandwidth), round(rtt, 6), how
         if self.partial == "auto" and not partial_.worth_it(plan, layer.size, bandwidth, rtt):
             return full("cheaper whole by the cost model", **info)
-        counts = {"requests": 0, "bytes": 0}
         layer.action = "downloading"
+
+        def counted(requests: int, n: int) -> None:
+            with self._lock:
+                layer.range_requests += requests
+                layer.bytes += n
         try:
-            fetched = partial_.fetch(self.client, self.ref.path, layer.digest, layer.size,
-                                     plan.requests, counts)
+            fetched, pending = partial_.fetch(self.client, self.ref.path, layer.digest,
+                                              layer.size, plan.requests, counted)
         except partial_.Refused:
             return full("the server refuses range requests", **info)
-        finally:
-            layer.range_requests += counts["requests"]
-            layer.bytes += counts["bytes"]
         layer.partial = {"mode": "partial", "reason": "fewer bytes" if self.partial == "auto"
                          else "asked for", **info}
         layer.action = "partial"
         layer.seconds = time.monotonic() - layer.started
         rebuilt = partial_.Rebuilt(plan, {**known, **fetched}, self.ctx.object_path,
-                                   f"layer {self.ref.name}@{layer.digest}")
+                                   f"layer {self.ref.name}@{layer.digest}", pending)
         compression = "gzip" if loc.format == chunked.ESTARGZ else "zstd"
         return Blob(layer.digest, rebuilt, stands_for=(compression, layer.digest, layer.size))
 
