@@ -12,11 +12,14 @@ the last tar entry, read already.  The ranges are coalesced (gaps under MERGE_GA
 capped: at most RANGES_PER_REQUEST per GET and REQUESTS_PER_LAYER GETs, merging the
 cheapest gaps first.
 
-fetch() sends multi-range GETs and goes by the answer: 206 multipart/byteranges (or one part
-covering what was asked) is used; 200 means the server sends the whole blob, and that
-response is handed back to stream into a full pull (never downloaded twice); 400, 416 and
-501 refuse multi-range: the plan is re-coalesced to single-range GETs, and a refusal of
-those too ends in a full pull.
+fetch() sends multi-range GETs and goes by the answer to the first: 206
+multipart/byteranges (or one part covering what was asked) is used; 200 means the server
+sends the whole blob, and that response is handed back to stream into a full pull (never
+downloaded twice); 400, 416 and 501 refuse multi-range: the plan is re-coalesced to
+single-range GETs, and a refusal of those too ends in a full pull.  Once the server has
+answered 206, the other GETs go PARALLEL at a time and the rebuild waits for each only when
+it reaches its ranges (a server that refuses one of them then fails the pull: it said yes
+before).
 
 Rebuilt is the tar stream as a reader for the import pipeline: every fetched range is
 decompressed by the layer's format (zstd frames, or gzip members, several per range), every

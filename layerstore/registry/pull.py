@@ -25,7 +25,9 @@ store holds some of the files and the bytes and requests cost less than the blob
 bandwidth and round-trip time the TOC's reads took, or an assumed link when they moved too
 little to tell (partial.worth_it, partial.measured_link); a server that answers a range
 GET with the whole blob has that answer streamed as a full pull.  The choice is in
-LayerPull.partial.
+LayerPull.partial.  The layers that may be chunked are prepared side by side (TOC, plan,
+first range GET) while the store's content map is brought up to date, and handed to the
+pipeline in the order they are ready, after the layers downloaded whole.
 
 record() writes, in the import's commit: the digest the images were pulled as
 ("domain/path@sha256:...", as Docker's RepoDigests: an index's names the image for the
