@@ -430,10 +430,17 @@ def test_cli_push_with_creds(htpasswd_registry, tmp_path, capsys):
     assert out.out.strip().startswith(f"{dest}@sha256:") and PASSWORD not in out.err
 
 
-def test_a_failed_mount_whose_session_cannot_be_deleted_still_uploads(proxy, tmp_path):
-    """A blob recorded in a repository that no longer has it: the registry answers the mount
-    with an upload session, which is deleted; a registry that refuses that DELETE (405) has
-    only lost a session it expires itself, and the blob is uploaded."""
+@pytest.mark.parametrize("fault, deletes", [
+    # The registry answers the mount with an upload session, which is deleted; one that
+    # refuses that DELETE (405) has only lost a session it expires itself.
+    (Fault("status", "DELETE", r"/v2/mounting/app/blobs/uploads/", status=405, times=2), 2),
+    # A mount answered 202 with no Location (no session opened): nothing to cancel.
+    (Fault("status", "POST", r"/v2/mounting/app/blobs/uploads/\?mount=", status=202,
+           times=2), 0),
+], ids=["delete-refused", "no-location"])
+def test_a_mount_that_fails_still_uploads(proxy, tmp_path, fault, deletes):
+    """Blobs recorded in a repository that no longer has them: the mounts fail, and the
+    blobs are uploaded."""
     store, image, _ = _store_with(tmp_path)
     with store:
         index = context(store).index
@@ -443,31 +450,11 @@ def test_a_failed_mount_whose_session_cannot_be_deleted_still_uploads(proxy, tmp
         with index.write() as txn:
             for blob in manifest["layers"]:
                 index.add_blob_location(txn, blob["digest"], f"{proxy.host}/gone/app")
-        proxy.add(Fault("status", "DELETE", r"/v2/mounting/app/blobs/uploads/", status=405,
-                        times=2))
+        proxy.add(fault)
         result = store.push("test/app:1", f"{proxy.host}/mounting/app:1")
     assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
-    assert [e["status"] for e in proxy.log if e["fault"]] == [405, 405]
-
-
-def test_a_refused_mount_that_names_no_session_still_uploads(proxy, tmp_path):
-    """A mount answered 202 with no Location (a registry that opens no session when it
-    refuses a mount): nothing to cancel, the blob is uploaded."""
-    store, image, _ = _store_with(tmp_path)
-    with store:
-        index = context(store).index
-        with index.read() as txn:
-            manifest = json.loads(index.metadata(txn, index.image(txn, image.id)
-                                                 .manifest_digest))
-        with index.write() as txn:
-            for blob in manifest["layers"]:
-                index.add_blob_location(txn, blob["digest"], f"{proxy.host}/elsewhere/app")
-        proxy.add(Fault("status", "POST", r"/v2/mounting/app/blobs/uploads/\?mount=",
-                        status=202, times=2))
-        result = store.push("test/app:1", f"{proxy.host}/mounting/app:1")
-    assert [l.action for l in result.layers] == ["uploaded", "uploaded"]
-    assert [e["status"] for e in proxy.log if e["fault"]] == [202, 202]
-    assert not [e for e in proxy.log if e["method"] == "DELETE"]
+    assert [e["status"] for e in proxy.log if e["fault"]] == [fault.status] * 2
+    assert len([e for e in proxy.log if e["method"] == "DELETE"]) == deletes
 
 
 def test_an_image_removed_while_it_is_pushed_leaves_no_dangling_record(registry, tmp_path):
