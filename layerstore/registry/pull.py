@@ -189,9 +189,10 @@ class RegistrySource:
         chunked_ = [layer for layer in todo if self._may_be_partial(layer)]
         pool = ThreadPoolExecutor(max(1, min(self.readers, len(chunked_))),
                                   thread_name_prefix="layerstore-partial")
+        mapper = ThreadPoolExecutor(1, thread_name_prefix="layerstore-contentmap")
         try:
             if chunked_:
-                self._mapping = pool.submit(contentmap.fill, self.ctx)
+                self._mapping = mapper.submit(contentmap.fill, self.ctx)
             for layer in chunked_:
                 layer.started = time.monotonic()
             prepared = {pool.submit(self._partial, layer): layer for layer in chunked_}
@@ -213,7 +214,10 @@ class RegistrySource:
                                                "whole blob"}
                 yield blob if blob is not None else self._whole(layer, whole)
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            # They read and write the store's index: none may outlive the pull (after a
+            # failure the store may be closed at once).
+            pool.shutdown(wait=True, cancel_futures=True)
+            mapper.shutdown(wait=True)
 
     def _whole(self, layer: _Layer, whole) -> Blob:
         """The layer's blob read whole (from whole, a range GET answered 200, if given)."""
