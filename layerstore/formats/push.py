@@ -377,8 +377,9 @@ def _push_layer(job: _Job, i: int, allowed, compression: str) -> PushedBlob:
             layout = chunked_write.layout(job.ctx, txn, diff_id)
         if layout is None:
             compression = "zstd"
-            job.report("layer", diff_id, None, "checking", detail="sparse files or a path "
-                       "twice: zstd:chunked cannot describe it, plain zstd instead")
+            job.report("layer", diff_id, None, "checking",
+                       detail="zstd:chunked cannot describe this layer (sparse files, a path "
+                              "twice, or a header its TOC cannot list): plain zstd instead")
     # Regenerate.  A blob this recipe made before names its digest and size in advance.
     rec = recipe(compression).record()
     known = next((b for b in layer.blobs if compression_of(b) == compression and
