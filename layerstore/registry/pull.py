@@ -236,24 +236,27 @@ class RegistrySource:
 
     # -- partial pulls ---------------------------------------------------------------------
 
+    @staticmethod
+    def _named(layer: _Layer) -> bool:
+        """Whether the layer's annotations locate a TOC (which the manifest then vouches for)."""
+        ann = layer.annotations
+        return chunked.locate(ann, layer.size) is not None \
+            or chunked.estargz_digest(ann) is not None
+
     def _may_be_partial(self, layer: _Layer) -> bool:
         if self.partial == "never" or not layer.size:
             return False
-        ann = layer.annotations
-        named = chunked.locate(ann, layer.size) is not None \
-            or chunked.estargz_digest(ann) is not None
         zstd = (layer.media_type or "").endswith("zstd")
         # gzip without annotations: no tail read for nothing, unless asked (an eStargz
         # layer whose annotation a copier dropped is found by its footer then).
-        return named or zstd or self.partial == "always"
+        return self._named(layer) or zstd or self.partial == "always"
 
     def _partial(self, layer: _Layer) -> Blob | None:
         """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
         for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
         was answered with the whole blob, to be read as the full pull."""
         ann = layer.annotations
-        named = chunked.locate(ann, layer.size) is not None \
-            or chunked.estargz_digest(ann) is not None
+        named = self._named(layer)
         timing: list[tuple[int, float]] = []
         known: dict[tuple[int, int], bytes] = {}
 
