@@ -85,6 +85,8 @@ class Compressor:
     the compressed stream goes to sink(bytes) as it is made.  The output depends only on the
     input (and the recipe's library versions)."""
 
+    annotations = None      # a layer descriptor's, which only chunked_write.Writer makes
+
     def __init__(self, compression: str, sink) -> None:
         self.recipe = recipe(compression)
         self._sink = sink

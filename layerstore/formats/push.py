@@ -257,7 +257,7 @@ class LayerStream:
             hasher, h = None, hasher
             _verify(layer.diff_id, h)
             compressor.close()
-            self.annotations = getattr(compressor, "annotations", None)
+            self.annotations = compressor.annotations
         except BaseException as exc:    # noqa: BLE001 - raised by the iteration
             self._error = exc
             if hasher is not None:
