@@ -17,11 +17,14 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ls_internal.h"
 
 #define LS_SMALL_MAX (8u << 20)
-#define LS_SHA_THREAD_MIN (64u << 10)   /* smaller feeds are hashed inline */
+#define LS_SHA_THREAD_MIN (64u << 10)   /* smaller layers are hashed inline */
+#define LS_OBJECT_READ (1u << 20)
 #define LS_SHA_SLOTS 4
 #define LS_SHA_SLOT_BYTES (1u << 20)
 
@@ -59,6 +62,10 @@ struct ls_ingest {
         size_t len;
     } slots[LS_SHA_SLOTS];
     int head, queued, stop;
+    int fill;               /* the slot being filled, after the queued ones */
+    size_t fill_len;        /* its bytes so far (0: none is being filled) */
+
+    uint8_t *objbuf;        /* stored objects' content read for a recipe */
 };
 
 /* ---- The sha256 thread -------------------------------------------------------------------- */
@@ -68,7 +75,8 @@ struct ls_ingest {
  * BLAKE3's 3 GB/s), so it runs on its own thread.  Feeds are copied into a few slots that the
  * thread drains in order: the ingest thread never waits for the hash of the piece it has just
  * parsed, only when all slots are full, so the two threads overlap across pieces instead of
- * meeting at the end of each.  The copy costs far less than the waiting did.
+ * meeting at the end of each.  The copy costs far less than the waiting did.  Small feeds (a
+ * rebuilt layer's headers and files) share a slot, so the thread wakes once per slot.
  */
 
 static void *sha_main(void *arg)
@@ -92,13 +100,13 @@ static void *sha_main(void *arg)
     return NULL;
 }
 
-/* Whether the thread takes this feed: it starts with the first large one (small layers and
- * byte-by-byte test feeds are hashed inline), and once started it takes everything, in order. */
+/* Whether the thread takes this feed: it starts once the layer passes LS_SHA_THREAD_MIN
+ * (small layers are hashed inline), and once started it takes everything, in order. */
 static int sha_threaded(ls_ingest *g, size_t len)
 {
     if (g->thread_state != 0)
         return g->thread_state > 0;
-    if (len < LS_SHA_THREAD_MIN)
+    if (g->stats.stream_bytes + len < LS_SHA_THREAD_MIN)
         return 0;
     for (int i = 0; i < LS_SHA_SLOTS; i++)
         if (!(g->slots[i].data = malloc(LS_SHA_SLOT_BYTES)))
@@ -109,24 +117,48 @@ static int sha_threaded(ls_ingest *g, size_t len)
     return 1;
 }
 
-/* Queues a piece of at most LS_SHA_SLOT_BYTES, waiting for a free slot. */
-static void sha_queue(ls_ingest *g, const uint8_t *p, size_t n)
+/* Hands the slot being filled to the thread. */
+static void sha_flush(ls_ingest *g)
 {
-    pthread_mutex_lock(&g->mu);
-    while (g->queued == LS_SHA_SLOTS)
-        pthread_cond_wait(&g->cv, &g->mu);
-    struct sha_slot *slot = &g->slots[(g->head + g->queued) % LS_SHA_SLOTS];
-    pthread_mutex_unlock(&g->mu);
-    memcpy(slot->data, p, n);   /* the thread does not touch a slot that is not queued */
-    slot->len = n;
+    if (g->fill_len == 0)
+        return;
+    g->slots[g->fill].len = g->fill_len;
+    g->fill_len = 0;
     pthread_mutex_lock(&g->mu);
     g->queued++;
     pthread_cond_broadcast(&g->cv);
     pthread_mutex_unlock(&g->mu);
 }
 
+/* Copies a piece of at most LS_SHA_SLOT_BYTES into the slot being filled (waiting for a free
+ * one first), and hands each slot over once full. */
+static void sha_queue(ls_ingest *g, const uint8_t *p, size_t n)
+{
+    while (n > 0) {
+        if (g->fill_len == 0) {
+            pthread_mutex_lock(&g->mu);
+            while (g->queued == LS_SHA_SLOTS)
+                pthread_cond_wait(&g->cv, &g->mu);
+            /* Not queued, so the thread does not touch it; head + queued stays put as the
+             * thread moves on. */
+            g->fill = (g->head + g->queued) % LS_SHA_SLOTS;
+            pthread_mutex_unlock(&g->mu);
+        }
+        size_t k = LS_SHA_SLOT_BYTES - g->fill_len;
+        if (k > n)
+            k = n;
+        memcpy(g->slots[g->fill].data + g->fill_len, p, k);
+        g->fill_len += k;
+        p += k;
+        n -= k;
+        if (g->fill_len == LS_SHA_SLOT_BYTES)
+            sha_flush(g);
+    }
+}
+
 static void sha_drain(ls_ingest *g)
 {
+    sha_flush(g);
     pthread_mutex_lock(&g->mu);
     while (g->queued > 0)
         pthread_cond_wait(&g->cv, &g->mu);
@@ -409,6 +441,68 @@ int ls_ingest_feed(ls_ingest *g, const uint8_t *buf, size_t len)
     return rc;
 }
 
+/* The stored object's content as the stream's next size bytes. */
+static int feed_object(ls_ingest *g, const uint8_t *id, uint64_t size)
+{
+    if (!g->objbuf && !(g->objbuf = malloc(LS_OBJECT_READ)))
+        return ls_fail(&g->err, LS_E_NOMEM, "out of memory");
+    int fd = ls_store_open_object(g->store, id, &g->err);
+    if (fd < 0)
+        return fd;
+    char path[66];
+    ls_object_make_path(id, path);
+    struct stat st;
+    int rc = 0;
+    if (fstat(fd, &st))
+        rc = ls_fail(&g->err, -errno, "cannot stat object %s: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size)
+        rc = ls_fail(&g->err, LS_E_CORRUPT, "object %s is not the %llu bytes the index says "
+                     "(layerstore fsck reports the damage)", path, (unsigned long long)size);
+    while (!rc && size > 0) {
+        ssize_t n = read(fd, g->objbuf, size < LS_OBJECT_READ ? (size_t)size : LS_OBJECT_READ);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            rc = ls_fail(&g->err, -errno, "cannot read object %s: %s", path, strerror(errno));
+        else if (n == 0)
+            rc = ls_fail(&g->err, LS_E_CORRUPT, "object %s shrank while read", path);
+        else {
+            rc = ls_ingest_feed(g, g->objbuf, (size_t)n);
+            size -= (uint64_t)n;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int ls_ingest_feed_recipe(ls_ingest *g, const uint8_t *recipe, size_t len)
+{
+    drop_taken(g);
+    if (g->code)
+        return g->code;
+    if (!g->store)
+        return ls_fail(&g->err, LS_E_STATE, "a recipe names stored objects: it needs a store");
+    int rc = 0;
+    size_t at = 0;
+    while (!rc && at < len) {
+        uint64_t n = len - at >= 9 ? ls_get64(recipe + at + 1) : 0;
+        uint8_t kind = len - at >= 9 ? recipe[at] : 0;
+        at += 9;
+        if (kind == 'D' && n <= len - at) {
+            rc = ls_ingest_feed(g, recipe + at, (size_t)n);
+            at += (size_t)n;
+        } else if (kind == 'O' && len - at >= 32) {
+            rc = feed_object(g, recipe + at, n);
+            at += 32;
+        } else {
+            rc = ls_fail(&g->err, LS_E_STATE, "malformed recipe at byte %zu", at - 9);
+        }
+    }
+    if (rc)
+        g->code = rc;
+    return rc;
+}
+
 void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,
                     const uint8_t **raw, size_t *raw_len)
 {
@@ -467,5 +561,6 @@ void ls_ingest_free(ls_ingest *g)
     ls_buf_free(&g->raw);
     ls_buf_free(&g->cur);
     ls_buf_free(&g->held);
+    free(g->objbuf);
     free(g);
 }

@@ -212,6 +212,11 @@ typedef struct ls_ingest ls_ingest;
 /* store may be NULL: parse and hash only.  Returns NULL only when out of memory. */
 ls_ingest *ls_ingest_new(ls_store *store);
 int ls_ingest_feed(ls_ingest *g, const uint8_t *buf, size_t len);
+/* Feeds a recipe of the stream: records of 'D', a little-endian u64 n and n bytes of the
+ * stream; or 'O', a u64 size and a 32-byte object id: that stored object's content, which must
+ * be size bytes (LS_E_CORRUPT otherwise).  A partial pull's rebuilt layer is mostly objects the
+ * store holds, so they are read here rather than handed over from Python.  Needs a store. */
+int ls_ingest_feed_recipe(ls_ingest *g, const uint8_t *recipe, size_t len);
 /* Takes the records and raw bytes produced so far; the pointers stay valid until the next call
  * on g.  Call after each feed so that memory stays bounded. */
 void ls_ingest_take(ls_ingest *g, const uint8_t **records, size_t *records_len,

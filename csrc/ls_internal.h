@@ -188,6 +188,8 @@ typedef struct ls_spill {
 
 /* Whether an object with this id is stored with this size (1), absent (0) or an error (<0). */
 LS_HIDDEN int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e);
+/* Opens a stored object for reading: its fd, or <0 with e set. */
+LS_HIDDEN int ls_store_open_object(ls_store *s, const uint8_t *id, ls_err *e);
 /* Opens an unnamed file for an object's content; id, when already known, places it near its
  * final name (else it goes to tmp/); m is the metadata it will have, if known (else NULL). */
 LS_HIDDEN int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id,

@@ -189,6 +189,14 @@ int ls_store_has(ls_store *s, const uint8_t *id, uint64_t size, ls_err *e)
     return os_fail(e, errno, "cannot stat object", path);
 }
 
+int ls_store_open_object(ls_store *s, const uint8_t *id, ls_err *e)
+{
+    char path[66];
+    ls_object_make_path(id, path);
+    int fd = openat(s->objects_fd, path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    return fd >= 0 ? fd : os_fail(e, errno, "cannot open object", path);
+}
+
 int ls_store_spill_open(ls_store *s, ls_spill *sp, const uint8_t *id, const ls_obj_meta *m,
                         ls_err *e)
 {
@@ -474,12 +482,10 @@ int ls_store_restore(ls_store *s, const uint8_t *id, const uint8_t *src_id,
     ls_obj_meta m = {mode & 07777, uid, gid, xattrs, xattrs_len};
     ls_spill sp;
     ls_err e;
-    char src_path[66];
     int rc;
-    ls_object_make_path(src_id, src_path);
-    int src = openat(s->objects_fd, src_path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    int src = ls_store_open_object(s, src_id, &e);
     if (src < 0) {
-        rc = os_fail(&e, errno, "cannot open object", src_path);
+        rc = src;
     } else {
         rc = ls_store_spill_open(s, &sp, id, &m, &e);
         if (!rc && (rc = copy_content(src, &sp, size, content_hash, &e)))

@@ -695,8 +695,16 @@ class LayerIngest:
         _check(rc, ffi.string(lib.ls_ingest_get_error(self._h)).decode("utf-8", "replace"))
 
     def feed(self, data) -> None:
+        self._feed(lib.ls_ingest_feed, data)
+
+    def feed_recipe(self, recipe: bytes) -> None:
+        """Feeds the stream a recipe describes (see ls_ingest_feed_recipe; the
+        partial pull's Rebuilt writes them): bytes, and objects of the store."""
+        self._feed(lib.ls_ingest_feed_recipe, recipe)
+
+    def _feed(self, call, data) -> None:
         with self._lock:
-            rc = lib.ls_ingest_feed(self._h, ffi.from_buffer(data), len(data))
+            rc = call(self._h, ffi.from_buffer(data), len(data))
             # Taken even on failure: the records of objects written before it say what a
             # failed import must remove.
             self._collect()

@@ -53,10 +53,12 @@ def test_map_made_on_first_use_then_kept_current(tmp_path, monkeypatch):
         with ctx.index.read() as txn:
             assert ctx.index.has_sha256_map(txn)
             for data in (b"alpha\n", big):
-                oid = contentmap.lookup(ctx, txn, _sha(data))
+                oid = contentmap.lookup(ctx, txn, _sha(data), len(data))
                 assert oid is not None and _content(s, oid) == data
-            assert contentmap.lookup(ctx, txn, _sha(b"nothing")) is None
-            assert contentmap.lookup(ctx, txn, "sha256:zz") is None
+                # A TOC giving the content another size lies: not served from the store.
+                assert contentmap.lookup(ctx, txn, _sha(data), len(data) + 1) is None
+            assert contentmap.lookup(ctx, txn, _sha(b"nothing"), 7) is None
+            assert contentmap.lookup(ctx, txn, "sha256:zz", 1) is None
         assert contentmap.fill(ctx) == 0 and hashed == [2]  # nothing new: nothing read
         _import(s, tmp_path, "two", {"d": b"delta\n", "b": big})
         assert contentmap.fill(ctx) == 1 and hashed == [2, 1]   # only the new object
@@ -64,9 +66,9 @@ def test_map_made_on_first_use_then_kept_current(tmp_path, monkeypatch):
         s.gc()
         contentmap.fill(ctx)
         with ctx.index.read() as txn:
-            assert contentmap.lookup(ctx, txn, _sha(b"alpha\n")) is None    # gc'd
-            assert _content(s, contentmap.lookup(ctx, txn, _sha(big))) == big
-            assert contentmap.lookup(ctx, txn, _sha(b"delta\n")) is not None
+            assert contentmap.lookup(ctx, txn, _sha(b"alpha\n"), 6) is None    # gc'd
+            assert _content(s, contentmap.lookup(ctx, txn, _sha(big), len(big))) == big
+            assert contentmap.lookup(ctx, txn, _sha(b"delta\n"), 6) is not None
             dead = ctx.index.sha256_todo(txn)[1]
         assert dead == []
         assert s.fsck() == []

@@ -28,8 +28,9 @@ class Blob:
     same thread.  digest: set by a source whose reader verifies the blob itself (a
     registry's: the read that completes it raises DigestMismatch otherwise), which the
     import then does not hash again.  stands_for: (compression, digest, size) of the blob
-    when the reader gives a tar rebuilt from part of it (a partial pull of a chunked
-    layer): the diffID the import computes is then what verifies it."""
+    when the reader is a tar rebuilt from part of it (a partial pull of a chunked layer:
+    registry/partial.py's Rebuilt, whose recipes() the import feeds to the C ingest): the
+    diffID the import computes is then what verifies it."""
 
     key: str
     reader: BinaryIO

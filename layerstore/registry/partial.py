@@ -21,20 +21,22 @@ answered 206, the other GETs go PARALLEL at a time and the rebuild waits for eac
 it reaches its ranges (a server that refuses one of them then fails the pull: it said yes
 before).
 
-Rebuilt is the tar stream as a reader for the import pipeline: every fetched range is
-decompressed by the layer's format (zstd frames, or gzip members, several per range), every
-file's content to its TOC size and SHA-256, the tar bytes around them capped (TAR_FLOOR,
-TAR_RATIO), or the read raises errors.InvalidTOC (a lying TOC fails before anything is
-committed); the pipeline then checks the stream's diffID against the config, which is what
-vouches for the tar headers.
+Rebuilt is the tar stream as recipes for the C ingest (LayerIngest.feed_recipe): raw tar
+bytes and fetched content inline, each held file as its object's id, which the ingest reads
+itself (a rebuilt layer is mostly held files: read in Python they cost more than the rest of
+the ingest).  Every fetched range is decompressed by the layer's format (zstd frames, or gzip
+members, several per range), every file's content to its TOC size and SHA-256, the tar bytes
+around them capped (TAR_FLOOR, TAR_RATIO), or the rebuild raises errors.InvalidTOC (a lying
+TOC fails before anything is committed); the pipeline then checks the stream's diffID against
+the config, which is what vouches for the tar headers and the held files.
 """
 
 from __future__ import annotations
 
 import bisect
 import hashlib
-import os
 import re
+import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -52,6 +54,7 @@ PARALLEL = 3                    # range GETs of a layer at once, after the first
 PART_OVERHEAD = 160             # multipart framing per part (registry 2.8 sends ~157)
 FETCH_LIMIT = 256 << 20         # fetched bytes are held in memory until the rebuild reads them
 READ_CHUNK = 1 << 20
+RECIPE_BYTES = 4 << 20          # stream bytes per recipe: few hand-overs, the ingest kept busy
 GZIP_STEP = 1 << 14             # compressed bytes per zlib call: <= ~16 MiB out (deflate's
                                 # ratio is at most 1032)
 # The tar bytes a fetched range may decompress to besides file content: headers and padding
@@ -153,7 +156,7 @@ def plan(loc: chunked.TocLocation, toc: chunked.Toc,
          max_requests: int = REQUESTS_PER_LAYER,
          known: tuple[tuple[int, int], ...] = ()) -> Plan:
     """The pieces of the layer's tar stream and the GETs that fetch what is missing.
-    have(digest) -> a stored object id with that content, or None.  known: (start, end)
+    have(digest, size) -> a stored object id with that content and size, or None.  known: (start, end)
     ranges of the blob in hand already (the TOC's reads), never requested."""
     files = toc.files()
     pieces: list[Piece] = []
@@ -162,7 +165,7 @@ def plan(loc: chunked.TocLocation, toc: chunked.Toc,
 
     def file_pieces(f: chunked.File) -> list[Piece]:
         nonlocal local
-        oid = have(f.digest)
+        oid = have(f.digest, f.size)
         if oid is not None:
             local += 1
             if not estargz:
@@ -405,21 +408,48 @@ def read_all(resp, limit: int) -> bytes:
 
 # -- the rebuilt stream ------------------------------------------------------------------------
 
-class Rebuilt:
-    """The layer's tar stream, read piece by piece: raw bytes, stored objects, and fetched
-    frames decompressed (a file's checked against its TOC size and digest)."""
+_DATA = struct.Struct("<cQ")          # b"D", n: the next n bytes of the recipe
+_OBJECT = struct.Struct("<cQ32s")     # b"O", size, id: a stored object's content
 
-    def __init__(self, plan: Plan, fetched: dict[tuple[int, int], bytes], object_path,
-                 label: str, pending=()):
+
+class Rebuilt:
+    """The layer's tar stream as recipes (see the module's doc): raw bytes, stored objects,
+    and fetched frames decompressed (a file's checked against its TOC size and digest)."""
+
+    def __init__(self, plan: Plan, fetched: dict[tuple[int, int], bytes], label: str,
+                 pending=()):
         self.plan, self.label = plan, label
-        self._object_path = object_path
         self._ranges = sorted(fetched.items())
         self._starts = [s for (s, _), _ in self._ranges]
         self._pending = list(pending)       # (ranges asked, future): fetch's later GETs
-        self._pieces = iter(plan.pieces)
-        self._current = None
-        self._buf = b""
-        self.closed = False
+
+    def recipes(self):
+        """The stream in recipes of about RECIPE_BYTES each (the GETs not waited for yet
+        are cancelled when the rebuild stops early)."""
+        parts: list[bytes] = []
+        n = 0
+        try:
+            for size, *recipe in self._parts():
+                parts += recipe
+                n += size
+                if n >= RECIPE_BYTES:
+                    yield b"".join(parts)
+                    parts, n = [], 0
+            if parts:
+                yield b"".join(parts)
+        finally:
+            for _, future in self._pending:
+                future.cancel()
+
+    def _parts(self):
+        """(stream bytes, its recipe...) for each part of the stream, in order."""
+        for p in self.plan.pieces:
+            if p.oid is not None:
+                # The content map gave an object of this size whose content has the digest.
+                yield p.size, _OBJECT.pack(b"O", p.size, p.oid)
+            else:
+                for data in (p.data,) if p.data is not None else self._range(p):
+                    yield len(data), _DATA.pack(b"D", len(data)), data
 
     def _slice(self, s: int, e: int) -> bytes:
         for k, (asked, future) in enumerate(self._pending):
@@ -435,21 +465,6 @@ class Rebuilt:
             if rs <= s and e <= re_:
                 return data[s - rs:e - rs]
         raise errors.InvalidTOC(f"{self.label}: bytes {s}-{e - 1} were not fetched")
-
-    def _open(self, p: Piece):
-        if p.data is not None:
-            yield p.data
-            return
-        if p.oid is not None:
-            with open(self._object_path(p.oid.hex()), "rb") as f:
-                # The object's content has the digest: a TOC size that differs lies.
-                if os.fstat(f.fileno()).st_size != p.size:
-                    raise errors.InvalidTOC(f"{self.label}: the TOC says {p.digest} is "
-                                            f"{p.size} bytes, but that content is not")
-                while data := f.read(READ_CHUNK):
-                    yield data
-            return
-        yield from self._range(p)
 
     def _inflate(self, p: Piece):
         """The bytes of p's range decompressed: zstd frames, or gzip members (each member's
@@ -513,41 +528,3 @@ class Rebuilt:
         if content or (p.digest and "sha256:" + sha.hexdigest() != p.digest):
             raise errors.InvalidTOC(f"{where}: the file there is not the {p.size} bytes of "
                                     f"{p.digest} the TOC says")
-
-    def _next(self) -> bytes:
-        while True:
-            if self._current is None:
-                piece = next(self._pieces, None)
-                if piece is None:
-                    return b""
-                self._current = self._open(piece)
-            data = next(self._current, None)
-            if data is None:
-                self._current = None
-            elif data:
-                return data
-
-    def read(self, n: int = -1) -> bytes:
-        """Up to n bytes (all with n < 0), joined across pieces: the pipeline passes each
-        read on as one chunk to the C ingest, and a piece is often a tar header or a small
-        file (thousands of tiny chunks cost more in handing over than in ingesting)."""
-        if n < 0:
-            n = 1 << 62
-        out = []
-        have = 0
-        while have < n:
-            if not self._buf:
-                self._buf = self._next()
-                if not self._buf:
-                    break
-            take = self._buf[:n - have] if len(self._buf) > n - have else self._buf
-            self._buf = self._buf[len(take):]
-            out.append(take)
-            have += len(take)
-        return out[0] if len(out) == 1 else b"".join(out)
-
-    def close(self) -> None:
-        self.closed = True
-        for _, future in self._pending:
-            future.cancel()
-        self._pending = []

@@ -287,7 +287,7 @@ class RegistrySource:
         try:
             with self.ctx.index.read() as txn:
                 plan = partial_.plan(loc, toc, tarsplit,
-                                     lambda d: contentmap.lookup(self.ctx, txn, d),
+                                     lambda d, n: contentmap.lookup(self.ctx, txn, d, n),
                                      known=tuple(known))
         except partial_.Unplannable as exc:
             return full(f"a partial pull cannot rebuild this layer: {exc}")
@@ -314,7 +314,7 @@ class RegistrySource:
                          else "asked for", **info}
         layer.action = "partial"
         layer.seconds = time.monotonic() - layer.started
-        rebuilt = partial_.Rebuilt(plan, {**known, **fetched}, self.ctx.object_path,
+        rebuilt = partial_.Rebuilt(plan, {**known, **fetched},
                                    f"layer {self.ref.name}@{layer.digest}", pending)
         compression = "gzip" if loc.format == chunked.ESTARGZ else "zstd"
         return Blob(layer.digest, rebuilt, stands_for=(compression, layer.digest, layer.size))

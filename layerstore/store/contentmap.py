@@ -33,13 +33,15 @@ def fill(ctx, report=None) -> int:
     return len(found)
 
 
-def lookup(ctx, txn, digest: str) -> bytes | None:
-    """A live object whose content has this "sha256:<hex>" digest, or None."""
+def lookup(ctx, txn, digest: str, size: int) -> bytes | None:
+    """A live object of size bytes whose content has this "sha256:<hex>" digest, or None.
+    (Content with the digest and another size means a TOC that lies: the file is then
+    fetched, and its check against the TOC fails.)"""
     if not digest.startswith("sha256:") or len(digest) != 71:
         return None
     try:
         sha = bytes.fromhex(digest[7:])
     except ValueError:
         return None
-    found = ctx.index.sha256_objects(txn, sha)
+    found = ctx.index.sha256_objects(txn, sha, size)
     return found[0] if found else None

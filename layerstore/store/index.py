@@ -475,13 +475,19 @@ class Index:
     def has_sha256_map(self, txn) -> bool:
         return txn.get(self._SHA256_MAP, db=self.db["meta"]) is not None
 
-    def sha256_objects(self, txn, sha: bytes) -> list[bytes]:
-        """The ids of live objects whose content has SHA-256 sha (none if the map lacks it)."""
+    def sha256_objects(self, txn, sha: bytes, size: int | None = None) -> list[bytes]:
+        """The ids of live objects whose content has SHA-256 sha (none if the map lacks it),
+        of that size if given."""
         cur = txn.cursor(db=self.db["sha256"])
         if not cur.set_key(sha):
             return []
         odb = self.db["objects"]
-        return [oid for oid in cur.iternext_dup() if txn.get(oid, db=odb) is not None]
+        out = []
+        for oid in cur.iternext_dup():
+            raw = txn.get(oid, db=odb)
+            if raw is not None and (size is None or _OBJ.unpack(raw)[0] == size):
+                out.append(oid)
+        return out
 
     def sha256_todo(self, txn) -> tuple[list[tuple[bytes, int]], list[bytes]]:
         """(objects the map lacks, with their sizes; ids the map holds that gc removed)."""

@@ -212,6 +212,12 @@ class LayerChunk:
 
 
 @dataclass(frozen=True, slots=True)
+class LayerRecipe:
+    key: str
+    recipe: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class LayerRead:
     key: str
     blob: BlobInfo
@@ -230,7 +236,14 @@ class _Stopped(Exception):
 
 
 def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
-    """One layer blob as events: sniffed, decompressed, its compressed bytes hashed."""
+    """One layer blob as events: sniffed, decompressed, its compressed bytes hashed; or a
+    rebuilt layer's recipes."""
+    if blob.stands_for is not None:
+        emit(LayerStarted(blob.key))
+        for recipe in blob.reader.recipes():
+            emit(LayerRecipe(blob.key, recipe))
+        emit(LayerRead(blob.key, BlobInfo(*blob.stands_for)))
+        return
     head = blob.head
     if len(head) < 512:
         head += blob.reader.read(512 - len(head))
@@ -258,9 +271,6 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
         while counted.read(CHUNK):
             pass
         digest = blob.digest if compression != "tar" else None
-    if blob.stands_for is not None:
-        emit(LayerRead(blob.key, BlobInfo(*blob.stands_for)))
-        return
     emit(LayerRead(blob.key, BlobInfo(compression, digest, counted.count)))
 
 
@@ -357,6 +367,12 @@ class _Ingest:
                     case LayerChunk(key, data):
                         try:
                             ingests[key].feed(data)
+                        except errors.LayerstoreError as exc:
+                            raise _in_layer(exc, key) from None
+                        self._report()
+                    case LayerRecipe(key, recipe):
+                        try:
+                            ingests[key].feed_recipe(recipe)
                         except errors.LayerstoreError as exc:
                             raise _in_layer(exc, key) from None
                         self._report()
