@@ -114,7 +114,8 @@ class RegistrySource:
         if partial not in ("auto", "never", "always"):
             raise ValueError("partial must be auto, never or always")
         self.partial = partial
-        self._mapping = None        # the content map's fill, started by blobs()
+        self._mapper: ThreadPoolExecutor | None = None    # the content map's fill, started
+        self._mapping = None                              # by plans() (_fill_map)
         self.client, self.ref, self.ctx = client, ref, ctx
         self.readers = jobs
         self.size = None
@@ -151,6 +152,12 @@ class RegistrySource:
                                                          str(ref))]
         else:
             chosen = [(top, None)]
+        annotations = {d.get("digest"): d.get("annotations")
+                       for m, _ in chosen for d in m.json.get("layers") or []
+                       if isinstance(d, dict)}
+        if any(self._may_be_partial(d.get("size"), d.get("mediaType"), d.get("annotations"))
+               for m, _ in chosen for d in m.json.get("layers") or [] if isinstance(d, dict)):
+            self._fill_map()        # meanwhile: the configs, the layers' TOCs
         plans = [plan_manifest(m.data, m.digest, m.media_type, self._config,
                                member=lambda d: d, platform=plat, source_format="registry")
                  for m, plat in chosen]
@@ -165,9 +172,6 @@ class RegistrySource:
             else plans[0]
         if ref.tag is not None:
             self.primary.tags = [f"{ref.name}:{ref.tag}"]
-        annotations = {d.get("digest"): d.get("annotations")
-                       for m, _ in chosen for d in m.json.get("layers") or []
-                       if isinstance(d, dict)}
         for plan in plans:
             for layer in plan.layers:
                 ann = annotations.get(layer.digest)
@@ -186,13 +190,11 @@ class RegistrySource:
         # The layers that may be chunked are prepared side by side (TOC, plan, ranges), and
         # the store's content map is brought up to date meanwhile: the readers take blobs
         # one at a time, so preparing each as it is taken would queue their round trips.
-        chunked_ = [layer for layer in todo if self._may_be_partial(layer)]
+        chunked_ = [layer for layer in todo
+                    if self._may_be_partial(layer.size, layer.media_type, layer.annotations)]
         pool = ThreadPoolExecutor(max(1, min(self.readers, len(chunked_))),
                                   thread_name_prefix="layerstore-partial")
-        mapper = ThreadPoolExecutor(1, thread_name_prefix="layerstore-contentmap")
         try:
-            if chunked_:
-                self._mapping = mapper.submit(contentmap.fill, self.ctx)
             for layer in chunked_:
                 layer.started = time.monotonic()
             prepared = {pool.submit(self._partial, layer): layer for layer in chunked_}
@@ -214,10 +216,9 @@ class RegistrySource:
                                                "whole blob"}
                 yield blob if blob is not None else self._whole(layer, whole)
         finally:
-            # They read and write the store's index: none may outlive the pull (after a
-            # failure the store may be closed at once).
+            # They read the store's index: none may outlive the pull (after a failure the
+            # store may be closed at once).
             pool.shutdown(wait=True, cancel_futures=True)
-            mapper.shutdown(wait=True)
 
     def _whole(self, layer: _Layer, whole) -> Blob:
         """The layer's blob read whole (from whole, a range GET answered 200, if given)."""
@@ -233,30 +234,42 @@ class RegistrySource:
             for reader in self._open:
                 reader.close()
             self._open = []
+        if self._mapper is not None:
+            # The fill writes the index: it may not outlive the pull (after a failure the
+            # store may be closed at once).
+            self._mapper.shutdown(wait=True)
 
     # -- partial pulls ---------------------------------------------------------------------
 
     @staticmethod
-    def _named(layer: _Layer) -> bool:
-        """Whether the layer's annotations locate a TOC (which the manifest then vouches for)."""
-        ann = layer.annotations
-        return chunked.locate(ann, layer.size) is not None \
-            or chunked.estargz_digest(ann) is not None
+    def _named(annotations: dict | None, size: int) -> bool:
+        """Whether a layer's annotations locate a TOC (which the manifest then vouches for)."""
+        return chunked.locate(annotations, size) is not None \
+            or chunked.estargz_digest(annotations) is not None
 
-    def _may_be_partial(self, layer: _Layer) -> bool:
-        if self.partial == "never" or not layer.size:
+    def _may_be_partial(self, size, media_type, annotations) -> bool:
+        """Whether a layer of this descriptor is worth a look for a TOC."""
+        if self.partial == "never" or not isinstance(size, int) or size <= 0:
             return False
-        zstd = (layer.media_type or "").endswith("zstd")
+        zstd = isinstance(media_type, str) and media_type.endswith("zstd")
+        ann = annotations if isinstance(annotations, dict) else None
         # gzip without annotations: no tail read for nothing, unless asked (an eStargz
         # layer whose annotation a copier dropped is found by its footer then).
-        return self._named(layer) or zstd or self.partial == "always"
+        return self._named(ann, size) or zstd or self.partial == "always"
+
+    def _fill_map(self) -> None:
+        """Starts bringing the store's content map up to date, once: it is what the plans
+        of partial pulls look files up in, and the first time it reads every object."""
+        if self._mapper is None:
+            self._mapper = ThreadPoolExecutor(1, thread_name_prefix="layerstore-contentmap")
+            self._mapping = self._mapper.submit(contentmap.fill, self.ctx)
 
     def _partial(self, layer: _Layer) -> Blob | None:
         """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
         for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
         was answered with the whole blob, to be read as the full pull."""
         ann = layer.annotations
-        named = self._named(layer)
+        named = self._named(ann, layer.size)
         timing: list[tuple[int, float]] = []
         known: dict[tuple[int, int], bytes] = {}
 
