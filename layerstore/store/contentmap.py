@@ -43,5 +43,4 @@ def lookup(ctx, txn, digest: str, size: int) -> bytes | None:
         sha = bytes.fromhex(digest[7:])
     except ValueError:
         return None
-    found = ctx.index.sha256_objects(txn, sha, size)
-    return found[0] if found else None
+    return ctx.index.sha256_object(txn, sha, size)

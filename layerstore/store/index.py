@@ -475,19 +475,27 @@ class Index:
     def has_sha256_map(self, txn) -> bool:
         return txn.get(self._SHA256_MAP, db=self.db["meta"]) is not None
 
-    def sha256_objects(self, txn, sha: bytes, size: int | None = None) -> list[bytes]:
-        """The ids of live objects whose content has SHA-256 sha (none if the map lacks it),
-        of that size if given."""
+    def sha256_objects(self, txn, sha: bytes) -> list[bytes]:
+        """The ids of live objects whose content has SHA-256 sha (none if the map lacks it)."""
         cur = txn.cursor(db=self.db["sha256"])
         if not cur.set_key(sha):
             return []
         odb = self.db["objects"]
-        out = []
-        for oid in cur.iternext_dup():
-            raw = txn.get(oid, db=odb)
-            if raw is not None and (size is None or _OBJ.unpack(raw)[0] == size):
-                out.append(oid)
-        return out
+        return [oid for oid in cur.iternext_dup() if txn.get(oid, db=odb) is not None]
+
+    def sha256_object(self, txn, sha: bytes, size: int) -> bytes | None:
+        """A live object of size bytes whose content has SHA-256 sha, or None.  A partial
+        pull asks for each file of a layer: the first of the content's objects, which is
+        nearly always the one, costs two gets and no cursor."""
+        first = txn.get(sha, db=self.db["sha256"])
+        if first is None:
+            return None
+        odb = self.db["objects"]
+        raw = txn.get(first, db=odb)
+        if raw is not None and _OBJ.unpack(raw)[0] == size:
+            return first
+        return next((oid for oid in self.sha256_objects(txn, sha)
+                     if _OBJ.unpack(txn.get(oid, db=odb))[0] == size), None)
 
     def sha256_todo(self, txn) -> tuple[list[tuple[bytes, int]], list[bytes]]:
         """(objects the map lacks, with their sizes; ids the map holds that gc removed)."""
