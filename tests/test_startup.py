@@ -1,0 +1,47 @@
+"""What a command loads before it does its work: --help loads none of the store, and each
+command none of the machinery it does not use (the import pipeline, the registry client, tar,
+compression and TLS libraries, the C core), so the command line starts quickly.  Which modules
+a child Python loads is what these check, never how long it takes (`python -X importtime -m
+layerstore ...` shows that)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from helpers import python_env
+
+# What --help needs none of: the store, its C core and index, the formats, the registry.
+STORE = ("layerstore._store", "layerstore._model", "layerstore._native", "layerstore.store",
+         "layerstore.formats", "layerstore.registry", "_cffi_backend", "lmdb", "zstandard",
+         "isal", "tarfile", "urllib3", "ssl")
+
+
+def loaded(code: str, *names: str) -> list[str]:
+    """Those of names (modules, or packages with everything under them) that a child Python
+    loads running code, beyond what it had loaded when it started (a site hook may load
+    some first)."""
+    child = ("import sys\nstart = set(sys.modules)\n" + code + "\n"
+             "sys.stderr.write('\\n'.join(sorted(set(sys.modules) - start)))")
+    proc = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True,
+                          env=python_env())
+    assert proc.returncode == 0, proc.stderr
+    return [m for m in proc.stderr.splitlines()
+            if any(m == n or m.startswith(n + ".") for n in names)]
+
+
+def cli(*args: str) -> str:
+    return f"from layerstore.cli import main\nassert main({list(args)!r}) == 0"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["pull", "--help"], ["import", "--help"],
+                                  ["checkout", "--help"], ["images", "--help"]])
+def test_help_loads_no_store(args):
+    assert loaded(cli(*args), *STORE) == []
+
+
+def test_importing_the_package_loads_the_store_when_asked_for_it():
+    assert loaded("import layerstore", *STORE) == []
+    got = loaded("from layerstore import Store, Image", "layerstore._store", "layerstore._model")
+    assert got == ["layerstore._model", "layerstore._store"]
+
