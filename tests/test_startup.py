@@ -9,12 +9,18 @@ import sys
 
 import pytest
 
+import archives as A
 from helpers import python_env
+from layerstore import Store
 
 # What --help needs none of: the store, its C core and index, the formats, the registry.
 STORE = ("layerstore._store", "layerstore._model", "layerstore._native", "layerstore.store",
          "layerstore.formats", "layerstore.registry", "_cffi_backend", "lmdb", "zstandard",
          "isal", "tarfile", "urllib3", "ssl")
+# What only imports and pulls need.
+IMPORTING = ("layerstore.store.pipeline", "layerstore.formats.archive",
+             "layerstore.formats.source", "layerstore.registry", "tarfile", "isal", "urllib3",
+             "ssl")
 
 
 def loaded(code: str, *names: str) -> list[str]:
@@ -44,4 +50,17 @@ def test_importing_the_package_loads_the_store_when_asked_for_it():
     assert loaded("import layerstore", *STORE) == []
     got = loaded("from layerstore import Store, Image", "layerstore._store", "layerstore._model")
     assert got == ["layerstore._model", "layerstore._store"]
+
+
+def test_images_and_checkout_load_no_import_pipeline(tmp_path):
+    layer = A.layer(("f", "etc/os-release", b"NAME=test\n"))
+    (tmp_path / "a.tar").write_bytes(A.docker_archive([([layer], ["app:1"])]))
+    with Store(tmp_path / "s") as store:
+        store.import_archive(tmp_path / "a.tar")
+    root = str(tmp_path / "s")
+    assert loaded(cli("--root", root, "images"), "layerstore._store", *IMPORTING) == \
+        ["layerstore._store"]
+    assert loaded(cli("--root", root, "checkout", "app:1", str(tmp_path / "out")),
+                  "layerstore.store.checkout", *IMPORTING) == ["layerstore.store.checkout"]
+    assert (tmp_path / "out" / "etc" / "os-release").read_bytes() == b"NAME=test\n"
 
