@@ -16,11 +16,15 @@ from layerstore import Store
 # What --help needs none of: the store, its C core and index, the formats, the registry.
 STORE = ("layerstore._store", "layerstore._model", "layerstore._native", "layerstore.store",
          "layerstore.formats", "layerstore.registry", "_cffi_backend", "lmdb", "zstandard",
-         "isal", "tarfile", "urllib3", "ssl")
+         "isal", "tarfile", "urllib3", "ssl", "subprocess")
 # What only imports and pulls need.
 IMPORTING = ("layerstore.store.pipeline", "layerstore.formats.archive",
              "layerstore.formats.source", "layerstore.registry", "tarfile", "isal", "urllib3",
              "ssl")
+# What a pull never needs: other commands' machinery, and credential helpers when none is
+# configured.
+NOT_PULL = ("layerstore.formats.push", "layerstore.formats.export", "layerstore.runtimes",
+            "layerstore.store.fsck", "layerstore.bench.harness", "subprocess")
 
 
 def loaded(code: str, *names: str) -> list[str]:
@@ -64,3 +68,9 @@ def test_images_and_checkout_load_no_import_pipeline(tmp_path):
                   "layerstore.store.checkout", *IMPORTING) == ["layerstore.store.checkout"]
     assert (tmp_path / "out" / "etc" / "os-release").read_bytes() == b"NAME=test\n"
 
+
+def test_pull_loads_no_other_commands_machinery(open_registry, seed, tmp_path):
+    got = loaded(cli("--root", str(tmp_path / "s"), "pull", "-q",
+                     f"{open_registry.host}/seed/app:v2s2"),
+                 "layerstore.store.pipeline", "layerstore.registry.client", *NOT_PULL)
+    assert got == ["layerstore.registry.client", "layerstore.store.pipeline"]
