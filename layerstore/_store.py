@@ -27,7 +27,7 @@ from __future__ import annotations
 import errno
 import os
 from contextlib import contextmanager
-from typing import BinaryIO, Callable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterator
 
 import lmdb
 
@@ -35,14 +35,16 @@ from . import errors
 from ._model import (CheckoutResult, DiffResult, DuResult, Entry, GcResult, HistoryEntry, Image,
                      InspectResult, Layer, Mount, Problem, Progress, PushProgress, PushResult)
 from .errors import LayerNotFound
-from .formats.archive import open_source
 from .formats.platforms import parse_platform
 from .formats.reference import new_tag
-from .store import pipeline, read
+from .store import read
 from .store.context import Context, image_of, layer_of
 from .store.index import commit_error
 from .store.lock import StoreLock
 from .store.tree import Tree
+
+if TYPE_CHECKING:   # the methods that import load it; images, checkout and the rest need not
+    from .store import pipeline
 
 
 def default_root() -> str:
@@ -120,6 +122,8 @@ class Store:
         Every digest is verified; on any error nothing is committed.
         Locking: the store lock shared, from before the first object is written until the
         commit, which is one index transaction."""
+        from .formats.archive import open_source
+        from .store import pipeline
         user_tags = [new_tag(t) for t in tags]
         if platform is not None:
             parse_platform(platform)    # before a streamed archive's layers are read
@@ -135,6 +139,7 @@ class Store:
         """Ingests one uncompressed, gzip or zstd layer stream, for tools that bring their own
         manifests (see add_image).  A layer no image names is removed by gc.
         Locking: the store lock shared."""
+        from .store import pipeline
         with self._importing() as job:
             return pipeline.import_layer(self._ctx, job, stream)
 
@@ -142,6 +147,7 @@ class Store:
                   manifest_media_type: str | None = None) -> Image:
         """Creates an image from a config whose rootfs.diff_ids are all stored layers (see
         import_layer).  Locking: one index write transaction."""
+        from .store import pipeline
         return pipeline.add_image(self._ctx, config, tags, manifest, manifest_media_type)
 
     def pull(self, ref: str, platform: str | None = None, all_platforms: bool = False,
@@ -168,6 +174,7 @@ class Store:
         from .formats.reference import parse_reference
         from .registry import RegistryOptions
         from .registry.pull import RegistrySource
+        from .store import pipeline
         reference = parse_reference(ref)
         if platform is not None:
             platform = parse_platform(platform)
@@ -203,6 +210,7 @@ class Store:
         (another import may have found one of them already stored and be about to reference
         it); otherwise the objects and the marker stay for gc.  Nothing is removed when this
         thread still holds the lock for a caller: that caller's work goes on."""
+        from .store import pipeline
         job = pipeline.Job(self._ctx)
         try:
             with self._lock.shared():

@@ -14,12 +14,15 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
 from . import errors
-from ._model import Progress
-from ._store import Store, default_root
+
+if TYPE_CHECKING:   # the store is imported when a command opens it
+    from ._model import Progress
+    from ._store import Store
 
 
 def _human_size(n: float) -> str:
@@ -162,10 +165,10 @@ def _problems_json(problems) -> str:
 @click.pass_context
 def cli(ctx: click.Context, root: str | None) -> None:
     """A content-addressed store for container image layers: every distinct file once."""
-    root = root or default_root()
 
     def open_store() -> Store:
-        store = Store(root)
+        from ._store import Store, default_root
+        store = Store(root or default_root())
         ctx.call_on_close(store.close)
         return store
 

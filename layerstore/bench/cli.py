@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from pathlib import Path
 
 import click
 
@@ -56,6 +54,9 @@ def bench(drivers, workloads, n_images, containers, versions, seed, fs_kind, qui
           baseline, out, work, list_only):
     """Compare container storage drivers on the same generated images, each on a fresh
     filesystem of its own: load, start, page cache, disk, isolation, gc.  Needs root."""
+    import shutil
+    from pathlib import Path
+
     from .driver import resolve
     from .generator import Spec
     from .harness import WORKLOADS, Harness, Plan

@@ -28,7 +28,6 @@ import binascii
 import json
 import os
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,6 +186,7 @@ def helper_server_urls(registry: str) -> list[str]:
 
 def run_helper(helper: str, registry: str, path: Path, env) -> Credentials | None:
     """Runs docker-credential-<helper> get for registry; None when it has nothing stored."""
+    import subprocess
     if not isinstance(helper, str) or not _HELPER_NAME.match(helper):
         raise errors.CredentialError(f"cannot read credentials from {path}: {str(helper)[:60]!r}"
                                      " is not a credential helper name")
