@@ -75,13 +75,13 @@ sys.path.insert(0, str(HERE))
 
 from bench_pull import REGISTRY_BIN, Registry, _syncfs  # noqa: E402
 from bench_push import _store_copy  # noqa: E402
-from harness import (CACHE, bench_filesystem, corpus_images, fresh_dir, machine,  # noqa: E402
-                     sync, table, warm)
+from harness import (CACHE, bench_filesystem, cli_env, corpus_images, fresh_dir,  # noqa: E402
+                     machine, sync, table, warm)
 
 from layerstore import Store  # noqa: E402
 
 SKOPEO_CACHE = Path("/var/lib/containers/cache")
-ENV = dict(os.environ, PYTHONPATH=str(HERE.parent))
+ENV = cli_env()
 LAYERSTORE = [sys.executable, "-m", "layerstore"]
 UP, DOWN, CONNECTIONS, REQUESTS = range(4)
 

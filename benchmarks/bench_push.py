@@ -32,7 +32,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from harness import bench_filesystem, corpus_images, fresh_dir, machine, sync, table  # noqa: E402
+from harness import (bench_filesystem, cli_env, corpus_images, fresh_dir, machine,  # noqa: E402
+                     sync, table)
 
 from layerstore import Store  # noqa: E402
 
@@ -64,7 +65,7 @@ def main() -> None:
     work = fresh_dir(bench_filesystem(label="push-work"))
     regfs = {"layerstore": bench_filesystem(label="push-reg-ours"),
              "skopeo": bench_filesystem(label="push-reg-skopeo")}
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    env = cli_env()
     rows = []
     for image in images:
         store = work / f"{image.name}-store"

@@ -36,7 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from harness import bench_filesystem, corpus_images, fresh_dir, machine, table, warm  # noqa: E402
+from harness import (bench_filesystem, cli_env, corpus_images, fresh_dir, machine, table,  # noqa: E402
+                     warm)
 
 PROBE = ["python3", "-S", "-c", "import time; print(time.clock_gettime(time.CLOCK_MONOTONIC))"]
 PODMAN_RUN = ["--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit",
@@ -79,17 +80,19 @@ class Layerstore:
     def __init__(self, work: Path, image) -> None:
         self.dir = work / "layerstore"
         self.cli = [sys.executable, "-m", "layerstore", "--root", str(self.dir)]
-        out = subprocess.run([*self.cli, "import", str(image.plain)], check=True,
+        self.env = cli_env()
+        out = subprocess.run([*self.cli, "import", str(image.plain)], check=True, env=self.env,
                              capture_output=True, text=True).stdout
         self.tag = out.split()[1]
 
     def container(self, i: int) -> tuple[float, float]:
-        return _timed([*self.cli, "run", "--name", f"c{i}", self.tag, *PROBE])
+        return _timed([*self.cli, "run", "--name", f"c{i}", self.tag, *PROBE], env=self.env)
 
     def cleanup(self) -> None:
         runs = self.dir / "runs"
         for bundle in sorted(runs.iterdir()) if runs.is_dir() else []:
-            subprocess.run([*self.cli, "bundle", "--remove", str(bundle)], check=True)
+            subprocess.run([*self.cli, "bundle", "--remove", str(bundle)], check=True,
+                           env=self.env)
 
 
 class UmociRunc:
