@@ -401,6 +401,18 @@ def test_symlinks_are_followed_inside_the_root(store, tmp_path):
     assert t["lnk"].type.value == "symlink"
 
 
+def test_a_path_changed_within_one_layer_is_resolved_anew(store, tmp_path):
+    """Within one layer, a directory replaced by a symlink (or removed by a whiteout) sends
+    the later entries under its name where it now points, not into the directory it was."""
+    lower = A.layer(("d", "c"), ("f", "c/z", b"3"), ("d", "c/sub"))
+    upper = A.layer(("d", "a"), ("f", "a/x", b"1"), ("d", "b"), ("l", "a", "b"),
+                    ("f", "a/y", b"2"), ("f", "c/sub/q", b"4"), ("wh", "c"),
+                    ("d", "c"), ("d", "c/sub"), ("f", "c/sub/w", b"5"))
+    t = _tree(store, tmp_path, lower, upper)
+    assert t["a"].type.value == "symlink" and "b/y" in t and "a/x" not in t
+    assert "c/sub/w" in t and "c/z" not in t
+
+
 def test_hardlink_to_a_lower_layer_and_after_deletion(store, tmp_path):
     lower = A.layer(("f", "orig", b"shared bytes"))
     upper = A.layer(("h", "copy", "orig"))

@@ -101,14 +101,23 @@ class Tree:
 
     def apply(self, layer: int, entries) -> None:
         """Applies one layer's entries (in archive order)."""
+        # Each entry's parent, by the path the entry names it with: most entries share it with
+        # the one before.  A cached parent stands until an entry removes or replaces a
+        # directory or symlink, which may lie on the way to it.
+        parents: dict[str, tuple[Node, list[str]]] = {}
         for e in entries:
             if e.path == ".":
                 if e.type is EntryType.DIR:
                     self.root.entry = e
                 continue
             head, _, name = e.path.rpartition("/")
-            parent, real = self.parent(head.split("/") if head else [], layer, e.path)
+            found = parents.get(head)
+            if found is None:
+                found = parents[head] = self.parent(head.split("/") if head else [], layer,
+                                                    e.path)
+            parent, real = found
             if name.startswith(WHITEOUT):
+                parents.clear()
                 if name == OPAQUE:
                     self._prune(parent, layer)
                 else:
@@ -118,6 +127,9 @@ class Tree:
                 continue
             path = "/".join(real + [name])
             old = parent.children.get(name)
+            if old is not None and old.entry.type in (EntryType.DIR, EntryType.SYMLINK) \
+                    and not (e.type is EntryType.DIR and old.entry.type is EntryType.DIR):
+                parents.clear()
             if e.type is EntryType.HARDLINK:
                 target = self.lookup(e.link or "")
                 if target is None or target.entry.type is EntryType.DIR:
