@@ -5,7 +5,8 @@
   2. reader threads sniff each blob, decompress it and hash its compressed bytes (zstandard,
      isal, zlib and hashlib release the GIL), handing 1 MiB chunks to this thread through a
      bounded queue: memory stays bounded whatever the archive holds, and a decompression bomb
-     costs time, not memory;
+     costs time, not memory (a partial pull's rebuilt layer comes as recipes instead: tar
+     bytes and the ids of objects the store holds, which the C ingest reads itself);
   3. this thread feeds each layer's chunks to a C ingest of its own (_native.LayerIngest),
      which parses the tar, writes the objects and hashes the diffID;
   4. every digest is verified against the plans (diffIDs, blob digests and sizes), and each
