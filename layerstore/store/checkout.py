@@ -84,6 +84,9 @@ def checkout(checkout_plan: bytes, dest: str, objects_dir: str, link: bool = Fal
     try:
         counts = _native.checkout(objects_dir, dest, checkout_plan, mode, os.geteuid() == 0,
                                   report)
+        # Inside the try: a Ctrl-C that lands once the C call is done still undoes it (the
+        # command then fails, and a failed checkout leaves nothing).
+        return CheckoutResult(dest, mode, **counts)
     except BaseException as exc:
         try:
             _undo(dest, found)
@@ -92,7 +95,6 @@ def checkout(checkout_plan: bytes, dest: str, objects_dir: str, link: bool = Fal
                 raise errors.LayerstoreError(f"{exc}; what the checkout made in {dest} could "
                                              f"not all be removed: {cleanup}") from exc
         raise
-    return CheckoutResult(dest, mode, **counts)
 
 
 def _undo(dest: str, found: os.stat_result | None) -> None:
