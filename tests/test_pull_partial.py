@@ -222,6 +222,65 @@ def test_a_lying_toc_commits_nothing(proxy, tmp_path, lie):
 
 # -- the planner and the multipart parser, without a registry ------------------------------------
 
+class _RangeClient:
+    """A registry client for partial.fetch: each blob GET answers status with one part that
+    covers every range asked for, and is logged with the thread that sent it."""
+
+    def __init__(self, data: bytes, status: int = 206):
+        self.data, self.status, self.log = data, status, []
+
+    def get_blob_ranges(self, repo, digest, ranges):
+        self.log.append((threading.current_thread().name, len(ranges)))
+        start, end = ranges[0][0], ranges[-1][1]
+        body = self.data[start:end]
+        status, headers = self.status, {"Content-Range": f"bytes {start}-{end - 1}/*"}
+
+        class Answer:
+            def __init__(self):
+                self.status, self.at = status, 0
+
+            def header(self, name):
+                return headers.get(name)
+
+            def read(self, n):
+                self.at += n
+                return body[self.at - n:self.at]
+
+            def close(self):
+                pass
+        return Answer()
+
+
+def test_the_first_range_get_goes_alone_until_the_server_has_answered_multi_range():
+    """A layer's first GET goes alone: its answer says how the server takes ranges.  Once a
+    multi-range GET of the pull was answered 206, a later layer's GETs all go at once, and
+    the rebuild waits for each when it needs it; one answered otherwise then fails the pull
+    (the server said yes before), asking for a full pull."""
+    data = bytes(range(256)) * 64
+    requests = [[(0, 10), (100, 110)], [(1000, 1010), (2000, 2010)]]
+    answered = threading.Event()
+    client = _RangeClient(data)
+    out, pending = partial.fetch(client, "r", "d", len(data), requests, lambda *a: None,
+                                 answered)
+    assert set(out) == {(0, 10), (100, 110)} and answered.is_set()
+    assert client.log[0] == (threading.current_thread().name, 2)
+    assert pending[0][1].result()[(2000, 2010)] == data[2000:2010]
+    client = _RangeClient(data)
+    out, pending = partial.fetch(client, "r", "d", len(data), requests, lambda *a: None,
+                                 answered)
+    assert out == {} and len(pending) == 2
+    got = {}
+    for _, future in pending:
+        got.update(future.result())
+    assert got[(100, 110)] == data[100:110]
+    assert all(name.startswith("layerstore-ranges") for name, _ in client.log)
+    client = _RangeClient(data, status=200)
+    _, pending = partial.fetch(client, "r", "d", len(data), requests, lambda *a: None,
+                               answered)
+    with pytest.raises(errors.RegistryError, match="--partial never"):
+        pending[0][1].result()
+
+
 def test_coalesce_merges_small_gaps_and_caps_ranges_and_requests():
     ranges = [(i * 10_000, i * 10_000 + 100) for i in range(50)] + [(500_050, 500_060)]
     out = partial.coalesce(ranges, per_request=4, max_requests=3)

@@ -37,6 +37,7 @@ import bisect
 import hashlib
 import re
 import struct
+import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -324,18 +325,21 @@ def _cover(parts: dict[tuple[int, int], bytes], asked: list[tuple[int, int]]
 
 
 def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tuple[int, int]]],
-          counted) -> tuple[dict[tuple[int, int], bytes], list]:
+          counted, multi_range: threading.Event | None = None
+          ) -> tuple[dict[tuple[int, int], bytes], list]:
     """The ranges of requests: (those of the first GET, by (start, end); the later GETs as
     (ranges asked, future of their ranges)).  Raises WholeBlob (a 200: stream it) or Refused
     (ranges refused even one at a time).  counted(requests, bytes) is called as they go.
     The first GET goes alone and says how the server answers ranges; once it has answered
     206, the rest go PARALLEL at a time, and the rebuild waits for each only when it gets
     there (a registry answering 1,024 ranges takes a while to make each answer, and a
-    link's round trips add up: the ingest of what came overlaps them)."""
+    link's round trips add up: the ingest of what came overlaps them).  multi_range: set
+    once the server has answered a multi-range GET of the pull with 206; then no GET goes
+    alone, and the ingest of the layer starts while they are on their way."""
     out: dict[tuple[int, int], bytes] = {}
     todo = list(requests)
     single = False
-    while todo:
+    while todo and not (multi_range is not None and multi_range.is_set()):
         asked = todo.pop(0)
         resp = client.get_blob_ranges(repo, digest, asked)
         counted(1, 0)
@@ -353,6 +357,8 @@ def fetch(client, repo: str, digest: str, blob_size: int, requests: list[list[tu
                 raise Refused("single ranges would move most of the blob")
             continue
         out.update(_parts(resp, asked, counted))
+        if multi_range is not None and len(asked) > 1 and not single:
+            multi_range.set()
         break
     pending = []
     if todo:

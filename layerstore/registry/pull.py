@@ -124,6 +124,7 @@ class RegistrySource:
         self.layers: dict[str, _Layer] = {}       # by blob digest, in the plans' order
         self._open: list = []
         self._lock = threading.Lock()
+        self._multi_range = threading.Event()     # see partial.fetch
 
     # -- the Source protocol -------------------------------------------------------------
 
@@ -320,7 +321,8 @@ class RegistrySource:
                 layer.bytes += n
         try:
             fetched, pending = partial_.fetch(self.client, self.ref.path, layer.digest,
-                                              layer.size, plan.requests, counted)
+                                              layer.size, plan.requests, counted,
+                                              self._multi_range)
         except partial_.Refused:
             return full("the server refuses range requests", **info)
         layer.partial = {"mode": "partial", "reason": "fewer bytes" if self.partial == "auto"
