@@ -144,10 +144,11 @@ REG = {"type": "reg", "name": "f", "size": 4096, "digest": _sha(b"a" * 4096), "o
     ([{**REG, "name": ""}], "no name"),
     ([{**REG, "name": "a\0b"}], "not a string"),
     ([{**REG, "xattrs": {"user.x": "!!"}}], "not base64"),
+    ([{**REG, "xattrs": {"user.x": "\u00e9AAA"}}], "not base64"),
     (["x"], "not an object"),
 ], ids=["dup", "orphan-chunk", "chunk-other-name", "chunk-outside", "past-content",
         "backwards", "no-digest", "bad-digest", "type", "negative", "bool", "no-name", "nul",
-        "xattr", "not-object"])
+        "xattr", "xattr-not-ascii", "not-object"])
 def test_toc_entries_that_lie_are_refused(entries, message):
     blob, ann = _with_toc(entries)
     for given_ann in (ann, None):
@@ -175,6 +176,7 @@ def test_tarsplit_digest_and_records_checked():
     with pytest.raises(errors.InvalidTOC, match="tar-split is sha256"):
         c.parse_tarsplit(data, loc.tarsplit, "sha256:" + "2" * 64)
     for line in (b'{"type": 3}', b'{"type": 2, "payload": "@@"}', b'{"type": 1}', b"[1]",
+                 '{"type": 2, "payload": "\u00e9AAA"}'.encode(),
                  b'{"type": 1, "name": "x", "size": -4}', b"nope"):
         z = _z(line)
         with pytest.raises(errors.InvalidTOC):

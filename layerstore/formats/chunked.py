@@ -338,7 +338,7 @@ def _entry(e, i: int, fmt: str, content_end: int) -> Entry:
             raise _bad(f"{where}: xattr {k!r} is not base64")
         try:
             decoded[k] = base64.b64decode(v, validate=True)
-        except binascii.Error:
+        except ValueError:          # binascii.Error, or a character that is not ASCII
             raise _bad(f"{where}: xattr {k!r} is not base64") from None
     entry = Entry(kind, _str(e, "name", where), _int(e, "size", where), _int(e, "mode", where),
                   _int(e, "uid", where), _int(e, "gid", where), _str(e, "linkName", where),
@@ -479,7 +479,7 @@ def parse_tarsplit(data: bytes, span: Span, digest: str | None) -> list[TarSplit
                 raise _bad(f"{where}: payload is not base64")
             try:
                 out.append(TarSplitEntry(base64.b64decode(payload, validate=True)))
-            except binascii.Error:
+            except ValueError:      # binascii.Error, or a character that is not ASCII
                 raise _bad(f"{where}: payload is not base64") from None
         elif kind == 1:
             name = rec.get("name")
