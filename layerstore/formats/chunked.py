@@ -278,23 +278,40 @@ def parse_footer(tail: bytes, blob_size: int, digest: str | None = None) -> TocL
 
 # -- what it says ----------------------------------------------------------------------------
 
-def _unzstd(data: bytes, expect: int, limit: int, what: str) -> bytes:
+def _unzstd(data: bytes, expect: int, limit: int, what: str) -> bytearray:
+    """data decompressed: expect bytes, or InvalidTOC (over limit: LimitExceeded)."""
     import zstandard
-    out = bytearray()
+    # Into one buffer a byte longer than the layer says (or than the cap), returned as it
+    # is: 4x cheaper than reading pieces and joining them into bytes, each copy of which
+    # goes to newly mapped memory (1.4 MB for a big layer's TOC: ~1 ms of page faults).
+    out = bytearray(min(expect, limit) + 1)
+    got = 0
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
-        while len(out) <= limit:
-            chunk = reader.read(min(1 << 20, limit + 1 - len(out)))
-            if not chunk:
-                break
-            out += chunk
+        with memoryview(out) as view:
+            while got < len(out):
+                n = reader.readinto(view[got:])     # stops at each frame's end
+                if not n:
+                    break
+                got += n
+        _check_size(reader, got, expect, limit, what)
     except zstandard.ZstdError as exc:
         raise _bad(f"the {what} is not zstd: {exc}") from None
-    if len(out) > limit:
+    del out[got:]
+    return out
+
+
+def _check_size(reader, got: int, expect: int, limit: int, what: str) -> None:
+    """Raises unless reader's output, of which got bytes are read, is expect bytes long:
+    over limit LimitExceeded, otherwise InvalidTOC saying how long it is (read on, up to
+    the cap, to say so)."""
+    if got > expect:
+        while got <= limit and (chunk := reader.read(min(1 << 20, limit + 1 - got))):
+            got += len(chunk)
+    if got > limit:
         raise errors.LimitExceeded(f"the {what} decompresses to over {limit} bytes")
-    if len(out) != expect:
-        raise _bad(f"the {what} decompresses to {len(out)} bytes, not {expect}")
-    return bytes(out)
+    if got != expect:
+        raise _bad(f"the {what} decompresses to {got} bytes, not {expect}")
 
 
 def _check_digest(data: bytes, digest: str, what: str) -> None:
