@@ -156,6 +156,30 @@ def test_toc_entries_that_lie_are_refused(entries, message):
             c.read_toc(_fetch(blob), len(blob), given_ann)
 
 
+_INTS = ([0, (1 << 63) - 1], [-1, -(1 << 70), 1 << 63, True, 1.0, None, "1"])
+_NAMES = (["x", "x" * c.NAME_LIMIT], [5, None, ["x"], "a\0b", "x" * (c.NAME_LIMIT + 1)])
+_DIGESTS = (["", _sha(b"x")], [0, None, "sha256:" + "0" * 63, "md5:0", _sha(b"x").upper()])
+
+
+@pytest.mark.parametrize("key, values", [
+    *[(key, _INTS) for key in ("size", "mode", "uid", "gid", "offset", "endOffset",
+                               "chunkOffset", "chunkSize", "devMajor", "devMinor")],
+    ("name", _NAMES), ("linkName", _NAMES), ("digest", _DIGESTS), ("chunkDigest", _DIGESTS),
+    ("chunkType", (["", "x" * 16], [0, "x" * 17, "a\0"])),
+])
+def test_every_entry_field_is_checked_and_named(key, values):
+    """Each field alone, at its limits and past them (the entry's fields are checked at
+    once, and the field to name looked for only then)."""
+    valid, invalid = values
+    for value in valid:
+        blob, ann = _with_toc([{"type": "dir", "name": "d", key: value}])
+        assert c.read_toc(_fetch(blob), len(blob), ann)[1].entries
+    for value in invalid:
+        blob, ann = _with_toc([{"type": "dir", "name": "d", key: value}])
+        with pytest.raises(errors.InvalidTOC, match=f": {key} is not a"):
+            c.read_toc(_fetch(blob), len(blob), ann)
+
+
 def test_toc_documents_that_are_not_tocs():
     for doc in (b"[]", b'{"version": 2, "entries": []}', b'{"version": 1}', b"{" * 100000):
         toc_z = _z(doc)
@@ -216,11 +240,14 @@ def test_fuzz_mutated_blobs_end_in_a_clean_error(data):
 _json = st.recursive(st.none() | st.booleans() | st.integers(-2, 1 << 64) | st.text(max_size=8),
                      lambda inner: st.lists(inner, max_size=4)
                      | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_count = st.sampled_from([0, 1, (1 << 63) - 1, 1 << 63, -1, True, 1.0]) | _json
+_digest = st.sampled_from(["", _sha(b"")]) | _json
 _entry = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(c.ENTRY_TYPES + ("x",)), "name": st.text(max_size=6) | _json,
-    "size": st.integers(-1, 1 << 64) | _json, "digest": st.sampled_from(["", _sha(b"")]) | _json,
+    "size": st.integers(-1, 1 << 64) | _json, "digest": _digest, "chunkDigest": _digest,
     "offset": st.integers(-1, 100), "endOffset": st.integers(-1, 100), "xattrs": _json,
-    "uid": _json, "linkName": _json, "chunkType": _json})
+    "mode": _count, "uid": _count, "gid": _count, "chunkOffset": _count, "chunkSize": _count,
+    "devMajor": _count, "devMinor": _count, "linkName": _json, "chunkType": _json})
 
 
 @settings(max_examples=300, deadline=None)
@@ -232,10 +259,15 @@ def test_fuzz_toc_json(entries, extra):
     loc = c.TocLocation(c.ZSTD_CHUNKED, c.Span(50, len(z), len(raw)), None, None, "x")
     try:
         toc = c.parse_toc(z, loc)
-    except HOSTILE:
+    except HOSTILE as exc:
+        # The entry check (all fields at once) and the search for the field to name agree.
+        assert "is not a valid entry" not in str(exc)
         return
     for e in toc.entries:
         assert e.type in c.ENTRY_TYPES and isinstance(e.name, str)
+        for n in (e.size, e.mode, e.uid, e.gid, e.offset, e.end_offset, e.chunk_offset,
+                  e.chunk_size, e.dev_major, e.dev_minor):
+            assert type(n) is int and 0 <= n < 1 << 63
     for f in toc.files():
         assert f.digest.startswith("sha256:") and 0 <= f.offset <= f.end_offset <= 50
 
