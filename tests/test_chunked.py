@@ -6,11 +6,14 @@ test reads what Debian's skopeo 1.9.3 writes (the old format)."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
+import re
 import shutil
 import struct
 import subprocess
+from unittest import mock
 
 import pytest
 import zstandard
@@ -205,6 +208,18 @@ def test_tarsplit_digest_and_records_checked():
         z = _z(line)
         with pytest.raises(errors.InvalidTOC):
             c.parse_tarsplit(z, c.Span(0, len(z), len(line)), None)
+    # Its size as the layer says, whatever the pieces it is read in.
+    lines = b'{"type": 2, "payload": "AAAA"}\n' * 100
+    z = _z(lines)
+    for step in (7, 64 << 10):
+        with mock.patch.object(c, "LINES_STEP", step):
+            for size in (len(lines) - 1, len(lines) + 1):
+                with pytest.raises(errors.InvalidTOC,
+                                   match=f"decompresses to {len(lines)} bytes, not {size}"):
+                    c.parse_tarsplit(z, c.Span(0, len(z), size), None)
+            with mock.patch.object(c, "TARSPLIT_UNCOMPRESSED_LIMIT", 100), \
+                    pytest.raises(errors.LimitExceeded):
+                c.parse_tarsplit(z, c.Span(0, len(z), 50), None)
     # A TOC that points at a tar-split must say its digest.
     toc_blob, toc_ann = _with_toc([REG])
     with pytest.raises(errors.InvalidTOC, match="no tarSplitDigest"):
@@ -270,6 +285,38 @@ def test_fuzz_toc_json(entries, extra):
             assert type(n) is int and 0 <= n < 1 << 63
     for f in toc.files():
         assert f.digest.startswith("sha256:") and 0 <= f.offset <= f.end_offset <= 50
+
+
+_record = (st.builds(lambda data, at: {"type": 2, "payload": base64.b64encode(data).decode(),
+                                        "position": at}, st.binary(max_size=40), st.integers(0, 9))
+           | st.builds(lambda name, size: {"type": 1, "name": name, "size": size,
+                                           "payload": None, "position": 1},
+                       st.text(max_size=6) | _json, st.integers(-1, 1 << 64) | _json)
+           | _json)
+# Lines that are not one JSON record: two on a line, none, a payload that is not ASCII.
+_odd_lines = st.sampled_from(["nope", "{", '{"type": 2} {"type": 2}', "1 2",
+                              '{"type": 2, "payload": "\\u00e9AAA"}'])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_record.map(json.dumps) | _odd_lines, max_size=8), st.sampled_from([1, 7, 64]))
+def test_fuzz_tarsplit_read_at_once_or_line_by_line(lines, step):
+    """A tar-split as Go writes it (one record a line, each ending in "\\n") is parsed a
+    piece of lines at once; one with "\\r\\n" and blank lines line by line: both give the
+    same records, or the same error naming the same line, however it is cut in pieces."""
+    def parse(raw: bytes, line_of=lambda n: n):
+        z = _z(raw)
+        try:
+            with mock.patch.object(c, "LINES_STEP", step):
+                return c.parse_tarsplit(z, c.Span(0, len(z), len(raw)), None)
+        except HOSTILE as exc:
+            return re.sub(r"line (\d+)", lambda m: f"line {line_of(int(m[1]))}", str(exc))
+
+    go = "".join(line + "\n" for line in lines).encode()
+    other = "".join(line + "\r\n\r\n" for line in lines).encode()   # line k is 2k - 1 here
+    assert parse(go) == parse(other, lambda n: (n + 1) // 2)
+    if go:      # the last line's "\n" is optional
+        assert parse(go) == parse(go[:-1])
 
 
 @settings(max_examples=300, deadline=None)
