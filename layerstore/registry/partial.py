@@ -224,10 +224,11 @@ def plan(loc: chunked.TocLocation, toc: chunked.Toc,
             # footer (an empty member), each decompressed on its own.
             pieces.append(Piece(offset=loc.toc.offset, end=loc.toc.end))
             pieces.append(Piece(offset=loc.toc.end, end=loc.toc.end + chunked.ESTARGZ_FOOTER_SIZE))
-    wanted = sorted({(p.offset, p.end) for p in pieces if p.data is None and p.oid is None
-                     and not any(s <= p.offset and p.end <= e for s, e in known)})
-    return Plan(pieces, coalesce(wanted, per_request, max_requests), len(files), local,
-                loc.format)
+    wanted = {(p.offset, p.end) for p in pieces if p.data is None and p.oid is None}
+    for s, e in known:      # (a loop over the few known, not an any() per range)
+        wanted = {r for r in wanted if not (s <= r[0] and r[1] <= e)}
+    return Plan(pieces, coalesce(sorted(wanted), per_request, max_requests), len(files),
+                local, loc.format)
 
 
 def coalesce(ranges: list[tuple[int, int]], per_request: int = RANGES_PER_REQUEST,
