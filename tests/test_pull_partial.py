@@ -140,6 +140,25 @@ def test_partial_pull_equals_full_pull_and_moves_little(proxy, tmp_path, tarspli
         assert differences(_tree(store, image.id, tmp_path / "got"), want) == []
         assert layer.bytes <= 0.05 * size, (layer.bytes, size)
         assert all(e["range"] for e in _blob_gets(proxy, blob))    # never a whole-blob GET
+        # The TOC's first read, sent while the config was fetched, is not sent again.
+        assert len(_blob_gets(proxy, blob)) == layer.requests
+
+
+def test_a_layer_held_already_costs_at_most_its_first_toc_read(proxy, tmp_path):
+    """The first TOC read of each chunked layer starts with the configs, before the store
+    says which layers it lacks: a layer it holds costs that one range GET, and nothing is
+    left open, also when the registry answers it with the whole blob."""
+    ref, _, _, blob = _push_chunked(proxy.host, "partial/held", {**SHARED, **NEW})
+    with Store(tmp_path / "s") as store:
+        store.pull(ref, partial="always")
+        for fault in (None, Fault("status", "GET", "/blobs/", status=200, times=10)):
+            proxy.reset()
+            if fault is not None:
+                proxy.add(fault)
+            image, layer = _pulled(store, ref, "always")
+            assert layer.action == "skipped" and layer.requests == 0
+            assert len([e for e in proxy.log if e["path"].endswith(blob)]) <= 1
+        assert not [t.name for t in threading.enumerate() if t.name.startswith("layerstore-toc")]
 
 
 def test_auto_chooses_and_reports(proxy, tmp_path, monkeypatch):

@@ -607,6 +607,26 @@ def _tarsplit_json(piece: bytes, line: int
 Fetch = Callable[[int, int], bytes]     # (offset, length) -> the blob's bytes there
 
 
+def _toc_read(loc: TocLocation) -> tuple[int, int]:
+    """The (offset, length) of the read of loc's TOC: the tar-split too when it follows (8
+    bytes of frame header apart), in one request."""
+    split = loc.tarsplit
+    if split is not None and 0 <= split.offset - loc.toc.end <= JOIN_GAP:
+        return loc.toc.offset, split.end - loc.toc.offset
+    return loc.toc.offset, loc.toc.length
+
+
+def first_read(annotations: dict | None, blob_size: int) -> tuple[int, int] | None:
+    """The (offset, length) read_toc reads first, known from the manifest alone: the TOC
+    where the annotations locate it, else the blob's tail; None when it reads nothing.
+    Raises errors.InvalidTOC as read_toc does for annotations that point nowhere."""
+    loc = locate(annotations, blob_size)
+    if loc is None:
+        n = min(TAIL_SIZE, blob_size)
+        return (blob_size - n, n) if n > 0 else None
+    return _toc_read(loc)
+
+
 def read_toc(fetch: Fetch, blob_size: int, annotations: dict | None
              ) -> tuple[TocLocation, Toc, list[TarSplitEntry] | None] | None:
     """A layer's location, TOC and tar-split (None for the old format), read through fetch;
@@ -624,14 +644,10 @@ def read_toc(fetch: Fetch, blob_size: int, annotations: dict | None
         if loc is None:
             return None
     split = loc.tarsplit
-    if split is not None and 0 <= split.offset - loc.toc.end <= JOIN_GAP:
-        # Both in one request: the tar-split follows the TOC (8 bytes of frame header apart).
-        both = fetch(loc.toc.offset, split.end - loc.toc.offset)
-        toc_data = both[:loc.toc.length]
-        split_data = both[split.offset - loc.toc.offset:]
-    else:
-        toc_data = fetch(loc.toc.offset, loc.toc.length)
-        split_data = None
+    offset, length = _toc_read(loc)
+    data = fetch(offset, length)
+    toc_data = data[:loc.toc.length]
+    split_data = data[split.offset - offset:] if length > loc.toc.length else None
     toc = parse_toc(toc_data, loc)
     tarsplit = None
     if split is not None:

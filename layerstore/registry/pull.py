@@ -116,6 +116,8 @@ class RegistrySource:
         self.partial = partial
         self._mapper: ThreadPoolExecutor | None = None    # the content map's fill, started
         self._mapping = None                              # by plans() (_fill_map)
+        self._early: ThreadPoolExecutor | None = None     # the TOCs' first reads, started by
+        self._first_reads: dict[str, tuple] = {}          # plans() (_read_early), by digest
         self.client, self.ref, self.ctx = client, ref, ctx
         self.readers = jobs
         self.size = None
@@ -156,9 +158,12 @@ class RegistrySource:
         annotations = {d.get("digest"): d.get("annotations")
                        for m, _ in chosen for d in m.json.get("layers") or []
                        if isinstance(d, dict)}
-        if any(self._may_be_partial(d.get("size"), d.get("mediaType"), d.get("annotations"))
-               for m, _ in chosen for d in m.json.get("layers") or [] if isinstance(d, dict)):
+        maybe = [d for m, _ in chosen for d in m.json.get("layers") or [] if isinstance(d, dict)
+                 and self._may_be_partial(d.get("size"), d.get("mediaType"),
+                                          d.get("annotations"))]
+        if maybe:
             self._fill_map()        # meanwhile: the configs, the layers' TOCs
+            self._read_early(maybe)
         plans = [plan_manifest(m.data, m.digest, m.media_type, self._config,
                                member=lambda d: d, platform=plat, source_format="registry")
                  for m, plat in chosen]
@@ -239,6 +244,15 @@ class RegistrySource:
             # The fill writes the index: it may not outlive the pull (after a failure the
             # store may be closed at once).
             self._mapper.shutdown(wait=True)
+        if self._early is not None:
+            self._early.shutdown(wait=True, cancel_futures=True)
+            # A first read not taken that was answered with the whole blob holds its answer
+            # open.
+            for _, future in self._first_reads.values():
+                exc = None if future.cancelled() else future.exception()
+                if isinstance(exc, partial_.WholeBlob):
+                    exc.response.close()
+            self._first_reads = {}
 
     # -- partial pulls ---------------------------------------------------------------------
 
@@ -265,6 +279,28 @@ class RegistrySource:
             self._mapper = ThreadPoolExecutor(1, thread_name_prefix="layerstore-contentmap")
             self._mapping = self._mapper.submit(contentmap.fill, self.ctx)
 
+    def _read_early(self, descriptors: list[dict]) -> None:
+        """Starts each chunked layer's first TOC read (chunked.first_read) while the configs
+        are fetched and the store is asked which layers it lacks: the preparation of each
+        layer (_partial) takes the answer from there.  A layer the store turns out to hold
+        cost one small range GET."""
+        reads = {}
+        for d in descriptors:
+            try:
+                where = chunked.first_read(d.get("annotations") if isinstance(
+                    d.get("annotations"), dict) else None, d["size"])
+            except errors.InvalidTOC:
+                continue        # the preparation says so, if the layer is pulled
+            if where is not None and isinstance(d.get("digest"), str):
+                reads[d["digest"]] = where
+        if not reads:
+            return
+        self._early = ThreadPoolExecutor(min(self.readers, len(reads)),
+                                         thread_name_prefix="layerstore-toc")
+        for digest, (offset, length) in reads.items():
+            self._first_reads[digest] = ((offset, length), self._early.submit(
+                self._range_get, digest, offset, length))
+
     def _partial(self, layer: _Layer) -> Blob | None:
         """A chunked layer as a rebuilt tar of stored objects and fetched frames, or None
         for a full pull (layer.partial says why).  Raises partial.WholeBlob when a range GET
@@ -275,9 +311,16 @@ class RegistrySource:
         known: dict[tuple[int, int], bytes] = {}
 
         def fetch(offset: int, length: int) -> bytes:
-            t = time.monotonic()
-            got = self._fetch_range(layer, offset, length)
-            timing.append((length, time.monotonic() - t))
+            with self._lock:
+                layer.range_requests += 1
+                early = self._first_reads.pop(layer.digest, None)
+            if early is not None and early[0] == (offset, length):
+                got, seconds = early[1].result()
+            else:
+                got, seconds = self._range_get(layer.digest, offset, length)
+            with self._lock:
+                layer.bytes += len(got)
+            timing.append((length, seconds))
             known[(offset, offset + length)] = got
             return got
 
@@ -334,10 +377,11 @@ class RegistrySource:
         compression = "gzip" if loc.format == chunked.ESTARGZ else "zstd"
         return Blob(layer.digest, rebuilt, stands_for=(compression, layer.digest, layer.size))
 
-    def _fetch_range(self, layer: _Layer, offset: int, length: int) -> bytes:
-        resp = self.client.get_blob_ranges(self.ref.path, layer.digest,
-                                           [(offset, offset + length)])
-        layer.range_requests += 1
+    def _range_get(self, digest: str, offset: int, length: int) -> tuple[bytes, float]:
+        """The blob's bytes [offset, offset + length) and the seconds the GET took.  Raises
+        partial.WholeBlob (answered 200) or partial.Refused (another status)."""
+        t = time.monotonic()
+        resp = self.client.get_blob_ranges(self.ref.path, digest, [(offset, offset + length)])
         if resp.status == 200:
             raise partial_.WholeBlob(resp)
         try:
@@ -347,12 +391,11 @@ class RegistrySource:
         finally:
             if resp.status != 200:
                 resp.close()
-        layer.bytes += len(data)
         m = partial_.CONTENT_RANGE.match(resp.header("Content-Range") or "")
         if not m or int(m.group(1)) != offset or len(data) != length:
-            raise errors.RegistryError(f"blob {layer.digest}: a range answer that is not "
+            raise errors.RegistryError(f"blob {digest}: a range answer that is not "
                                        f"bytes {offset}-{offset + length - 1}")
-        return data
+        return data, time.monotonic() - t
 
     # -- what a pull adds ----------------------------------------------------------------
 
