@@ -22,7 +22,8 @@ from chunkedblobs import build_estargz, build_zstd_chunked
 from registry_servers import OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, Fault, RawPusher
 
 import archives as A
-from helpers import differences, go_tool, invoke, invoke_error, oracle_env, snapshot
+from helpers import (context, differences, go_tool, invoke, invoke_error, oracle_env,
+                     snapshot)
 from layerstore import Store, errors
 from layerstore.formats import chunked
 from layerstore.registry import partial
@@ -159,6 +160,21 @@ def test_a_layer_held_already_costs_at_most_its_first_toc_read(proxy, tmp_path):
             assert layer.action == "skipped" and layer.requests == 0
             assert len([e for e in proxy.log if e["path"].endswith(blob)]) <= 1
         assert not [t.name for t in threading.enumerate() if t.name.startswith("layerstore-toc")]
+
+
+def test_the_content_map_is_made_by_pulls_that_want_it(proxy, tmp_path):
+    """The map is filled from the pull's start when partial pulls are asked for (or the
+    store has one), else only once a manifest names a chunked layer: a store that pulls
+    only ordinary layers never reads its objects for it."""
+    tar = A.layer(("f", "etc/plain", b"plain\n"))
+    ref, _, _, _ = _push(proxy.host, "partial/plain", gzip.compress(tar, mtime=0), None, tar,
+                         OCI_LAYER_GZIP)
+    for mode, made in (("never", False), ("auto", False), ("always", True)):
+        with Store(tmp_path / mode) as store:
+            store.pull(ref, partial=mode)
+            ctx = context(store)
+            with ctx.index.read() as txn:
+                assert ctx.index.has_sha256_map(txn) == made, mode
 
 
 def test_auto_chooses_and_reports(proxy, tmp_path, monkeypatch):

@@ -135,6 +135,8 @@ class RegistrySource:
 
     def plans(self, platform: str | None, all_platforms: bool) -> list[ImagePlan]:
         ref = self.ref
+        if self._uses_map():
+            self._fill_map()        # meanwhile: the manifest's round trips
         if self.top is None:
             if ref.digest is not None:
                 self.top = self._manifest(ref.digest, None)
@@ -271,6 +273,16 @@ class RegistrySource:
         # gzip without annotations: no tail read for nothing, unless asked (an eStargz
         # layer whose annotation a copier dropped is found by its footer then).
         return self._named(ann, size) or zstd or self.partial == "always"
+
+    def _uses_map(self) -> bool:
+        """Whether this pull will want the content map whatever the manifest says: partial
+        pulls asked for, or a store that has made its map (it pulls chunked layers)."""
+        if self.partial == "never":
+            return False
+        if self.partial == "always":
+            return True
+        with self.ctx.index.read() as txn:
+            return self.ctx.index.has_sha256_map(txn)
 
     def _fill_map(self) -> None:
         """Starts bringing the store's content map up to date, once: it is what the plans
