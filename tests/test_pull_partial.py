@@ -177,6 +177,20 @@ def test_the_content_map_is_made_by_pulls_that_want_it(proxy, tmp_path):
                 assert ctx.index.has_sha256_map(txn) == made, mode
 
 
+def test_a_toc_over_the_caps_is_a_full_pull(proxy, tmp_path):
+    """Annotations that give the TOC more than the parser takes (TOC_UNCOMPRESSED_LIMIT):
+    the layer is pulled whole, also with its first TOC read started early (which skips it)."""
+    blob, ann, tar = build_zstd_chunked({**SHARED, **NEW})
+    key = next(k for k in ann if k.endswith("zstd-chunked.manifest-position"))
+    at, length, _, kind = ann[key].split(":")
+    ann = {**ann, key: f"{at}:{length}:{chunked.TOC_UNCOMPRESSED_LIMIT + 1}:{kind}"}
+    ref, _, diff_id, _ = _push(proxy.host, "partial/huge-toc", blob, ann, tar)
+    with _holding(tmp_path, "s", SHARED) as store:
+        image, layer = _pulled(store, ref, "always")
+        assert list(image.diff_ids) == [diff_id] and layer.action == "downloaded"
+        assert "over" in layer.partial["reason"], layer.partial
+
+
 def test_auto_chooses_and_reports(proxy, tmp_path, monkeypatch):
     """auto by the cost model at a fixed link (100 Mbit/s, 20 ms: never by timing)."""
     monkeypatch.setattr(partial, "LINK", (12.5e6, 0.02))

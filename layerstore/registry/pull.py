@@ -260,9 +260,13 @@ class RegistrySource:
 
     @staticmethod
     def _named(annotations: dict | None, size: int) -> bool:
-        """Whether a layer's annotations locate a TOC (which the manifest then vouches for)."""
-        return chunked.locate(annotations, size) is not None \
-            or chunked.estargz_digest(annotations) is not None
+        """Whether a layer's annotations locate a TOC (which the manifest then vouches for).
+        One over the size caps is located too: the preparation then pulls the layer whole."""
+        try:
+            return chunked.locate(annotations, size) is not None \
+                or chunked.estargz_digest(annotations) is not None
+        except errors.LimitExceeded:
+            return True
 
     def _may_be_partial(self, size, media_type, annotations) -> bool:
         """Whether a layer of this descriptor is worth a look for a TOC."""
@@ -296,12 +300,14 @@ class RegistrySource:
         are fetched and the store is asked which layers it lacks: the preparation of each
         layer (_partial) takes the answer from there.  A layer the store turns out to hold
         cost one small range GET."""
+        if self._early is not None:
+            return
         reads = {}
         for d in descriptors:
             try:
                 where = chunked.first_read(d.get("annotations") if isinstance(
                     d.get("annotations"), dict) else None, d["size"])
-            except errors.InvalidTOC:
+            except (errors.InvalidTOC, errors.LimitExceeded):
                 continue        # the preparation says so, if the layer is pulled
             if where is not None and isinstance(d.get("digest"), str):
                 reads[d["digest"]] = where
