@@ -159,8 +159,9 @@ def plan(loc: chunked.TocLocation, toc: chunked.Toc,
          max_requests: int = REQUESTS_PER_LAYER,
          known: tuple[tuple[int, int], ...] = ()) -> Plan:
     """The pieces of the layer's tar stream and the GETs that fetch what is missing.
-    have(digest, size) -> a stored object id with that content and size, or None.  known: (start, end)
-    ranges of the blob in hand already (the TOC's reads), never requested."""
+    have(digest, size) -> a stored object id with that content and size, or None.
+    known: (start, end) ranges of the blob in hand already (the TOC's reads), never
+    requested."""
     files = toc.files()
     pieces: list[Piece] = []
     local = 0

@@ -304,9 +304,9 @@ class RegistrySource:
             return
         reads = {}
         for d in descriptors:
+            ann = d.get("annotations")
             try:
-                where = chunked.first_read(d.get("annotations") if isinstance(
-                    d.get("annotations"), dict) else None, d["size"])
+                where = chunked.first_read(ann if isinstance(ann, dict) else None, d["size"])
             except (errors.InvalidTOC, errors.LimitExceeded):
                 continue        # the preparation says so, if the layer is pulled
             if where is not None and isinstance(d.get("digest"), str):

@@ -208,14 +208,10 @@ class LayerStarted:
 
 @dataclass(frozen=True, slots=True)
 class LayerChunk:
+    """The layer's next bytes: of its tar, or a recipe of them (a rebuilt layer's)."""
     key: str
     data: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class LayerRecipe:
-    key: str
-    recipe: bytes
+    recipe: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +238,7 @@ def _read_blob(blob: Blob, emit: Callable[[object], None]) -> None:
     if blob.stands_for is not None:
         emit(LayerStarted(blob.key))
         for recipe in blob.reader.recipes():
-            emit(LayerRecipe(blob.key, recipe))
+            emit(LayerChunk(blob.key, recipe, recipe=True))
         emit(LayerRead(blob.key, BlobInfo(*blob.stands_for)))
         return
     head = blob.head
@@ -365,15 +361,10 @@ class _Ingest:
         try:
             for event in readers:
                 match event:
-                    case LayerChunk(key, data):
+                    case LayerChunk(key, data, recipe):
+                        ingest = ingests[key]
                         try:
-                            ingests[key].feed(data)
-                        except errors.LayerstoreError as exc:
-                            raise _in_layer(exc, key) from None
-                        self._report()
-                    case LayerRecipe(key, recipe):
-                        try:
-                            ingests[key].feed_recipe(recipe)
+                            (ingest.feed_recipe if recipe else ingest.feed)(data)
                         except errors.LayerstoreError as exc:
                             raise _in_layer(exc, key) from None
                         self._report()
